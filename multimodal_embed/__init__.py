@@ -1,0 +1,57 @@
+"""multimodal_embed: text and images in one embedding space (nomic-embed, open_clip, CLIP/SigLIP).
+
+>>> from multimodal_embed import Embedder
+>>> emb = Embedder.from_pretrained(text="nomic-ai/nomic-embed-text-v1.5")
+>>> emb.embed_text(["What is TSNE?"], task="search_query").shape
+(1, 768)
+
+Heavy modules (torch, transformers, the optional backends) are imported on first use, so importing the
+package is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    ImageDecodeError,
+    IncompatibleModelsError,
+    InputTypeError,
+    InvalidInputError,
+    MissingDependencyError,
+    ModelNotFoundError,
+    MultimodalEmbedError,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {"Embedder": ".embedder"}
+
+__all__ = [
+    "Embedder",
+    "CheckpointError",
+    "ConfigError",
+    "ImageDecodeError",
+    "IncompatibleModelsError",
+    "InputTypeError",
+    "InvalidInputError",
+    "MissingDependencyError",
+    "ModelNotFoundError",
+    "MultimodalEmbedError",
+    "__version__",
+]
+
+if TYPE_CHECKING:
+    from .embedder import Embedder
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'multimodal_embed' has no attribute {name!r}")

@@ -1,0 +1,48 @@
+"""Exceptions raised by multimodal_embed.
+
+Every error derives from :class:`MultimodalEmbedError`; specific errors also derive from the builtin they
+resemble, so ``except ValueError`` keeps working for callers who do not know this package.
+"""
+
+from __future__ import annotations
+
+
+class MultimodalEmbedError(Exception):
+    """Base class of every error raised by this package."""
+
+
+class InvalidInputError(MultimodalEmbedError, ValueError):
+    """An argument or an input item is not acceptable (the message names it)."""
+
+
+class InputTypeError(MultimodalEmbedError, TypeError):
+    """An input item has the wrong type (the message names its index)."""
+
+
+class ConfigError(MultimodalEmbedError, ValueError):
+    """A model configuration asks for something this package cannot compute exactly."""
+
+
+class CheckpointError(MultimodalEmbedError, ValueError):
+    """Weights do not match the model they are loaded into (missing, unexpected or mis-shaped keys)."""
+
+
+class ModelNotFoundError(MultimodalEmbedError, FileNotFoundError):
+    """A model could not be found locally and could not be downloaded."""
+
+
+class IncompatibleModelsError(MultimodalEmbedError, ValueError):
+    """Two towers that were not trained together were paired."""
+
+
+class ImageDecodeError(MultimodalEmbedError, ValueError):
+    """An image could not be read or decoded. ``item`` names the input, ``reason`` says why."""
+
+    def __init__(self, item: str, reason: str):
+        self.item = item
+        self.reason = reason
+        super().__init__(f"cannot use image {item}: {reason}")
+
+
+class MissingDependencyError(MultimodalEmbedError, ImportError):
+    """An optional dependency is needed for this feature."""

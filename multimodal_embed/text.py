@@ -1,0 +1,333 @@
+"""Text encoders: nomic-embed-text (v1, v1.5) and sentence-transformers style BERT folders.
+
+Encoders return raw ``torch.float32`` tensors with unit rows; :class:`multimodal_embed.Embedder` turns them
+into numpy arrays. Both encoders share :class:`TokenTextEncoder`, which does the tokenising, task prefixes,
+long-text policy, length-sorted token-budget batching and order restoration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batching import plan_batches
+from .errors import InputTypeError, InvalidInputError
+from .models.nomic_bert import NomicBertConfig, NomicBertModel, convert_state_dict, load_converted
+from .utils import load_safetensors, progress
+
+logger = logging.getLogger(__name__)
+
+NOMIC_TASK_PREFIXES: dict[str, str] = {
+    "search_query": "search_query: ",
+    "search_document": "search_document: ",
+    "clustering": "clustering: ",
+    "classification": "classification: ",
+}
+MATRYOSHKA_DIMS = (768, 512, 256, 128, 64)
+LONG_TEXT_MODES = ("truncate", "mean")
+
+
+class TokenTextEncoder:
+    """Shared machinery of the transformer text encoders of this package.
+
+    Subclasses set ``self.model``, ``self.tokenizer``, ``self.max_length``, ``self.dim`` and implement
+    :meth:`_hidden` (token states) and :meth:`_finish` (pooled vectors -> final unit vectors).
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    max_length: int
+    dim: int
+    prefixes: dict[str, str] = {}
+    matryoshka_dims: tuple[int, ...] = ()
+    default_max_tokens = 16384
+
+    # -- hooks -------------------------------------------------------------------------------------------
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.to(torch.float32).unsqueeze(-1)
+        return (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+    def _finish(self, pooled: torch.Tensor, dimensionality: int | None) -> torch.Tensor:
+        return F.normalize(pooled, dim=-1)
+
+    def _solo_length(self, n: int) -> bool:
+        return False
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(NOMIC_TASK_PREFIXES)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # -- public ------------------------------------------------------------------------------------------
+    def check_dimensionality(self, dimensionality: int | None) -> int:
+        if dimensionality is None or dimensionality == self.dim:
+            return self.dim
+        if isinstance(dimensionality, bool) or not isinstance(dimensionality, int):
+            raise InvalidInputError(f"dimensionality must be an int, got {dimensionality!r}")
+        if not self.matryoshka_dims:
+            raise InvalidInputError(
+                f"this model was not trained for Matryoshka truncation: dimensionality must be None or {self.dim}, "
+                f"got {dimensionality}"
+            )
+        low = min(self.matryoshka_dims)
+        if not low <= dimensionality <= self.dim:
+            raise InvalidInputError(
+                f"dimensionality must be between {low} and {self.dim} (trained: {list(self.matryoshka_dims)}), "
+                f"got {dimensionality}"
+            )
+        if dimensionality not in self.matryoshka_dims:
+            logger.warning(
+                "dimensionality %d was not trained; trained sizes are %s", dimensionality, self.matryoshka_dims
+            )
+        return dimensionality
+
+    def apply_prefix(self, texts: Sequence[str], task: str | None) -> list[str]:
+        if task is not None and task not in self.tasks:
+            raise InvalidInputError(f"unknown task {task!r}; valid tasks are {self.tasks} or None")
+        prefix = self.prefixes.get(task, "") if task is not None else ""
+        if not prefix:
+            return list(texts)
+        return [t if t.startswith(prefix) else prefix + t for t in texts]
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            enc = self.tokenizer(
+                list(texts), add_special_tokens=True, truncation=False, return_attention_mask=False,
+                return_token_type_ids=False, verbose=False,
+            )
+        return [list(ids) for ids in enc["input_ids"]]
+
+    def _split_long(self, ids: list[int], long_text: str) -> list[list[int]]:
+        """Cut a token sequence to ``max_length`` (keeping the final special token), or split it in chunks."""
+        if len(ids) <= self.max_length:
+            return [ids]
+        head, body, tail = ids[:1], ids[1:-1], ids[-1:]
+        room = self.max_length - 2
+        if long_text == "truncate":
+            return [head + body[:room] + tail]
+        return [head + body[i : i + room] + tail for i in range(0, len(body), room)]
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        task: str | None = None,
+        dimensionality: int | None = None,
+        batch_size: int = 32,
+        max_tokens: int | None = None,
+        long_text: str = "truncate",
+        show_progress: bool | None = None,
+    ) -> torch.Tensor:
+        """Embed ``texts`` and return a ``(len(texts), d)`` float32 tensor of unit rows, in input order."""
+        if isinstance(texts, (str, bytes)):
+            raise InputTypeError("texts must be a list of str, not a single string; wrap it in a list")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputTypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        if long_text not in LONG_TEXT_MODES:
+            raise InvalidInputError(f"long_text must be one of {LONG_TEXT_MODES}, got {long_text!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
+        d = self.check_dimensionality(dimensionality)
+        if not texts:
+            return torch.empty(0, d)
+
+        token_lists = self.tokenize(self.apply_prefix(texts, task))
+        pieces: list[list[int]] = []  # token sequences actually run through the model
+        owner: list[int] = []  # pieces[j] belongs to texts[owner[j]]
+        n_cut = 0
+        for i, ids in enumerate(token_lists):
+            parts = self._split_long(ids, long_text)
+            n_cut += len(ids) > self.max_length and long_text == "truncate"
+            pieces.extend(parts)
+            owner.extend([i] * len(parts))
+        if n_cut:
+            logger.warning(
+                "%d of %d texts were longer than %d tokens and were truncated (use long_text='mean' to embed "
+                "them whole)", n_cut, len(texts), self.max_length
+            )
+
+        lengths = [len(p) for p in pieces]
+        batches = plan_batches(
+            lengths, max_batch_size=batch_size, max_tokens=max(max_tokens or self.default_max_tokens,
+                                                               max(lengths)),
+            solo=self._solo_length,
+        )
+        pooled = torch.empty(len(pieces), self.dim, dtype=torch.float32)
+        device = self.device
+        with torch.inference_mode():
+            for batch in progress(batches, show_progress, desc="embed text", unit="batch"):
+                width = max(lengths[j] for j in batch)
+                ids = torch.zeros(len(batch), width, dtype=torch.long)
+                mask = torch.zeros(len(batch), width, dtype=torch.long)
+                for row, j in enumerate(batch):
+                    ids[row, : lengths[j]] = torch.tensor(pieces[j])
+                    mask[row, : lengths[j]] = 1
+                ids, mask = ids.to(device), mask.to(device)
+                hidden = self._hidden(ids, mask)
+                pooled[batch] = self._pool(hidden, mask).cpu()
+
+            if len(pieces) != len(texts):  # long_text="mean": token-weighted mean of the chunks' pooled states
+                weights = torch.tensor(lengths, dtype=torch.float32)
+                owner_t = torch.tensor(owner)
+                total = torch.zeros(len(texts), self.dim).index_add_(0, owner_t, pooled * weights[:, None])
+                count = torch.zeros(len(texts)).index_add_(0, owner_t, weights)
+                pooled = total / count[:, None]
+            return self._finish(pooled, d)
+
+
+class NomicTextEncoder(TokenTextEncoder):
+    """nomic-embed-text v1 / v1.5: task prefixes, mean pooling, (v1.5) LayerNorm + Matryoshka truncation."""
+
+    prefixes = NOMIC_TASK_PREFIXES
+
+    def __init__(self, model: NomicBertModel, tokenizer: Any, *, matryoshka: bool, max_length: int = 8192):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.max_length = max_length
+        self.dim = model.config.hidden_size
+        self.matryoshka = matryoshka
+        self.matryoshka_dims = tuple(d for d in MATRYOSHKA_DIMS if d <= self.dim) if matryoshka else ()
+        if matryoshka and not self.matryoshka_dims:
+            self.matryoshka_dims = (self.dim,)
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | Path,
+        *,
+        name: str | None = None,
+        matryoshka: bool | None = None,
+        rotary_scaling_factor: float | None = 2.0,
+        max_length: int = 8192,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> "NomicTextEncoder":
+        """Load a nomic-embed-text folder (original hub format or transformers-5 native format).
+
+        ``matryoshka`` selects the v1.5 recipe; ``None`` infers it from the model name (``...-v1.5``).
+        ``rotary_scaling_factor`` enables dynamic-NTK scaling past 2048 tokens (the model cards use 2);
+        the config's own value wins when it sets one. ``None`` keeps the config's value.
+        """
+        from transformers import AutoTokenizer
+
+        folder = Path(folder)
+        raw = json.loads((folder / "config.json").read_text())
+        config = NomicBertConfig.from_hf_dict(raw)
+        if config.rotary_scaling_factor is None and rotary_scaling_factor:
+            config = replace(config, rotary_scaling_factor=float(rotary_scaling_factor))
+        if matryoshka is None:
+            label = " ".join(str(x) for x in (name, raw.get("_name_or_path"), folder))
+            matryoshka = "v1.5" in label or "v1_5" in label
+        model = NomicBertModel(config)
+        load_converted(model, convert_state_dict(load_safetensors(folder)), what=str(name or folder))
+        model.to(device=device, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer.model_max_length = 1 << 30
+        return cls(model, tokenizer, matryoshka=matryoshka, max_length=max_length)
+
+    def _solo_length(self, n: int) -> bool:
+        # Past max_trained_positions the rotary base depends on the padded length: never pad such a text.
+        return bool(self.config.rotary_scaling_factor) and n > self.config.max_trained_positions
+
+    def _hidden(self, input_ids, attention_mask):
+        return self.model(input_ids, attention_mask)
+
+    def _finish(self, pooled: torch.Tensor, dimensionality: int | None) -> torch.Tensor:
+        if self.matryoshka:
+            pooled = F.layer_norm(pooled, (pooled.shape[-1],), eps=1e-5)
+            pooled = pooled[:, : dimensionality or self.dim]
+        return F.normalize(pooled, dim=-1)
+
+
+class SentenceTransformerTextEncoder(TokenTextEncoder):
+    """A sentence-transformers folder with a BERT-family transformer and a ``Pooling`` module.
+
+    No task prefixes (``task`` is accepted and adds nothing); output rows are always L2-normalised.
+    """
+
+    prefixes: dict[str, str] = {}
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, pooling: str, max_length: int):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.max_length = max_length
+        self.dim = model.config.hidden_size
+
+    @staticmethod
+    def is_folder(folder: str | Path) -> bool:
+        return (Path(folder) / "modules.json").is_file()
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | Path,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        **_: Any,
+    ) -> "SentenceTransformerTextEncoder":
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = Path(folder)
+        modules = json.loads((folder / "modules.json").read_text())
+        pooling_cfg: dict[str, Any] = {"pooling_mode_mean_tokens": True}
+        transformer_path = folder
+        for mod in modules:
+            kind = mod.get("type", "")
+            if kind.endswith("models.Transformer"):
+                transformer_path = folder / mod.get("path", "")
+            elif kind.endswith("models.Pooling"):
+                pooling_cfg = json.loads((folder / mod["path"] / "config.json").read_text())
+            elif not kind.endswith("models.Normalize"):
+                raise InvalidInputError(f"sentence-transformers module {kind!r} in {folder} is not supported")
+        modes = [m for m in ("cls_token", "mean_tokens", "max_tokens") if pooling_cfg.get(f"pooling_mode_{m}")]
+        if len(modes) != 1 or any(pooling_cfg.get(k) for k in ("pooling_mode_mean_sqrt_len_tokens",
+                                                               "pooling_mode_weightedmean_tokens",
+                                                               "pooling_mode_lasttoken")):
+            raise InvalidInputError(f"pooling configuration {pooling_cfg} in {folder} is not supported")
+        st_cfg_file = transformer_path / "sentence_bert_config.json"
+        st_cfg = json.loads(st_cfg_file.read_text()) if st_cfg_file.is_file() else {}
+        model = AutoModel.from_pretrained(str(transformer_path), attn_implementation="sdpa")
+        max_length = int(st_cfg.get("max_seq_length") or getattr(model.config, "max_position_embeddings", 512))
+        model.to(device=device, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(transformer_path))
+        if st_cfg.get("do_lower_case"):
+            tokenizer.do_lower_case = True
+        tokenizer.model_max_length = 1 << 30
+        return cls(model, tokenizer, pooling=modes[0], max_length=max_length)
+
+    def _hidden(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+
+    def _pool(self, hidden, mask):
+        if self.pooling == "cls_token":
+            return hidden[:, 0].float()
+        if self.pooling == "max_tokens":
+            return hidden.float().masked_fill(~mask.bool()[..., None], -1e9).max(1).values
+        return super()._pool(hidden, mask)

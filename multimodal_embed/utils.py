@@ -1,0 +1,80 @@
+"""Small shared helpers: weights loading, devices and dtypes, progress bars."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Iterable, TypeVar
+
+import torch
+
+from .errors import CheckpointError, InvalidInputError
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+AUTO_PROGRESS_MIN_STEPS = 8
+
+
+def load_safetensors(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Read a folder's weights: ``model.safetensors``, a sharded safetensors index, or (last resort) a
+    ``pytorch_model.bin`` read with ``torch.load(weights_only=True)``; never arbitrary pickles."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return load_file(str(single))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_file(str(folder / shard)))
+        return state
+    pt = folder / "pytorch_model.bin"
+    if pt.is_file():
+        return torch.load(str(pt), map_location="cpu", weights_only=True)
+    raise CheckpointError(f"no weights in {folder}: expected model.safetensors")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` picks CUDA, then MPS, then CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` gives bf16 on CUDA devices that support it, fp16 on other CUDA devices, fp32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is not None:
+        try:
+            return _DTYPES[str(dtype).lower()]
+        except KeyError:
+            raise InvalidInputError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def progress(items: Iterable[T], show: bool | None, *, desc: str, unit: str = "it") -> Iterable[T]:
+    """Wrap ``items`` in a tqdm bar: always (``True``), never (``False``), or when long enough (``None``)."""
+    items = list(items) if not hasattr(items, "__len__") else items
+    if show is None:
+        show = len(items) >= AUTO_PROGRESS_MIN_STEPS  # type: ignore[arg-type]
+    if not show:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit=unit)
