@@ -316,10 +316,15 @@ class SentenceTransformerTextEncoder(TokenTextEncoder):
         max_length = int(st_cfg.get("max_seq_length") or getattr(model.config, "max_position_embeddings", 512))
         model.to(device=device, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(transformer_path))
-        if st_cfg.get("do_lower_case"):
-            tokenizer.do_lower_case = True
         tokenizer.model_max_length = 1 << 30
-        return cls(model, tokenizer, pooling=modes[0], max_length=max_length)
+        encoder = cls(model, tokenizer, pooling=modes[0], max_length=max_length)
+        encoder.lowercase = bool(st_cfg.get("do_lower_case"))
+        return encoder
+
+    lowercase = False
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return super().tokenize([t.lower() for t in texts] if self.lowercase else texts)
 
     def _hidden(self, input_ids, attention_mask):
         return self.model(input_ids=input_ids, attention_mask=attention_mask,

@@ -1,0 +1,80 @@
+"""The download path end to end, against a local HTTP server standing in for the hub (subprocesses, so that
+HF_ENDPOINT and HF_HUB_OFFLINE are read fresh as in a user's process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from multimodal_embed import hub
+from tests.hubserver import FakeHub
+
+REPO_ID = "nomic-ai/nomic-embed-text-v1.5"
+PINNED = hub.PINNED_REVISIONS[REPO_ID]
+
+SCRIPT = """
+import json, sys
+import numpy as np
+from multimodal_embed import Embedder
+from multimodal_embed.errors import ModelNotFoundError
+try:
+    emb = Embedder.from_pretrained(text=sys.argv[1], cache_dir=sys.argv[2])
+except ModelNotFoundError as exc:
+    print(json.dumps({"error": str(exc)}))
+    sys.exit(3)
+v = emb.embed_text(["What is TSNE?"], task="search_query")
+print(json.dumps({"vec": v.tolist(), "info": emb.info}))
+"""
+
+
+def _run(model: str, cache, env_extra: dict[str, str]):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(env_extra)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, model, str(cache)], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    return proc
+
+
+def test_download_then_offline_then_clear_error(fixtures_dir, tmp_path):
+    cache = tmp_path / "hub-cache"
+    with FakeHub({REPO_ID: (fixtures_dir / "text-v1.5-tiny", PINNED)}) as fake:
+        first = _run(REPO_ID, cache, {"HF_ENDPOINT": fake.url})
+        assert first.returncode == 0, first.stderr
+        served = fake.files_served()
+    # only what the model needs, at the pinned revision, and never the parity data
+    assert {"config.json", "model.safetensors", "tokenizer.json", "vocab.txt"} <= served
+    assert not any(name.startswith("reference_io") for name in served)
+    assert all(f"/resolve/{PINNED}/" in p for _, p in fake.requests if "/resolve/" in p)
+    out1 = json.loads(first.stdout)
+    assert out1["info"]["text"]["revision"] == PINNED
+
+    # second load: server gone, offline mode, same vector from the cache
+    second = _run(REPO_ID, cache, {"HF_ENDPOINT": fake.url, "HF_HUB_OFFLINE": "1"})
+    assert second.returncode == 0, second.stderr
+    np.testing.assert_array_equal(np.array(out1["vec"]), np.array(json.loads(second.stdout)["vec"]))
+
+    # a model that is neither cached nor reachable: one clear error naming it
+    third = _run("nomic-ai/nomic-embed-text-v1", cache, {"HF_ENDPOINT": fake.url, "HF_HUB_OFFLINE": "1"})
+    assert third.returncode == 3, third.stderr
+    msg = json.loads(third.stdout)["error"]
+    assert "nomic-ai/nomic-embed-text-v1" in msg and "HF_HUB_OFFLINE" in msg and "download" in msg
+
+
+def test_unreachable_hub_error(tmp_path):
+    # a port with nothing listening: connection refused, not cached
+    proc = _run("someone/missing-model", tmp_path / "c", {"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert proc.returncode == 3, proc.stderr
+    msg = json.loads(proc.stdout)["error"]
+    assert "someone/missing-model" in msg and "local folder" in msg
+
+
+def test_not_a_model_reference():
+    from multimodal_embed import Embedder, ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="neither a local folder"):
+        Embedder.from_pretrained(text="./no/such/folder")
