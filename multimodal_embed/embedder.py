@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -13,6 +14,8 @@ import torch
 
 from . import hub
 from .errors import InvalidInputError
+from .images import DEFAULT_MAX_PIXELS, ImageInput
+from .vision import ImageEmbeddings
 from .utils import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,48 @@ def load_text_encoder(
     return SentenceTransformerTextEncoder.from_folder(folder, device=device, dtype=dtype)
 
 
+def load_vision_encoder(
+    ref: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    device: torch.device,
+    dtype: torch.dtype,
+    **options: Any,
+):
+    """Load an image tower from a local folder or a hub id (nomic-embed-vision)."""
+    from .errors import ConfigError
+    from .vision import NomicVisionEncoder, is_nomic_vision_config
+
+    folder = hub.resolve_folder(ref, revision=revision, files=hub.CONFIG_FILES, cache_dir=cache_dir)
+    config = _read_json(folder / "config.json")
+    if not is_nomic_vision_config(config):
+        raise ConfigError(f"{ref} is not a nomic-embed-vision model (config.json has no image settings)")
+    if not Path(os.path.expanduser(str(ref))).is_dir():
+        folder = hub.fetch(str(ref), revision=revision, files=hub.CONFIG_FILES + hub.WEIGHT_FILES + hub.IMAGE_FILES,
+                           cache_dir=cache_dir)
+    return NomicVisionEncoder.from_folder(folder, name=str(ref), device=device, dtype=dtype, **options)
+
+
+def check_pairing(text_name: str, text_encoder: Any, vision_name: str) -> None:
+    """Refuse a nomic vision tower paired with a text tower it was not trained against."""
+    from .errors import IncompatibleModelsError
+    from .text import NomicTextEncoder
+    from .vision import nomic_tower_version
+
+    want = nomic_tower_version(vision_name)
+    if not isinstance(text_encoder, NomicTextEncoder):
+        raise IncompatibleModelsError(
+            f"the vision model {vision_name} was trained against nomic-embed-text, not {text_name}; "
+            f"pass allow_mismatched_towers=True to pair them anyway")
+    have = "v1.5" if text_encoder.matryoshka else (nomic_tower_version(text_name) or "v1")
+    if want is not None and want != have:
+        raise IncompatibleModelsError(
+            f"the vision model {vision_name} ({want}) was trained against nomic-embed-text-{want}, but the text "
+            f"model {text_name} is {have}: their embeddings do not share a space. Load nomic-embed-text-{want}, "
+            f"or pass allow_mismatched_towers=True")
+
+
 class Embedder:
     """Text (and, with a vision tower, images) in one embedding space.
 
@@ -58,8 +103,10 @@ class Embedder:
     ``(n, d)`` whose rows have unit L2 norm, in input order.
     """
 
-    def __init__(self, text_encoder: Any = None, *, info: Mapping[str, Any] | None = None):
+    def __init__(self, text_encoder: Any = None, vision_encoder: Any = None, *,
+                 info: Mapping[str, Any] | None = None):
         self.text_encoder = text_encoder
+        self.vision_encoder = vision_encoder
         self.info: dict[str, Any] = dict(info or {})
 
     @classmethod
@@ -72,6 +119,9 @@ class Embedder:
         dtype: str | torch.dtype | None = None,
         revision: str | Mapping[str, str] | None = None,
         cache_dir: str | Path | None = None,
+        image_preprocessing: str | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        allow_mismatched_towers: bool = False,
         **text_options: Any,
     ) -> "Embedder":
         """Load the towers.
@@ -85,20 +135,26 @@ class Embedder:
             revision: a hub revision for the text model, or ``{"text": ..., "vision": ...}``; the known nomic
                 repositories default to pinned commits.
             cache_dir: the Hugging Face cache to use (default: the hub's own).
+            image_preprocessing: ``None``/``"config"`` (the folder's preprocessor_config.json) or
+                ``"shortest_edge"`` (short side to 224 + center crop, as in nomic's training and evaluation).
+            max_pixels: Pillow's decompression-bomb limit for decoded images (``None`` disables it).
+            allow_mismatched_towers: pair a nomic vision tower with a text tower it was not trained against.
             **text_options: passed to the text encoder (e.g. ``matryoshka=True``,
                 ``rotary_scaling_factor=None``, ``max_length=2048``).
         """
         if text is None and vision is None:
             raise InvalidInputError("give at least one of text= or vision=")
-        if vision is not None:
-            raise InvalidInputError("vision towers are not available in this version")
-        revisions = dict(revision) if isinstance(revision, Mapping) else {"text": revision}
+        revisions = dict(revision) if isinstance(revision, Mapping) else {"text": revision, "vision": None}
+        if text is None and not isinstance(revision, Mapping):
+            revisions = {"vision": revision}
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        encoder = load_text_encoder(text, revision=revisions.get("text"), cache_dir=cache_dir, device=dev,
-                                    dtype=dt, **text_options)
-        info = {
-            "text": {
+        info: dict[str, Any] = {"device": str(dev), "dtype": str(dt).replace("torch.", "")}
+        encoder = None
+        if text is not None:
+            encoder = load_text_encoder(text, revision=revisions.get("text"), cache_dir=cache_dir, device=dev,
+                                        dtype=dt, **text_options)
+            info["text"] = {
                 "name": str(text),
                 "revision": revisions.get("text") or (hub.default_revision(str(text))
                                                       if hub.looks_like_repo_id(str(text)) else None),
@@ -107,15 +163,70 @@ class Embedder:
                 "encoder": type(encoder).__name__,
                 "prefixes": dict(encoder.prefixes),
                 "matryoshka_dims": list(encoder.matryoshka_dims),
-            },
-            "device": str(dev),
-            "dtype": str(dt).replace("torch.", ""),
-        }
-        return cls(encoder, info=info)
+            }
+        vision_encoder = None
+        if vision is not None:
+            if text is not None and not allow_mismatched_towers:
+                check_pairing(str(text), encoder, str(vision))
+            vision_encoder = load_vision_encoder(vision, revision=revisions.get("vision"), cache_dir=cache_dir,
+                                                 device=dev, dtype=dt, preprocessing=image_preprocessing,
+                                                 max_pixels=max_pixels)
+            if encoder is not None and vision_encoder.dim != encoder.dim:
+                raise InvalidInputError(f"text ({encoder.dim}) and vision ({vision_encoder.dim}) dimensions differ")
+            info["vision"] = {
+                "name": str(vision),
+                "revision": revisions.get("vision") or (hub.default_revision(str(vision))
+                                                        if hub.looks_like_repo_id(str(vision)) else None),
+                "dim": vision_encoder.dim,
+                "encoder": type(vision_encoder).__name__,
+                "preprocessing": dataclasses.asdict(vision_encoder.preprocessor),
+            }
+        return cls(encoder, vision_encoder, info=info)
 
     @property
     def dim(self) -> int:
-        return self.text_encoder.dim
+        return (self.text_encoder or self.vision_encoder).dim
+
+    def embed_images(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int = 32,
+        show_progress: bool | None = None,
+        *,
+        num_workers: int | None = None,
+    ) -> np.ndarray:
+        """Embed images into ``(len(images), d)`` float32 unit rows, in the text space.
+
+        Inputs may be paths, http(s) URLs, bytes, binary files, PIL images or HxWxC uint8 arrays. Decoding
+        and preprocessing run in ``num_workers`` threads, overlapped with the model. The first input that
+        cannot be decoded raises :class:`~multimodal_embed.ImageDecodeError` naming it and the reason; use
+        :meth:`embed_images_with_errors` to keep every good row instead.
+        """
+        vectors, _, _ = self._vision().encode(images, batch_size=batch_size, num_workers=num_workers,
+                                              show_progress=show_progress, on_error="raise")
+        return vectors.numpy().astype(np.float32, copy=False)
+
+    def embed_images_with_errors(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int = 32,
+        show_progress: bool | None = None,
+        *,
+        num_workers: int | None = None,
+    ) -> ImageEmbeddings:
+        """Embed every good image and report the others.
+
+        Returns an :class:`~multimodal_embed.vision.ImageEmbeddings`: ``vectors`` (float32 unit rows),
+        ``indices`` (the input position of each row) and ``failures`` (index, item, reason for each bad input).
+        """
+        vectors, indices, failures = self._vision().encode(
+            images, batch_size=batch_size, num_workers=num_workers, show_progress=show_progress, on_error="collect")
+        return ImageEmbeddings(vectors.numpy().astype(np.float32, copy=False), indices, failures)
+
+    def _vision(self):
+        if self.vision_encoder is None:
+            raise InvalidInputError("this Embedder has no vision tower: pass vision= to from_pretrained")
+        return self.vision_encoder
 
     def embed_text(
         self,
@@ -162,4 +273,5 @@ class Embedder:
 
     def __repr__(self) -> str:
         text = self.info.get("text", {}).get("name")
-        return f"Embedder(text={text!r}, device={self.info.get('device')!r})"
+        vision = self.info.get("vision", {}).get("name")
+        return f"Embedder(text={text!r}, vision={vision!r}, device={self.info.get('device')!r})"

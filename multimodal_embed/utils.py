@@ -68,13 +68,19 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return torch.float32
 
 
-def progress(items: Iterable[T], show: bool | None, *, desc: str, unit: str = "it") -> Iterable[T]:
-    """Wrap ``items`` in a tqdm bar: always (``True``), never (``False``), or when long enough (``None``)."""
-    items = list(items) if not hasattr(items, "__len__") else items
+def progress(
+    items: Iterable[T], show: bool | None, *, desc: str, unit: str = "it", total: int | None = None
+) -> Iterable[T]:
+    """Wrap ``items`` in a tqdm bar: always (``True``), never (``False``), or when long enough (``None``).
+
+    Generators are not consumed ahead: pass ``total`` for them.
+    """
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
     if show is None:
-        show = len(items) >= AUTO_PROGRESS_MIN_STEPS  # type: ignore[arg-type]
+        show = total is not None and total >= AUTO_PROGRESS_MIN_STEPS
     if not show:
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, unit=unit)
+    return tqdm(items, desc=desc, unit=unit, total=total)

@@ -1,0 +1,173 @@
+"""Image encoders: nomic-embed-vision, fed by a parallel decode/preprocess pipeline that loses nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ImageDecodeError, InvalidInputError
+from .images import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor, describe, load_image
+from .models.nomic_bert import load_converted
+from .models.nomic_vision import NomicVisionConfig, NomicVisionModel, convert_state_dict
+from .utils import load_safetensors, progress
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageFailure:
+    """An input that could not be embedded: its position in the input, a short name, and why."""
+
+    index: int
+    item: str
+    reason: str
+
+
+@dataclass
+class ImageEmbeddings:
+    """What :meth:`Embedder.embed_images_with_errors` returns.
+
+    ``vectors[k]`` is the embedding of ``images[indices[k]]``; ``failures`` lists every other input.
+    """
+
+    vectors: np.ndarray
+    indices: list[int]
+    failures: list[ImageFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def _default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+class NomicVisionEncoder:
+    """nomic-embed-vision v1 / v1.5 with its preprocessing."""
+
+    def __init__(self, model: NomicVisionModel, preprocessor: ImagePreprocessor, *, max_pixels: int | None):
+        self.model = model.eval()
+        self.preprocessor = preprocessor
+        self.max_pixels = max_pixels
+        self.dim = model.config.hidden_size
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | Path,
+        *,
+        name: str | None = None,
+        preprocessing: str | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> "NomicVisionEncoder":
+        """Load a nomic-embed-vision folder; ``preprocessing="shortest_edge"`` selects the training-time resize."""
+        folder = Path(folder)
+        config = NomicVisionConfig.from_hf_dict(json.loads((folder / "config.json").read_text()))
+        model = NomicVisionModel(config)
+        load_converted(model, convert_state_dict(load_safetensors(folder)), what=str(name or folder))
+        model.to(device=device, dtype=dtype)
+        return cls(model, ImagePreprocessor.from_folder(folder, preprocessing), max_pixels=max_pixels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def prepare(self, item: ImageInput, index: int) -> np.ndarray:
+        """Decode and preprocess one input (runs in worker threads; PIL releases the GIL)."""
+        img = load_image(item, max_pixels=self.max_pixels, name=describe(item, index))
+        return self.preprocessor(img)
+
+    def _prepared(self, images: Sequence[ImageInput], batch_size: int, workers: int
+                  ) -> Iterator[list[tuple[int, np.ndarray | ImageDecodeError]]]:
+        """Yield batches of (index, pixels or error), decoding the next batch while the caller runs the model."""
+
+        def run(i: int) -> np.ndarray | ImageDecodeError:
+            try:
+                return self.prepare(images[i], i)
+            except ImageDecodeError as exc:
+                return exc
+
+        starts = list(range(0, len(images), batch_size))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: list[list[tuple[int, Future]]] = []
+            for k, start in enumerate(starts):
+                while len(pending) < 2 and k + len(pending) < len(starts):
+                    s = starts[k + len(pending)]
+                    pending.append([(i, pool.submit(run, i)) for i in range(s, min(s + batch_size, len(images)))])
+                batch = pending.pop(0)
+                yield [(i, f.result()) for i, f in batch]
+
+    def encode(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        show_progress: bool | None = None,
+        on_error: str = "raise",
+    ) -> tuple[torch.Tensor, list[int], list[ImageFailure]]:
+        """Embed images; returns (unit rows for the good items, their indices, failures)."""
+        if isinstance(images, (str, bytes, os.PathLike)) or not hasattr(images, "__len__"):
+            images = [images] if isinstance(images, (str, bytes, os.PathLike)) else list(images)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
+        if on_error not in ("raise", "collect"):
+            raise InvalidInputError(f"on_error must be 'raise' or 'collect', got {on_error!r}")
+        workers = num_workers or _default_workers()
+        rows: list[torch.Tensor] = []
+        indices: list[int] = []
+        failures: list[ImageFailure] = []
+        n_batches = (len(images) + batch_size - 1) // batch_size
+        batches = self._prepared(images, batch_size, workers)
+        with torch.inference_mode():
+            for batch in progress(batches, show_progress, desc="embed images", unit="batch", total=n_batches):
+                good = []
+                for i, result in batch:
+                    if isinstance(result, ImageDecodeError):
+                        if on_error == "raise":
+                            raise result
+                        failures.append(ImageFailure(i, result.item, result.reason))
+                    else:
+                        good.append((i, result))
+                if not good:
+                    continue
+                pixels = torch.from_numpy(np.stack([p for _, p in good])).to(self.device, self.dtype)
+                rows.append(F.normalize(self.model(pixels).float(), dim=-1).cpu())
+                indices.extend(i for i, _ in good)
+        vectors = torch.cat(rows) if rows else torch.empty(0, self.dim)
+        if failures:
+            logger.warning("%d of %d images could not be embedded (first: %s: %s)", len(failures), len(images),
+                           failures[0].item, failures[0].reason)
+        return vectors, indices, failures
+
+
+def nomic_tower_version(name: str) -> str | None:
+    """'v1.5', 'v1' or None, from a model name such as nomic-ai/nomic-embed-vision-v1.5."""
+    import re
+
+    lowered = name.lower()
+    if re.search(r"v1[._]5", lowered):
+        return "v1.5"
+    if re.search(r"v1(?![._\d])", lowered):
+        return "v1"
+    return None
+
+
+def is_nomic_vision_config(config: dict[str, Any]) -> bool:
+    return config.get("model_type") == "nomic_bert" and ("img_size" in config or "patch_size" in config)
