@@ -60,7 +60,7 @@ def main() -> None:
         with torch.inference_mode():
             for s in range(0, len(paths), 32):
                 t0 = time.perf_counter()
-                imgs = [Image.open(p).convert("RGB") for p in paths[s:s + 32]]
+                imgs = [Image.open(p) for p in paths[s:s + 32]]  # the processor composites alpha on white
                 pix = torch.from_numpy(hf(images=imgs, return_tensors="np")["pixel_values"])
                 prep += time.perf_counter() - t0
                 out.append(F.normalize(model(pix), dim=-1))
