@@ -34,7 +34,7 @@ def cranfield(n_docs: int, n_queries: int) -> tuple[list[str], list[str]]:
 
     def records(path: Path) -> list[str]:
         out = []
-        for rec in re.split(r"^\.I ", path.read_text(), flags=re.M)[1:]:
+        for rec in re.split(r"^\.I ", path.read_text(), flags=re.MULTILINE)[1:]:
             body = rec.split("\n.W\n", 1)[-1]
             out.append(" ".join(body.split()))
         return out
@@ -43,11 +43,12 @@ def cranfield(n_docs: int, n_queries: int) -> tuple[list[str], list[str]]:
 
 
 def build(seed: int = 0):
-    from multimodal_embed.models.nomic_bert import NomicBertConfig, NomicBertModel
-    from multimodal_embed.text import NomicTextEncoder
     from transformers import AutoTokenizer
     from transformers import NomicBertConfig as NativeConfig
     from transformers import NomicBertModel as NativeModel
+
+    from multimodal_embed.models.nomic_bert import NomicBertConfig, NomicBertModel
+    from multimodal_embed.text import NomicTextEncoder
 
     raw = json.loads((FIXTURES / "config.nomic-embed-text-v1.5.json").read_text())
     cfg = NomicBertConfig.from_hf_dict(raw)

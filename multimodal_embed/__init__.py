@@ -30,9 +30,9 @@ __version__ = "0.1.0"
 _LAZY = {"Embedder": ".embedder"}
 
 __all__ = [
-    "Embedder",
     "CheckpointError",
     "ConfigError",
+    "Embedder",
     "ImageDecodeError",
     "IncompatibleModelsError",
     "InputTypeError",

@@ -6,8 +6,9 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,8 +16,8 @@ import torch
 from . import hub
 from .errors import InvalidInputError
 from .images import DEFAULT_MAX_PIXELS, ImageInput
-from .vision import ImageEmbeddings
 from .utils import resolve_device, resolve_dtype
+from .vision import ImageEmbeddings
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class Embedder:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         allow_mismatched_towers: bool = False,
         **text_options: Any,
-    ) -> "Embedder":
+    ) -> Embedder:
         """Load the towers.
 
         Args:

@@ -51,7 +51,7 @@ def _read_url(url: str, timeout: float, max_bytes: int) -> bytes:
     import urllib.request
 
     req = urllib.request.Request(url, headers={"User-Agent": "multimodal-embed"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (http/https checked by caller)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         length = resp.headers.get("Content-Length")
         if length is not None and int(length) > max_bytes:
             raise ValueError(f"remote file is {int(length)} bytes, over the {max_bytes}-byte limit")
@@ -194,7 +194,7 @@ class ImagePreprocessor:
     image_std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
 
     @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> "ImagePreprocessor":
+    def from_dict(cls, cfg: dict[str, Any]) -> ImagePreprocessor:
         size = cfg.get("size", {"shortest_edge": 224})
         if isinstance(size, int):
             size = {"shortest_edge": size}
@@ -213,7 +213,7 @@ class ImagePreprocessor:
         )
 
     @classmethod
-    def from_folder(cls, folder: str | Path, variant: str | None = None) -> "ImagePreprocessor":
+    def from_folder(cls, folder: str | Path, variant: str | None = None) -> ImagePreprocessor:
         """Read ``preprocessor_config.json``. ``variant="shortest_edge"`` selects the original upload's resize
         (short side to the size, then center crop), as used in nomic's training and evaluation."""
         path = Path(folder) / "preprocessor_config.json"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -230,7 +231,7 @@ class NomicTextEncoder(TokenTextEncoder):
         max_length: int = 8192,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-    ) -> "NomicTextEncoder":
+    ) -> NomicTextEncoder:
         """Load a nomic-embed-text folder (original hub format or transformers-5 native format).
 
         ``matryoshka`` selects the v1.5 recipe; ``None`` infers it from the model name (``...-v1.5``).
@@ -295,7 +296,7 @@ class SentenceTransformerTextEncoder(TokenTextEncoder):
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         **_: Any,
-    ) -> "SentenceTransformerTextEncoder":
+    ) -> SentenceTransformerTextEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         folder = Path(folder)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,7 +72,7 @@ class NomicVisionEncoder:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-    ) -> "NomicVisionEncoder":
+    ) -> NomicVisionEncoder:
         """Load a nomic-embed-vision folder; ``preprocessing="shortest_edge"`` selects the training-time resize."""
         folder = Path(folder)
         config = NomicVisionConfig.from_hf_dict(json.loads((folder / "config.json").read_text()))

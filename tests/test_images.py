@@ -98,8 +98,9 @@ def test_modes_and_inputs(fixtures_dir, tmp_path):
     src.save(buf, "PNG")
     path = tmp_path / "x.png"
     path.write_bytes(buf.getvalue())
-    variants = [str(path), path, buf.getvalue(), open(path, "rb"), src, np.asarray(src)]
-    arrays = [np.asarray(load_image(v)) for v in variants]
+    with open(path, "rb") as fh:
+        variants = [str(path), path, buf.getvalue(), fh, src, np.asarray(src)]
+        arrays = [np.asarray(load_image(v)) for v in variants]
     for a in arrays[1:]:
         np.testing.assert_array_equal(a, arrays[0])
     with pytest.raises(ImageDecodeError, match="decompression"):

@@ -10,8 +10,9 @@ the padded length of the current call (the reference caches it across calls; see
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,7 @@ class NomicBertConfig:
         return asdict(self)
 
     @classmethod
-    def from_hf_dict(cls, cfg: Mapping[str, Any]) -> "NomicBertConfig":
+    def from_hf_dict(cls, cfg: Mapping[str, Any]) -> NomicBertConfig:
         """Translate a hub ``config.json``: the original (GPT-2 style keys) or the transformers-5 native format."""
         if cfg.get("model_type") not in (None, "nomic_bert"):
             raise ConfigError(f"expected a nomic_bert config, got model_type={cfg.get('model_type')!r}")
@@ -76,7 +77,7 @@ class NomicBertConfig:
         return cls._from_native(cfg)
 
     @classmethod
-    def _from_original(cls, cfg: Mapping[str, Any]) -> "NomicBertConfig":
+    def _from_original(cls, cfg: Mapping[str, Any]) -> NomicBertConfig:
         for key, (ok, what) in _UNSUPPORTED_IF.items():
             value = cfg.get(key, ok)
             if value != ok and not (ok is False and value is None):
@@ -119,7 +120,7 @@ class NomicBertConfig:
         )
 
     @classmethod
-    def _from_native(cls, cfg: Mapping[str, Any]) -> "NomicBertConfig":
+    def _from_native(cls, cfg: Mapping[str, Any]) -> NomicBertConfig:
         act = cfg.get("hidden_act", "silu")
         if act != "silu":
             raise ConfigError(f"config key hidden_act={act!r} is not supported; only 'silu' (SwiGLU) is")

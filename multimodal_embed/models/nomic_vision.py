@@ -8,8 +8,9 @@ attention-pooled vector goes through LN + SwiGLU and is *added to every token*; 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,7 @@ class NomicVisionConfig:
         return asdict(self)
 
     @classmethod
-    def from_hf_dict(cls, cfg: Mapping[str, Any]) -> "NomicVisionConfig":
+    def from_hf_dict(cls, cfg: Mapping[str, Any]) -> NomicVisionConfig:
         """Translate the original hub ``config.json`` (``n_inner`` may be a float, e.g. ``2048.0``)."""
         for key, ok in _REQUIRED.items():
             if key in cfg and cfg[key] != ok and not (ok is False and cfg[key] is None):
@@ -236,8 +237,7 @@ def convert_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
         if key.endswith(_IGNORED):
             continue
         for prefix in ("vision_model.", "vision.", "model."):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
+            key = key.removeprefix(prefix)
         if key == "embeddings.proj.weight" and value.ndim == 4:  # a Conv2d patch embedding
             value = value.reshape(value.shape[0], -1)
         out[key] = value
