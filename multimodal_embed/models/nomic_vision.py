@@ -78,8 +78,6 @@ class NomicVisionConfig:
                                   f"(only {ok!r})")
         if float(cfg.get("rotary_emb_fraction", 0) or 0) != 0:
             raise ConfigError("config key rotary_emb_fraction != 0 (1-D rotary in a vision model) is not supported")
-        if float(cfg.get("patch_dropout", 0) or 0) or float(cfg.get("drop_path_rate", 0) or 0):
-            pass  # training-only
         img, patch = int(cfg.get("img_size", 224)), int(cfg.get("patch_size", 16))
         if img % patch:
             raise ConfigError(f"img_size {img} is not a multiple of patch_size {patch}")
