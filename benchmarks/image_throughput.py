@@ -34,6 +34,7 @@ def files(n: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=96)
+    ap.add_argument("--bf16", action="store_true", help="also time the model in bfloat16 (not exact)")
     args = ap.parse_args()
     from transformers import CLIPImageProcessorPil
 
@@ -66,10 +67,15 @@ def main() -> None:
                 out.append(F.normalize(model(pix), dim=-1))
         return torch.cat(out).numpy(), prep
 
+    exact = Embedder(vision_encoder=NomicVisionEncoder(model, encoder.preprocessor, max_pixels=None,
+                                                       jpeg_draft=False))
     emb.embed_images(paths[:2])  # warm-up
     t0 = time.perf_counter()
     a = emb.embed_images(paths, show_progress=False)
     ta = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    a0 = exact.embed_images(paths, show_progress=False)
+    ta0 = time.perf_counter() - t0
     t0 = time.perf_counter()
     b, prep_b = hf_path()
     tb = time.perf_counter() - t0
@@ -81,7 +87,18 @@ def main() -> None:
     print(f"a embed_images   {ta:6.2f} s  {len(paths) / ta:6.2f} images/s  (decode+preprocess alone, serial: "
           f"{prep_a:.2f} s = {prep_a / ta:.0%} of a's wall time, overlapped in worker threads)")
     print(f"b HF processor   {tb:6.2f} s  {len(paths) / tb:6.2f} images/s  (decode+preprocess {prep_b / tb:.0%})")
-    print(f"a/b = {tb / ta:.2f}x   max |a - b| = {np.abs(a - b).max():.2e}")
+    print(f"a0 no JPEG draft {ta0:6.2f} s  {len(paths) / ta0:6.2f} images/s")
+    print(f"a/b = {tb / ta:.2f}x   max |a - b| = {np.abs(a - b).max():.2e}  min cos {(a * b).sum(1).min():.6f}")
+    print(f"a0/b = {tb / ta0:.2f}x   max |a0 - b| = {np.abs(a0 - b).max():.2e}")
+    if args.bf16:
+        fast = Embedder(vision_encoder=NomicVisionEncoder(model.to(torch.bfloat16), encoder.preprocessor,
+                                                          max_pixels=None))
+        fast.embed_images(paths[:2])
+        t0 = time.perf_counter()
+        c = fast.embed_images(paths, show_progress=False)
+        tc = time.perf_counter() - t0
+        print(f"c bf16 + draft   {tc:6.2f} s  {len(paths) / tc:6.2f} images/s  c/b = {tb / tc:.2f}x  "
+              f"max |c - b| = {np.abs(c - b).max():.2e}  min cos {(c * b).sum(1).min():.5f}")
 
 
 if __name__ == "__main__":

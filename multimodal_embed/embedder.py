@@ -122,6 +122,7 @@ class Embedder:
         cache_dir: str | Path | None = None,
         image_preprocessing: str | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        jpeg_draft: bool = True,
         allow_mismatched_towers: bool = False,
         **text_options: Any,
     ) -> Embedder:
@@ -139,6 +140,8 @@ class Embedder:
             image_preprocessing: ``None``/``"config"`` (the folder's preprocessor_config.json) or
                 ``"shortest_edge"`` (short side to 224 + center crop, as in nomic's training and evaluation).
             max_pixels: Pillow's decompression-bomb limit for decoded images (``None`` disables it).
+            jpeg_draft: decode large JPEGs at a reduced DCT scale that keeps 2x the model's input size (faster;
+                pixels within 0.14 in normalised units, cosine >= 0.9999 to the exact path). ``False`` for exact parity.
             allow_mismatched_towers: pair a nomic vision tower with a text tower it was not trained against.
             **text_options: passed to the text encoder (e.g. ``matryoshka=True``,
                 ``rotary_scaling_factor=None``, ``max_length=2048``).
@@ -171,7 +174,7 @@ class Embedder:
                 check_pairing(str(text), encoder, str(vision))
             vision_encoder = load_vision_encoder(vision, revision=revisions.get("vision"), cache_dir=cache_dir,
                                                  device=dev, dtype=dt, preprocessing=image_preprocessing,
-                                                 max_pixels=max_pixels)
+                                                 max_pixels=max_pixels, jpeg_draft=jpeg_draft)
             if encoder is not None and vision_encoder.dim != encoder.dim:
                 raise InvalidInputError(f"text ({encoder.dim}) and vision ({vision_encoder.dim}) dimensions differ")
             info["vision"] = {

@@ -30,6 +30,8 @@ ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, 
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 URL_TIMEOUT_S = 20.0
 URL_MAX_BYTES = 50 * 1024 * 1024
+# JPEG draft decoding keeps at least this many times the resize target on each side (see benchmarks/RESULTS.md)
+DRAFT_MARGIN = 2.0
 
 
 def describe(item: Any, index: int | None = None) -> str:
@@ -139,10 +141,13 @@ def load_image(
     url_timeout: float = URL_TIMEOUT_S,
     url_max_bytes: int = URL_MAX_BYTES,
     name: str | None = None,
+    draft: tuple[int, int] | None = None,
 ) -> Image.Image:
     """Decode one image input to an 8-bit RGB PIL image, or raise :class:`ImageDecodeError`.
 
     ``max_pixels`` is the decompression-bomb limit (``None`` disables it; not recommended for untrusted files).
+    ``draft=(w, h)`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale (DCT scaling) while staying at least ``w x h``;
+    other formats ignore it.
     """
     label = name or describe(item)
     try:
@@ -155,6 +160,8 @@ def load_image(
                                  f"(raise max_pixels if the file is trusted)")
             if getattr(img, "is_animated", False) and img.format != "PSD":
                 img.seek(0)  # first frame (a PSD opens at its first layer, and seek(0) would fail there)
+            if draft is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
+                img.draft(img.mode, draft)
             img.load()
             try:
                 img = ImageOps.exif_transpose(img)
@@ -225,6 +232,15 @@ class ImagePreprocessor:
         elif variant not in (None, "config"):
             raise ConfigError(f"unknown preprocessing variant {variant!r}; use 'config' or 'shortest_edge'")
         return cls.from_dict(cfg)
+
+    def draft_size(self, margin: float = DRAFT_MARGIN) -> tuple[int, int]:
+        """The smallest decode size that keeps ``margin`` x the resize target on both sides, for JPEG draft."""
+        if "height" in self.size:
+            edge = max(self.size["height"], self.size["width"])
+        else:
+            edge = self.size["shortest_edge"]
+        side = int(round(edge * margin))
+        return side, side
 
     def output_size(self) -> tuple[int, int]:
         if self.do_center_crop and self.crop_size:

@@ -56,10 +56,12 @@ def _default_workers() -> int:
 class NomicVisionEncoder:
     """nomic-embed-vision v1 / v1.5 with its preprocessing."""
 
-    def __init__(self, model: NomicVisionModel, preprocessor: ImagePreprocessor, *, max_pixels: int | None):
+    def __init__(self, model: NomicVisionModel, preprocessor: ImagePreprocessor, *, max_pixels: int | None,
+                 jpeg_draft: bool = True):
         self.model = model.eval()
         self.preprocessor = preprocessor
         self.max_pixels = max_pixels
+        self.jpeg_draft = jpeg_draft
         self.dim = model.config.hidden_size
 
     @classmethod
@@ -70,16 +72,22 @@ class NomicVisionEncoder:
         name: str | None = None,
         preprocessing: str | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        jpeg_draft: bool = True,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> NomicVisionEncoder:
-        """Load a nomic-embed-vision folder; ``preprocessing="shortest_edge"`` selects the training-time resize."""
+        """Load a nomic-embed-vision folder; ``preprocessing="shortest_edge"`` selects the training-time resize.
+
+        ``jpeg_draft`` decodes large JPEGs at a reduced DCT scale that keeps 2x the resize target (pixel values
+        within 0.14 of the exact path, in normalised units; see benchmarks/RESULTS.md); pass ``False`` for parity.
+        """
         folder = Path(folder)
         config = NomicVisionConfig.from_hf_dict(json.loads((folder / "config.json").read_text()))
         model = NomicVisionModel(config)
         load_converted(model, convert_state_dict(load_safetensors(folder)), what=str(name or folder))
         model.to(device=device, dtype=dtype)
-        return cls(model, ImagePreprocessor.from_folder(folder, preprocessing), max_pixels=max_pixels)
+        return cls(model, ImagePreprocessor.from_folder(folder, preprocessing), max_pixels=max_pixels,
+                   jpeg_draft=jpeg_draft)
 
     @property
     def device(self) -> torch.device:
@@ -91,7 +99,8 @@ class NomicVisionEncoder:
 
     def prepare(self, item: ImageInput, index: int) -> np.ndarray:
         """Decode and preprocess one input (runs in worker threads; PIL releases the GIL)."""
-        img = load_image(item, max_pixels=self.max_pixels, name=describe(item, index))
+        draft = self.preprocessor.draft_size() if self.jpeg_draft and self.preprocessor.do_resize else None
+        img = load_image(item, max_pixels=self.max_pixels, name=describe(item, index), draft=draft)
         return self.preprocessor(img)
 
     def _prepared(self, images: Sequence[ImageInput], batch_size: int, workers: int

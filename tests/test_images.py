@@ -135,3 +135,39 @@ def test_pairing_rules(fixtures_dir):
         Embedder.from_pretrained(text=str(text1), vision=str(vision))
     Embedder.from_pretrained(text=str(text1), vision=str(vision), allow_mismatched_towers=True)
     assert emb.info["vision"]["preprocessing"]["size"] == {"height": 224, "width": 224}
+
+
+def test_jpeg_draft_within_stated_tolerance_and_off_for_parity(data_dir, fixtures_dir):
+    """Draft (DCT-scaled) JPEG decoding keeps 2x the target size: pixels within 0.14 (normalised units) of the
+    exact decode on real photos, cosine to the exact embedding >= 0.9999; jpeg_draft=False is the exact path."""
+    photos = sorted((data_dir / "images-odd" / "exif_orientation_jpeg").glob("[LP]*_[1368].jpg"))
+    folder = fixtures_dir / "vision-v1.5-tiny"
+    pre = ImagePreprocessor.from_folder(folder)
+    draft = pre.draft_size()
+    assert draft == (448, 448)
+    for path in photos:
+        small = load_image(path, draft=draft)
+        full = load_image(path)
+        assert full.size[0] * full.size[1] > small.size[0] * small.size[1] >= 448 * 448  # DCT scaling happened
+        assert np.abs(pre(small) - pre(full)).max() < 0.14
+    fast = Embedder.from_pretrained(vision=str(folder))
+    exact = Embedder.from_pretrained(vision=str(folder), jpeg_draft=False)
+    a, b = fast.embed_images(photos), exact.embed_images(photos)
+    want = exact.vision_encoder.model(torch.from_numpy(np.stack([pre(load_image(p)) for p in photos])))
+    want = torch.nn.functional.normalize(want, dim=-1).detach().numpy()
+    np.testing.assert_allclose(b, want, atol=1e-6)
+    assert np.abs(a - b).max() > 0
+    assert (a * b).sum(axis=1).min() >= 0.9999
+
+
+def test_bfloat16_on_cpu_within_stated_tolerance(fixtures_dir):
+    """dtype="bfloat16" is the fast CPU path (2.8x on the full-size tower): cosine to fp32 >= 0.999."""
+    folder = fixtures_dir / "vision-v1.5-tiny"
+    photos = [Image.fromarray(a) for a in _real_photos().values()]
+    exact = Embedder.from_pretrained(vision=str(folder)).embed_images(photos)
+    fast = Embedder.from_pretrained(vision=str(folder), dtype="bfloat16")
+    assert fast.info["dtype"] == "bfloat16"
+    got = fast.embed_images(photos)
+    assert got.dtype == np.float32
+    assert np.abs(got - exact).max() > 0
+    assert (got * exact).sum(axis=1).min() >= 0.999
