@@ -27,7 +27,7 @@ from .errors import (
 
 __version__ = "0.1.0"
 
-_LAZY = {"Embedder": ".embedder"}
+_LAZY = {"Embedder": ".embedder", "list_models": ".registry", "ModelSpec": ".registry"}
 
 __all__ = [
     "CheckpointError",
@@ -39,12 +39,15 @@ __all__ = [
     "InvalidInputError",
     "MissingDependencyError",
     "ModelNotFoundError",
+    "ModelSpec",
     "MultimodalEmbedError",
     "__version__",
+    "list_models",
 ]
 
 if TYPE_CHECKING:
     from .embedder import Embedder
+    from .registry import ModelSpec, list_models
 
 
 def __getattr__(name: str) -> Any:

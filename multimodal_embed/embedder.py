@@ -97,6 +97,39 @@ def check_pairing(text_name: str, text_encoder: Any, vision_name: str) -> None:
             f"or pass allow_mismatched_towers=True")
 
 
+def _classify(name: str, revision: Any, cache_dir: str | Path | None) -> tuple[str, str, str | None]:
+    """(family, ref, revision) for a model name: nomic | open_clip | hf | vision | text."""
+    from . import registry
+    from .backends.hf import hf_family
+    from .vision import is_nomic_vision_config
+
+    rev = revision if isinstance(revision, str) else None
+    if registry.is_known(name):
+        spec = registry.lookup(name)
+        if spec.family == "nomic":
+            return "nomic", name, None
+        return spec.family, spec.ref or "", rev or spec.revisions.get("model")
+    for scheme in ("open_clip:", "hf:"):
+        if name.startswith(scheme):
+            return scheme[:-1], name[len(scheme):], rev
+    path = Path(os.path.expanduser(name))
+    if path.is_dir():
+        if (path / "open_clip_config.json").is_file():
+            return "open_clip", str(path), None
+        config = _read_json(path / "config.json")
+    elif hub.looks_like_repo_id(name):
+        config = _read_json(hub.fetch(name, revision=rev, files=hub.CONFIG_FILES, cache_dir=cache_dir)
+                            / "config.json")
+    else:
+        registry.lookup(name)  # raises with close matches
+        raise AssertionError  # pragma: no cover
+    if hf_family(config):
+        return "hf", name, rev
+    if is_nomic_vision_config(config):
+        return "vision", name, rev
+    return "text", name, rev
+
+
 class Embedder:
     """Text (and, with a vision tower, images) in one embedding space.
 
@@ -113,9 +146,10 @@ class Embedder:
     @classmethod
     def from_pretrained(
         cls,
-        text: str | os.PathLike | None = None,
+        model: str | os.PathLike | None = None,
         vision: str | os.PathLike | None = None,
         *,
+        text: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         revision: str | Mapping[str, str] | None = None,
@@ -126,38 +160,73 @@ class Embedder:
         allow_mismatched_towers: bool = False,
         **text_options: Any,
     ) -> Embedder:
-        """Load the towers.
+        """Load a model by name.
 
         Args:
-            text: a hub id (``nomic-ai/nomic-embed-text-v1.5``) or a local folder (original nomic format,
-                transformers-5 native format, or a sentence-transformers folder).
-            vision: the image tower (hub id or folder).
+            model: a registry name (``"nomic-embed-v1.5"``, see :func:`multimodal_embed.list_models`),
+                ``"open_clip:ARCH/TAG"`` / ``"open_clip:hf-hub:ORG/REPO"``, ``"hf:ORG/REPO"`` (CLIP, SigLIP,
+                SigLIP2), a hub id of a text model (``nomic-ai/nomic-embed-text-v1.5``), or a local folder
+                (family detected from its files).
+            vision: a nomic-embed-vision tower (hub id or folder) to pair with the text model.
+            text: the text tower, by keyword (same as ``model`` for a text model).
             device: ``None`` picks CUDA, then MPS, then CPU.
-            dtype: ``None`` picks bf16/fp16 on CUDA and fp32 elsewhere.
-            revision: a hub revision for the text model, or ``{"text": ..., "vision": ...}``; the known nomic
-                repositories default to pinned commits.
+            dtype: ``None`` picks bf16/fp16 on CUDA and fp32 elsewhere; ``"bfloat16"`` is the fast CPU path.
+            revision: a hub revision, or ``{"text": ..., "vision": ...}``; known models default to pinned
+                commits.
             cache_dir: the Hugging Face cache to use (default: the hub's own).
-            image_preprocessing: ``None``/``"config"`` (the folder's preprocessor_config.json) or
+            image_preprocessing: nomic only: ``None``/``"config"`` (the folder's preprocessor_config.json) or
                 ``"shortest_edge"`` (short side to 224 + center crop, as in nomic's training and evaluation).
             max_pixels: Pillow's decompression-bomb limit for decoded images (``None`` disables it).
-            jpeg_draft: decode large JPEGs at a reduced DCT scale that keeps 2x the model's input size (faster;
-                pixels within 0.14 in normalised units, cosine >= 0.9999 to the exact path). ``False`` for exact parity.
+            jpeg_draft: nomic only: decode large JPEGs at a reduced DCT scale that keeps 2x the model's input
+                size (pixels within 0.14 in normalised units, cosine >= 0.9999 to the exact path). ``False`` for
+                exact parity.
             allow_mismatched_towers: pair a nomic vision tower with a text tower it was not trained against.
-            **text_options: passed to the text encoder (e.g. ``matryoshka=True``,
+            **text_options: passed to the nomic text encoder (e.g. ``matryoshka=True``,
                 ``rotary_scaling_factor=None``, ``max_length=2048``).
         """
+        from . import registry
+
+        if model is not None and text is not None:
+            raise InvalidInputError("give the model positionally or as text=, not both")
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        if model is not None:
+            name = os.fspath(model)
+            family, ref, rev = _classify(name, revision, cache_dir)
+            if family == "nomic":
+                spec = registry.lookup(name)
+                if vision is not None:
+                    raise InvalidInputError(f"{name} already names both towers; do not pass vision=")
+                revs = dict(revision) if isinstance(revision, Mapping) else {}
+                text, vision = spec.text, spec.vision
+                revision = {"text": revs.get("text") or spec.revisions["text"],
+                            "vision": revs.get("vision") or spec.revisions["vision"]}
+            elif family in ("open_clip", "hf"):
+                if vision is not None or text_options:
+                    raise InvalidInputError(f"{name} is a {family} model with both towers; vision= and text "
+                                            f"options ({sorted(text_options)}) do not apply")
+                return cls._from_backend(family, ref, name, revision=rev, cache_dir=cache_dir, device=dev,
+                                         dtype=dt, max_pixels=max_pixels)
+            elif family == "vision":
+                if vision is not None:
+                    raise InvalidInputError(f"{name} is an image tower; pass a text model with text=")
+                vision = name
+            else:
+                text = name
         if text is None and vision is None:
-            raise InvalidInputError("give at least one of text= or vision=")
+            raise InvalidInputError("give a model name, or at least one of text= or vision=")
         revisions = dict(revision) if isinstance(revision, Mapping) else {"text": revision, "vision": None}
         if text is None and not isinstance(revision, Mapping):
             revisions = {"vision": revision}
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
-        info: dict[str, Any] = {"device": str(dev), "dtype": str(dt).replace("torch.", "")}
+        info: dict[str, Any] = {"family": "nomic", "device": str(dev), "dtype": str(dt).replace("torch.", ""),
+                                "modalities": []}
+        if model is not None and registry.is_known(os.fspath(model)):
+            info["name"] = registry.lookup(os.fspath(model)).name
         encoder = None
         if text is not None:
             encoder = load_text_encoder(text, revision=revisions.get("text"), cache_dir=cache_dir, device=dev,
                                         dtype=dt, **text_options)
+            info["modalities"].append("text")
             info["text"] = {
                 "name": str(text),
                 "revision": revisions.get("text") or (hub.default_revision(str(text))
@@ -168,6 +237,8 @@ class Embedder:
                 "prefixes": dict(encoder.prefixes),
                 "matryoshka_dims": list(encoder.matryoshka_dims),
             }
+            if not encoder.prefixes:
+                info["family"] = "sentence-transformers"
         vision_encoder = None
         if vision is not None:
             if text is not None and not allow_mismatched_towers:
@@ -177,6 +248,7 @@ class Embedder:
                                                  max_pixels=max_pixels, jpeg_draft=jpeg_draft)
             if encoder is not None and vision_encoder.dim != encoder.dim:
                 raise InvalidInputError(f"text ({encoder.dim}) and vision ({vision_encoder.dim}) dimensions differ")
+            info["modalities"].append("image")
             info["vision"] = {
                 "name": str(vision),
                 "revision": revisions.get("vision") or (hub.default_revision(str(vision))
@@ -187,9 +259,63 @@ class Embedder:
             }
         return cls(encoder, vision_encoder, info=info)
 
+    @classmethod
+    def _from_backend(cls, family: str, ref: str, name: str, *, revision: str | None, cache_dir: str | Path | None,
+                      device: torch.device, dtype: torch.dtype, max_pixels: int | None) -> Embedder:
+        if family == "open_clip":
+            from .backends.openclip import load_open_clip as load
+        else:
+            from .backends.hf import load_hf_contrastive as load
+        text, vision, details = load(ref, revision=revision, cache_dir=cache_dir, device=device, dtype=dtype,
+                                     max_pixels=max_pixels)
+        scoring = text.scoring
+        info = {
+            "family": details["family"], "name": name, "device": str(device),
+            "dtype": str(dtype).replace("torch.", ""), "modalities": ["text", "image"],
+            "text": {"name": ref, "revision": details.get("revision"), "dim": text.dim,
+                     "max_length": text.max_length, "encoder": type(text).__name__, "prefixes": {},
+                     "matryoshka_dims": []},
+            "vision": {"name": ref, "revision": details.get("revision"), "dim": vision.dim,
+                       "encoder": type(vision).__name__, "preprocessing": details.get("preprocessing")},
+            "scoring": dataclasses.asdict(scoring),
+        }
+        return cls(text, vision, info=info)
+
     @property
     def dim(self) -> int:
         return (self.text_encoder or self.vision_encoder).dim
+
+    @property
+    def modalities(self) -> list[str]:
+        return [m for m, enc in (("text", self.text_encoder), ("image", self.vision_encoder)) if enc is not None]
+
+    @property
+    def scoring(self):
+        """How the model scores: ``logit_scale`` and ``logit_bias`` from the checkpoint (``None`` where it has
+        none, as for nomic) and ``kind`` (``"softmax"`` for CLIP-style, ``"sigmoid"`` for SigLIP)."""
+        from .backends.common import Scoring
+
+        return getattr(self.text_encoder, "scoring", None) or getattr(self.vision_encoder, "scoring", None) \
+            or Scoring()
+
+    @property
+    def logit_scale(self) -> float | None:
+        return self.scoring.logit_scale
+
+    @property
+    def logit_bias(self) -> float | None:
+        return self.scoring.logit_bias
+
+    @property
+    def query_task(self) -> str | None:
+        """The task to embed queries and zero-shot labels with (``"search_query"`` for nomic, else ``None``)."""
+        prefixes = getattr(self.text_encoder, "prefixes", {}) or {}
+        return "search_query" if "search_query" in prefixes else None
+
+    @property
+    def max_text_length(self) -> int | None:
+        """The text tower's context in tokens (nomic: 8192; CLIP: 77; SigLIP: 64)."""
+        return getattr(self.text_encoder, "max_length", None)
 
     def embed_images(
         self,

@@ -36,6 +36,17 @@ MATRYOSHKA_DIMS = (768, 512, 256, 128, 64)
 LONG_TEXT_MODES = ("truncate", "mean")
 
 
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """A list of str, or :class:`InputTypeError` naming the first item that is not one."""
+    if isinstance(texts, (str, bytes)):
+        raise InputTypeError("texts must be a list of str, not a single string; wrap it in a list")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise InputTypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+    return texts
+
+
 class TokenTextEncoder:
     """Shared machinery of the transformer text encoders of this package.
 
@@ -146,12 +157,7 @@ class TokenTextEncoder:
         show_progress: bool | None = None,
     ) -> torch.Tensor:
         """Embed ``texts`` and return a ``(len(texts), d)`` float32 tensor of unit rows, in input order."""
-        if isinstance(texts, (str, bytes)):
-            raise InputTypeError("texts must be a list of str, not a single string; wrap it in a list")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InputTypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        texts = check_texts(texts)
         if long_text not in LONG_TEXT_MODES:
             raise InvalidInputError(f"long_text must be one of {LONG_TEXT_MODES}, got {long_text!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

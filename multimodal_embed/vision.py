@@ -53,15 +53,65 @@ def _default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2)))
 
 
-class NomicVisionEncoder:
+class ImageEncoder:
+    """Shared image pipeline: decode + preprocess in worker threads, overlapped with batched model calls.
+
+    Subclasses set ``self.model`` and ``self.dim`` and implement :meth:`preprocess` (an RGB PIL image to a
+    ``(C, H, W)`` array, or to a dict of arrays with a leading batch axis of 1) and :meth:`forward` (a collated
+    batch to unnormalised embeddings).
+    """
+
+    model: torch.nn.Module
+    dim: int
+
+    def __init__(self, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, jpeg_draft: bool = False):
+        self.max_pixels = max_pixels
+        self.jpeg_draft = jpeg_draft
+
+    # -- hooks -------------------------------------------------------------------------------------------
+    def preprocess(self, img: Any) -> np.ndarray | dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def forward(self, batch: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def draft_size(self) -> tuple[int, int] | None:
+        return None
+
+    # -- shared ------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def prepare(self, item: ImageInput, index: int) -> np.ndarray | dict[str, np.ndarray]:
+        """Decode and preprocess one input (runs in worker threads; PIL releases the GIL)."""
+        draft = self.draft_size() if self.jpeg_draft else None
+        img = load_image(item, max_pixels=self.max_pixels, name=describe(item, index), draft=draft)
+        return self.preprocess(img)
+
+    def collate(self, items: list[np.ndarray | dict[str, np.ndarray]]) -> torch.Tensor | dict[str, torch.Tensor]:
+        device = self.device
+        if isinstance(items[0], dict):
+            out = {}
+            for key in items[0]:
+                value = torch.from_numpy(np.concatenate([it[key] for it in items]))
+                out[key] = value.to(device, self.dtype if value.is_floating_point() else None)
+            return out
+        return torch.from_numpy(np.stack(items)).to(device, self.dtype)
+
+
+class NomicVisionEncoder(ImageEncoder):
     """nomic-embed-vision v1 / v1.5 with its preprocessing."""
 
     def __init__(self, model: NomicVisionModel, preprocessor: ImagePreprocessor, *, max_pixels: int | None,
                  jpeg_draft: bool = True):
+        super().__init__(max_pixels=max_pixels, jpeg_draft=jpeg_draft)
         self.model = model.eval()
         self.preprocessor = preprocessor
-        self.max_pixels = max_pixels
-        self.jpeg_draft = jpeg_draft
         self.dim = model.config.hidden_size
 
     @classmethod
@@ -89,19 +139,14 @@ class NomicVisionEncoder:
         return cls(model, ImagePreprocessor.from_folder(folder, preprocessing), max_pixels=max_pixels,
                    jpeg_draft=jpeg_draft)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    def draft_size(self) -> tuple[int, int] | None:
+        return self.preprocessor.draft_size() if self.preprocessor.do_resize else None
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    def prepare(self, item: ImageInput, index: int) -> np.ndarray:
-        """Decode and preprocess one input (runs in worker threads; PIL releases the GIL)."""
-        draft = self.preprocessor.draft_size() if self.jpeg_draft and self.preprocessor.do_resize else None
-        img = load_image(item, max_pixels=self.max_pixels, name=describe(item, index), draft=draft)
+    def preprocess(self, img: Any) -> np.ndarray:
         return self.preprocessor(img)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch)
 
     def _prepared(self, images: Sequence[ImageInput], batch_size: int, workers: int
                   ) -> Iterator[list[tuple[int, np.ndarray | ImageDecodeError]]]:
@@ -157,8 +202,7 @@ class NomicVisionEncoder:
                         good.append((i, result))
                 if not good:
                     continue
-                pixels = torch.from_numpy(np.stack([p for _, p in good])).to(self.device, self.dtype)
-                rows.append(F.normalize(self.model(pixels).float(), dim=-1).cpu())
+                rows.append(F.normalize(self.forward(self.collate([p for _, p in good])).float(), dim=-1).cpu())
                 indices.extend(i for i, _ in good)
         vectors = torch.cat(rows) if rows else torch.empty(0, self.dim)
         if failures:

@@ -1,0 +1,111 @@
+"""What the CLIP-family backends share: a text encoder with a fixed context and the model's own scoring."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InvalidInputError
+from ..text import check_texts
+from ..utils import progress
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How the model turns cosine similarities into logits: ``scale * cos + bias``, then softmax or sigmoid."""
+
+    logit_scale: float | None = None
+    logit_bias: float | None = None
+    kind: str = "softmax"  # "softmax" (CLIP) or "sigmoid" (SigLIP)
+
+
+class ContextTextEncoder:
+    """Base of the CLIP-style text towers: a tokenizer with a fixed context, no task prefixes, no Matryoshka.
+
+    Subclasses implement :meth:`token_lengths` (tokens each text needs, special tokens included),
+    :meth:`tokenize` (a batch to model inputs, cut to ``max_length``) and :meth:`features`.
+    """
+
+    prefixes: dict[str, str] = {}  # noqa: RUF012 - read-only
+    matryoshka_dims: tuple[int, ...] = ()
+    model: torch.nn.Module
+    max_length: int
+    dim: int
+    pad_to_max_length = False  # SigLIP pools the last position: it must see max_length tokens, as in training
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        raise NotImplementedError
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def normalize_text(self, text: str) -> str:
+        return text
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def tasks(self) -> list[str]:
+        return []
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        task: str | None = None,
+        dimensionality: int | None = None,
+        batch_size: int = 32,
+        max_tokens: int | None = None,
+        long_text: str = "truncate",
+        show_progress: bool | None = None,
+    ) -> torch.Tensor:
+        """Embed ``texts`` into a ``(len(texts), d)`` float32 tensor of unit rows, in input order.
+
+        ``task`` is accepted for API symmetry and adds nothing (these models have no task prefixes).
+        """
+        texts = [self.normalize_text(t) for t in check_texts(texts)]
+        if dimensionality not in (None, self.dim):
+            raise InvalidInputError(f"this model has a fixed dimension of {self.dim}; got dimensionality="
+                                    f"{dimensionality!r}")
+        if long_text != "truncate":
+            raise InvalidInputError(f"long_text={long_text!r} is not supported by {type(self).__name__} (its "
+                                    f"context is {self.max_length} tokens); use 'truncate'")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not texts:
+            return torch.empty(0, self.dim)
+        lengths = self.token_lengths(texts)
+        n_cut = sum(n > self.max_length for n in lengths)
+        if n_cut:
+            logger.warning("%d of %d texts were longer than the %d-token context and were truncated", n_cut,
+                           len(texts), self.max_length)
+        # length-sorted batches waste less on padding (results are returned in input order)
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        out = torch.empty(len(texts), self.dim, dtype=torch.float32)
+        batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        with torch.inference_mode():
+            for batch in progress(batches, show_progress, desc="embed text", unit="batch"):
+                inputs = {k: v.to(self.device) for k, v in self.tokenize([texts[i] for i in batch]).items()}
+                out[batch] = F.normalize(self.features(inputs).float(), dim=-1).cpu()
+        return out
+
+
+def pooled(output: Any) -> torch.Tensor:
+    """transformers 5 returns model outputs from ``get_*_features``; older versions return the tensor."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
