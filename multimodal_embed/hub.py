@@ -36,7 +36,15 @@ def looks_like_repo_id(name: str) -> bool:
 
 
 def default_revision(repo_id: str) -> str:
-    return PINNED_REVISIONS.get(repo_id, "main")
+    """The pinned commit of a known repository (nomic towers, and the registry's CLIP / SigLIP entries)."""
+    if repo_id in PINNED_REVISIONS:
+        return PINNED_REVISIONS[repo_id]
+    from .registry import MODELS
+
+    for spec in MODELS:
+        if spec.ref in (repo_id, f"hf-hub:{repo_id}") and "model" in spec.revisions:
+            return spec.revisions["model"]
+    return "main"
 
 
 def fetch(

@@ -103,51 +103,6 @@ class ImageEncoder:
             return out
         return torch.from_numpy(np.stack(items)).to(device, self.dtype)
 
-
-class NomicVisionEncoder(ImageEncoder):
-    """nomic-embed-vision v1 / v1.5 with its preprocessing."""
-
-    def __init__(self, model: NomicVisionModel, preprocessor: ImagePreprocessor, *, max_pixels: int | None,
-                 jpeg_draft: bool = True):
-        super().__init__(max_pixels=max_pixels, jpeg_draft=jpeg_draft)
-        self.model = model.eval()
-        self.preprocessor = preprocessor
-        self.dim = model.config.hidden_size
-
-    @classmethod
-    def from_folder(
-        cls,
-        folder: str | Path,
-        *,
-        name: str | None = None,
-        preprocessing: str | None = None,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        jpeg_draft: bool = True,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> NomicVisionEncoder:
-        """Load a nomic-embed-vision folder; ``preprocessing="shortest_edge"`` selects the training-time resize.
-
-        ``jpeg_draft`` decodes large JPEGs at a reduced DCT scale that keeps 2x the resize target (pixel values
-        within 0.14 of the exact path, in normalised units; see benchmarks/RESULTS.md); pass ``False`` for parity.
-        """
-        folder = Path(folder)
-        config = NomicVisionConfig.from_hf_dict(json.loads((folder / "config.json").read_text()))
-        model = NomicVisionModel(config)
-        load_converted(model, convert_state_dict(load_safetensors(folder)), what=str(name or folder))
-        model.to(device=device, dtype=dtype)
-        return cls(model, ImagePreprocessor.from_folder(folder, preprocessing), max_pixels=max_pixels,
-                   jpeg_draft=jpeg_draft)
-
-    def draft_size(self) -> tuple[int, int] | None:
-        return self.preprocessor.draft_size() if self.preprocessor.do_resize else None
-
-    def preprocess(self, img: Any) -> np.ndarray:
-        return self.preprocessor(img)
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(batch)
-
     def _prepared(self, images: Sequence[ImageInput], batch_size: int, workers: int
                   ) -> Iterator[list[tuple[int, np.ndarray | ImageDecodeError]]]:
         """Yield batches of (index, pixels or error), decoding the next batch while the caller runs the model."""
@@ -210,6 +165,50 @@ class NomicVisionEncoder(ImageEncoder):
                            failures[0].item, failures[0].reason)
         return vectors, indices, failures
 
+
+class NomicVisionEncoder(ImageEncoder):
+    """nomic-embed-vision v1 / v1.5 with its preprocessing."""
+
+    def __init__(self, model: NomicVisionModel, preprocessor: ImagePreprocessor, *, max_pixels: int | None,
+                 jpeg_draft: bool = True):
+        super().__init__(max_pixels=max_pixels, jpeg_draft=jpeg_draft)
+        self.model = model.eval()
+        self.preprocessor = preprocessor
+        self.dim = model.config.hidden_size
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | Path,
+        *,
+        name: str | None = None,
+        preprocessing: str | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        jpeg_draft: bool = True,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> NomicVisionEncoder:
+        """Load a nomic-embed-vision folder; ``preprocessing="shortest_edge"`` selects the training-time resize.
+
+        ``jpeg_draft`` decodes large JPEGs at a reduced DCT scale that keeps 2x the resize target (pixel values
+        within 0.14 of the exact path, in normalised units; see benchmarks/RESULTS.md); pass ``False`` for parity.
+        """
+        folder = Path(folder)
+        config = NomicVisionConfig.from_hf_dict(json.loads((folder / "config.json").read_text()))
+        model = NomicVisionModel(config)
+        load_converted(model, convert_state_dict(load_safetensors(folder)), what=str(name or folder))
+        model.to(device=device, dtype=dtype)
+        return cls(model, ImagePreprocessor.from_folder(folder, preprocessing), max_pixels=max_pixels,
+                   jpeg_draft=jpeg_draft)
+
+    def draft_size(self) -> tuple[int, int] | None:
+        return self.preprocessor.draft_size() if self.preprocessor.do_resize else None
+
+    def preprocess(self, img: Any) -> np.ndarray:
+        return self.preprocessor(img)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch)
 
 def nomic_tower_version(name: str) -> str | None:
     """'v1.5', 'v1' or None, from a model name such as nomic-ai/nomic-embed-vision-v1.5."""

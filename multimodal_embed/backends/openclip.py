@@ -35,6 +35,11 @@ def _import_open_clip():
     return open_clip
 
 
+def _offline_hint() -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    return "HF_HUB_OFFLINE is set; " if offline else ""
+
+
 def is_open_clip_folder(folder: str | os.PathLike) -> bool:
     return (Path(folder) / "open_clip_config.json").is_file()
 
@@ -86,16 +91,28 @@ def load_open_clip(
             raise ModelNotFoundError(f"give a pretrained tag: open_clip:{arch}/TAG, one of {tags}")
         name, pretrained = arch, tag
         info["revision"] = None  # open_clip resolves built-in tags itself and does not pin them
+        tag_cfg = open_clip.get_pretrained_cfg(arch, tag)
+        if not tag_cfg and not os.path.isfile(tag):
+            tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+            raise ModelNotFoundError(f"open_clip has no pretrained tag {tag!r} for {arch}; known tags: {tags}")
+        if tag_cfg:
+            try:  # fetch (or find in the cache) first, so a failure is one clear error rather than log noise
+                open_clip.download_pretrained(tag_cfg, cache_dir=str(cache_dir) if cache_dir else None)
+            except Exception as exc:  # noqa: BLE001 - hub, HTTP and OS errors all mean "not available"
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ModelNotFoundError(
+                    f"open_clip weights for {arch}/{tag} are not in the cache and could not be downloaded "
+                    f"({_offline_hint()}{first}). Download them once where the hub is reachable, or pass a local "
+                    f"open_clip folder.") from None
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, cache_dir=str(cache_dir) if cache_dir else None)
         tokenizer = open_clip.get_tokenizer(name, cache_dir=str(cache_dir) if cache_dir else None)
     except (RuntimeError, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         raise ModelNotFoundError(
-            f"open_clip model {ref!r} could not be loaded: {first}" + (" (HF_HUB_OFFLINE is set)" if offline else "")
-            + ". Download it once where the hub is reachable, or pass a local open_clip folder.") from None
+            f"open_clip model {ref!r} could not be loaded ({_offline_hint()}{first}). Download it once where the hub "
+            f"is reachable, or pass a local open_clip folder.") from None
     model = model.eval().to(device=device, dtype=dtype)
     text = OpenClipTextEncoder(model, tokenizer)
     vision = OpenClipImageEncoder(model, preprocess, max_pixels=max_pixels)
