@@ -27,7 +27,8 @@ from .errors import (
 
 __version__ = "0.1.0"
 
-_LAZY = {"Embedder": ".embedder", "list_models": ".registry", "ModelSpec": ".registry"}
+_LAZY = {"Embedder": ".embedder", "list_models": ".registry", "ModelSpec": ".registry",
+         "ZeroShotClassifier": ".zeroshot"}
 
 __all__ = [
     "CheckpointError",
@@ -41,6 +42,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelSpec",
     "MultimodalEmbedError",
+    "ZeroShotClassifier",
     "__version__",
     "list_models",
 ]
@@ -48,6 +50,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .embedder import Embedder
     from .registry import ModelSpec, list_models
+    from .zeroshot import ZeroShotClassifier
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,371 @@
+"""Zero-shot image classification: prompt ensembles, cached label embeddings, calibrated probabilities.
+
+>>> clf = ZeroShotClassifier(emb, labels=["cat", "dog", "car"], templates="openai-imagenet")
+>>> clf.predict(["a.jpg"], top_k=2)  # [[Prediction(label='cat', probability=0.93, cosine=0.31), ...]]
+
+Class embeddings follow open_clip's zero-shot classifier: every template filled with every label, embedded
+(with the model's query prefix, ``search_query: `` for nomic), averaged per class and renormalised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .images import ImageInput
+from .templates import NAMED_TEMPLATES
+from .utils import progress
+from .vision import ImageFailure
+
+logger = logging.getLogger(__name__)
+
+# Models without a stored logit scale (nomic): CLIP's trained maximum, i.e. temperature 0.01. Fit a better one
+# with ZeroShotClassifier.calibrate.
+DEFAULT_LOGIT_SCALE = 100.0
+# Multi-label scores for models without a stored bias: sigmoid(scale * (cos - 0.2)) until calibrated.
+DEFAULT_MULTI_LABEL_THRESHOLD = 0.2
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+_MEMORY_CACHE: dict[str, dict[str, np.ndarray]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probability: float
+    cosine: float
+
+
+@dataclass
+class Evaluation:
+    """What :meth:`ZeroShotClassifier.evaluate` returns."""
+
+    top1: float
+    top5: float
+    per_class: dict[str, float]
+    confusion: np.ndarray  # confusion[true, predicted], in ``classes`` order
+    classes: list[str]
+    n_images: int
+    failures: list[Any] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"top1": self.top1, "top5": self.top5, "per_class": self.per_class,
+                "confusion": self.confusion.tolist(), "classes": self.classes, "n_images": self.n_images,
+                "failures": [(f.item, f.reason) for f in self.failures]}
+
+
+def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(templates, str):
+        if templates in NAMED_TEMPLATES:
+            return NAMED_TEMPLATES[templates]
+        if "{}" not in templates:
+            raise InvalidInputError(f"unknown template set {templates!r}; use one of {sorted(NAMED_TEMPLATES)} "
+                                    f"or a list of format strings with '{{}}'")
+        templates = [templates]
+    out = list(templates)
+    if not out:
+        raise InvalidInputError("templates is empty")
+    for i, t in enumerate(out):
+        if not isinstance(t, str) or t.count("{}") != 1:
+            raise InvalidInputError(f"template #{i} {t!r} must be a str with exactly one '{{}}' for the label")
+        try:
+            t.format("x")
+        except (IndexError, KeyError, ValueError) as exc:
+            raise InvalidInputError(f"template #{i} {t!r} is not a valid format string: {exc}") from None
+    dupes = sorted({t for t in out if out.count(t) > 1})
+    if dupes:
+        raise InvalidInputError(f"duplicate templates: {dupes}")
+    return tuple(out)
+
+
+def check_labels(labels: Sequence[str]) -> list[str]:
+    if isinstance(labels, str):
+        raise InvalidInputError("labels must be a list of str, not a single string")
+    out = list(labels)
+    if not out:
+        raise InvalidInputError("labels is empty")
+    for i, label in enumerate(out):
+        if not isinstance(label, str) or not label.strip():
+            raise InvalidInputError(f"label #{i} {label!r} must be a non-empty str")
+    dupes = sorted({x for x in out if out.count(x) > 1})
+    if dupes:
+        raise InvalidInputError(f"duplicate labels: {dupes}")
+    return out
+
+
+def model_identity(embedder: Any) -> dict[str, Any]:
+    """What label embeddings depend on: the text tower's family, name, revision, dimension and dtype."""
+    text = dict(embedder.info.get("text") or {})
+    name = text.get("name")
+    if name and os.path.isdir(str(name)):  # a local folder: identify it by its weights too
+        stamps = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in Path(name).glob("*.safetensors"))
+        name = f"{os.path.abspath(name)}:{stamps}"
+    return {"family": embedder.info.get("family"), "name": name, "revision": text.get("revision"),
+            "dim": embedder.dim, "dtype": embedder.info.get("dtype"), "task": embedder.query_task}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class ZeroShotClassifier:
+    """Zero-shot classification with any :class:`~multimodal_embed.Embedder` that has both towers.
+
+    Args:
+        embedder: the model.
+        labels: class names (unique, non-empty).
+        templates: ``"openai-imagenet"`` (80 prompts), ``"simple"``, ``"none"``, or a list of format strings.
+        multi_label: independent per-label sigmoid scores instead of a softmax over labels.
+        logit_scale / logit_bias: override the model's (nomic has none: ``DEFAULT_LOGIT_SCALE``).
+        cache_dir: keep label embeddings on disk, shared across processes.
+        show_progress: tqdm bars on long work.
+    """
+
+    def __init__(
+        self,
+        embedder: Any,
+        labels: Sequence[str],
+        templates: str | Sequence[str] = "openai-imagenet",
+        *,
+        multi_label: bool = False,
+        logit_scale: float | None = None,
+        logit_bias: float | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        batch_size: int = 256,
+        show_progress: bool | None = None,
+    ):
+        if embedder.text_encoder is None or embedder.vision_encoder is None:
+            raise InvalidInputError("zero-shot classification needs an Embedder with both text and image towers")
+        self.embedder = embedder
+        self.templates = resolve_templates(templates)
+        self.multi_label = multi_label
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        scoring = embedder.scoring
+        self.kind = "sigmoid" if multi_label or scoring.kind == "sigmoid" else "softmax"
+        self.logit_scale = float(logit_scale if logit_scale is not None else
+                                 scoring.logit_scale if scoring.logit_scale is not None else DEFAULT_LOGIT_SCALE)
+        if logit_bias is not None:
+            self.logit_bias = float(logit_bias)
+        elif scoring.logit_bias is not None:
+            self.logit_bias = float(scoring.logit_bias)
+        else:
+            self.logit_bias = -self.logit_scale * DEFAULT_MULTI_LABEL_THRESHOLD if self.kind == "sigmoid" else 0.0
+        self.labels: list[str] = []
+        self.class_embeddings = np.zeros((0, embedder.dim), dtype=np.float32)
+        self.add_labels(labels)
+
+    # -- label embeddings --------------------------------------------------------------------------------
+    @property
+    def cache_key(self) -> str:
+        key = json.dumps({"model": model_identity(self.embedder), "templates": self.templates}, sort_keys=True,
+                         default=str)
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    def _cache_file(self) -> Path | None:
+        return self.cache_dir / f"labels-{self.cache_key}.npz" if self.cache_dir is not None else None
+
+    def _load_cache(self) -> dict[str, np.ndarray]:
+        with _CACHE_LOCK:
+            cache = _MEMORY_CACHE.setdefault(self.cache_key, {})
+            path = self._cache_file()
+            if path is not None and path.is_file():
+                with np.load(path, allow_pickle=False) as data:
+                    for label, vec in zip(data["labels"].tolist(), data["vectors"]):
+                        cache.setdefault(label, vec)
+            return cache
+
+    def _save_cache(self, cache: dict[str, np.ndarray]) -> None:
+        path = self._cache_file()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        labels = sorted(cache)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, labels=np.array(labels, dtype=str), vectors=np.stack([cache[k] for k in labels]))
+        os.replace(tmp, path)
+
+    def embed_labels(self, labels: Sequence[str]) -> np.ndarray:
+        """Class embeddings for ``labels``: template average, renormalised. Uncached labels only are embedded,
+        all in one batched pass."""
+        labels = check_labels(labels)
+        cache = self._load_cache()
+        new = [lab for lab in labels if lab not in cache]
+        if new:
+            prompts = [t.format(lab) for lab in new for t in self.templates]
+            vectors = self.embedder.embed_text(prompts, task=self.embedder.query_task, batch_size=self.batch_size,
+                                               show_progress=self.show_progress)
+            per_class = vectors.reshape(len(new), len(self.templates), -1).mean(axis=1)
+            per_class /= np.linalg.norm(per_class, axis=1, keepdims=True)
+            with _CACHE_LOCK:
+                for lab, vec in zip(new, per_class.astype(np.float32)):
+                    cache[lab] = vec
+            self._save_cache(cache)
+            logger.info("embedded %d new labels x %d templates", len(new), len(self.templates))
+        return np.stack([cache[lab] for lab in labels]).astype(np.float32)
+
+    def add_labels(self, labels: Sequence[str]) -> None:
+        """Add classes; only labels never embedded before (for this model and templates) are embedded."""
+        labels = check_labels(labels)
+        clash = sorted(set(labels) & set(self.labels))
+        if clash:
+            raise InvalidInputError(f"labels already present: {clash}")
+        self.class_embeddings = np.concatenate([self.class_embeddings, self.embed_labels(labels)])
+        self.labels.extend(labels)
+
+    # -- scoring -----------------------------------------------------------------------------------------
+    def cosine(self, image_embeddings: np.ndarray) -> np.ndarray:
+        """Raw cosine scores ``(n_images, n_labels)``."""
+        return np.asarray(image_embeddings, dtype=np.float32) @ self.class_embeddings.T
+
+    def probabilities_from_cosine(self, cos: np.ndarray) -> np.ndarray:
+        logits = self.logit_scale * cos.astype(np.float64)
+        if self.kind == "sigmoid":
+            return _sigmoid(logits + self.logit_bias).astype(np.float32)
+        return _softmax(logits).astype(np.float32)
+
+    def probabilities(self, images: Sequence[ImageInput], *, batch_size: int = 32) -> np.ndarray:
+        """``(n_images, n_labels)`` probabilities (softmax rows sum to 1; sigmoid scores are independent)."""
+        return self.probabilities_from_cosine(self.cosine(self.embedder.embed_images(images, batch_size=batch_size,
+                                                                                     show_progress=False)))
+
+    def predict(self, images: Sequence[ImageInput], top_k: int = 5, *, batch_size: int = 32,
+                on_error: str = "raise") -> list[list[Prediction] | None]:
+        """Per image, the ``top_k`` labels with probability and cosine, best first.
+
+        ``on_error="skip"`` keeps going past undecodable images: their entry is ``None`` (see the log).
+        """
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise InvalidInputError(f"top_k must be a positive int, got {top_k!r}")
+        if on_error not in ("raise", "skip"):
+            raise InvalidInputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if isinstance(images, (str, bytes, os.PathLike)):
+            images = [images]
+        if on_error == "raise":
+            vectors, indices = self.embedder.embed_images(images, batch_size=batch_size), list(range(len(images)))
+        else:
+            res = self.embedder.embed_images_with_errors(images, batch_size=batch_size)
+            vectors, indices = res.vectors, res.indices
+        cos = self.cosine(vectors)
+        probs = self.probabilities_from_cosine(cos)
+        out: list[list[Prediction] | None] = [None] * len(images)
+        k = min(top_k, len(self.labels))
+        for row, i in enumerate(indices):
+            best = np.argsort(-cos[row], kind="stable")[:k]
+            out[i] = [Prediction(self.labels[j], float(probs[row, j]), float(cos[row, j])) for j in best]
+        return out
+
+    # -- calibration ---------------------------------------------------------------------------------------
+    def calibrate(self, images: Sequence[ImageInput] | np.ndarray, true_labels: Sequence[str]) -> float:
+        """Fit the logit scale (and, in multi-label mode, the bias) by minimising the negative log-likelihood on
+        labelled images; ``images`` may also be precomputed image embeddings. Returns the new scale."""
+        if isinstance(images, np.ndarray) and images.ndim == 2:
+            vectors = images.astype(np.float32)
+        else:
+            vectors = self.embedder.embed_images(images, show_progress=False)
+        if len(true_labels) != len(vectors):
+            raise InvalidInputError(f"{len(vectors)} images but {len(true_labels)} labels")
+        index = {lab: j for j, lab in enumerate(self.labels)}
+        unknown = sorted({lab for lab in true_labels if lab not in index})
+        if unknown:
+            raise InvalidInputError(f"true labels not among the classifier's labels: {unknown}")
+        y = np.array([index[lab] for lab in true_labels])
+        self.logit_scale, bias = fit_temperature(self.cosine(vectors), y, sigmoid=self.kind == "sigmoid",
+                                                 init_scale=self.logit_scale, init_bias=self.logit_bias)
+        if self.kind == "sigmoid":
+            self.logit_bias = bias
+        return self.logit_scale
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+    def evaluate(self, image_folder: str | os.PathLike, *, label_map: dict[str, str] | None = None,
+                 limit_per_class: int | None = None, batch_size: int = 32,
+                 show_progress: bool | None = True) -> Evaluation:
+        """Accuracy on an ImageFolder layout (one subfolder per class; the folder name is the label unless
+        ``label_map`` maps it). Undecodable files are reported in ``failures`` and left out of the scores."""
+        root = Path(image_folder)
+        if not root.is_dir():
+            raise InvalidInputError(f"{root} is not a folder")
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        if not classes:
+            raise InvalidInputError(f"{root} has no class subfolders")
+        label_map = label_map or {}
+        index = {lab: j for j, lab in enumerate(self.labels)}
+        missing = sorted({label_map.get(c, c) for c in classes} - set(index))
+        if missing:
+            raise InvalidInputError(f"class folders without a label in the classifier: {missing}")
+        files, truth = [], []
+        for c in classes:
+            found = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = found[:limit_per_class] if limit_per_class else found
+            files += found
+            truth += [index[label_map.get(c, c)]] * len(found)
+        chunks = [range(s, min(s + batch_size * 8, len(files))) for s in range(0, len(files), batch_size * 8)]
+        cos_rows, kept, failures = [], [], []
+        for chunk in progress(chunks, show_progress, desc="evaluate", unit="chunk"):
+            res = self.embedder.embed_images_with_errors([files[i] for i in chunk], batch_size=batch_size,
+                                                         show_progress=False)
+            cos_rows.append(self.cosine(res.vectors))
+            kept += [chunk[i] for i in res.indices]
+            failures += [ImageFailure(chunk[f.index], str(files[chunk[f.index]]), f.reason) for f in res.failures]
+        cos = np.concatenate(cos_rows) if cos_rows else np.zeros((0, len(self.labels)), np.float32)
+        y = np.array([truth[i] for i in kept], dtype=int)
+        order = np.argsort(-cos, axis=1, kind="stable")
+        top1 = order[:, 0] == y if len(y) else np.zeros(0, bool)
+        top5 = (order[:, :5] == y[:, None]).any(axis=1) if len(y) else np.zeros(0, bool)
+        class_ids = [index[label_map.get(c, c)] for c in classes]
+        pos = {j: k for k, j in enumerate(class_ids)}
+        confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
+        for t, p in zip(y, order[:, 0] if len(y) else []):
+            if p in pos:
+                confusion[pos[t], pos[p]] += 1
+        per_class = {c: float(top1[y == j].mean()) if (y == j).any() else float("nan")
+                     for c, j in zip(classes, class_ids)}
+        return Evaluation(top1=float(top1.mean()) if len(y) else float("nan"),
+                          top5=float(top5.mean()) if len(y) else float("nan"), per_class=per_class,
+                          confusion=confusion, classes=classes, n_images=len(y), failures=failures)
+
+
+def fit_temperature(cos: np.ndarray, y: np.ndarray, *, sigmoid: bool = False, init_scale: float = 100.0,
+                    init_bias: float = 0.0, steps: int = 200) -> tuple[float, float]:
+    """Minimise the NLL of ``softmax(scale * cos)`` (or BCE of ``sigmoid(scale * cos + bias)`` against one-hot
+    targets) over ``log(scale)`` (and ``bias``) with L-BFGS. Returns ``(scale, bias)``."""
+    import torch
+
+    c = torch.as_tensor(cos, dtype=torch.float64)
+    target = torch.as_tensor(y, dtype=torch.long)
+    log_scale = torch.tensor(float(np.log(max(init_scale, 1e-3))), dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(float(init_bias), dtype=torch.float64, requires_grad=sigmoid)
+    params = [log_scale, bias] if sigmoid else [log_scale]
+    opt = torch.optim.LBFGS(params, lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+    onehot = torch.nn.functional.one_hot(target, c.shape[1]).to(torch.float64)
+
+    def closure():
+        opt.zero_grad()
+        logits = log_scale.exp() * c
+        if sigmoid:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits + bias, onehot)
+        else:
+            loss = torch.nn.functional.cross_entropy(logits, target)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_scale.detach().exp()), float(bias.detach())

@@ -1,0 +1,183 @@
+"""Zero-shot classification: exact against a direct computation, calibration, caching, evaluation."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from multimodal_embed import Embedder, InvalidInputError
+from multimodal_embed import zeroshot as zs
+from multimodal_embed.zeroshot import ZeroShotClassifier, fit_temperature
+
+LABELS = ["cat", "dog", "car"]
+TEMPLATES = ["a photo of a {}.", "a blurry {} picture", "{}"]
+
+
+@pytest.fixture(scope="module")
+def nomic(fixtures_dir):
+    return Embedder.from_pretrained(text=str(fixtures_dir / "text-v1.5-tiny"),
+                                    vision=str(fixtures_dir / "vision-v1.5-tiny"))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    from tests.backends.tiny import hf_folder
+
+    return Embedder.from_pretrained(f"hf:{hf_folder(tmp_path_factory.mktemp('zs'), 'clip')}")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memory_cache():
+    zs._MEMORY_CACHE.clear()
+
+
+def _images(data_dir, n=6):
+    files = []
+    for c in ("cat", "dog", "automobile"):
+        files += sorted((data_dir / "cifar10-test" / c).glob("*.jpg"))[: n // 3]
+    return files
+
+
+def _direct(emb, images):
+    prompts = [t.format(lab) for lab in LABELS for t in TEMPLATES]
+    text = emb.embed_text(prompts, task=emb.query_task).reshape(len(LABELS), len(TEMPLATES), -1).mean(1)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    cos = emb.embed_images(images) @ text.T
+    scale = emb.logit_scale or zs.DEFAULT_LOGIT_SCALE
+    logits = scale * cos.astype(np.float64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    return cos, probs / probs.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("which", ["nomic", "clip"])
+def test_predictions_equal_direct_computation(which, request, data_dir):
+    emb = request.getfixturevalue(which)
+    images = _images(data_dir)
+    clf = ZeroShotClassifier(emb, LABELS, templates=TEMPLATES)
+    cos, probs = _direct(emb, images)
+    preds = clf.predict(images, top_k=3)
+    for row, pred in enumerate(preds):
+        assert [p.label for p in pred] == [LABELS[j] for j in np.argsort(-cos[row], kind="stable")]
+        np.testing.assert_allclose([p.cosine for p in pred], np.sort(cos[row])[::-1], atol=1e-6)
+        np.testing.assert_allclose(sorted((p.probability for p in pred), reverse=True),
+                                   np.sort(probs[row])[::-1], atol=1e-6)
+    np.testing.assert_allclose(clf.probabilities(images).sum(1), 1.0, atol=1e-5)
+    if which == "nomic":
+        assert emb.query_task == "search_query" and clf.logit_scale == zs.DEFAULT_LOGIT_SCALE
+    else:
+        assert emb.query_task is None and clf.logit_scale == pytest.approx(emb.logit_scale)
+    assert clf.predict(images[:1], top_k=1)[0][0].label == preds[0][0].label
+
+
+def test_multi_label_scores_are_independent(nomic, data_dir):
+    clf = ZeroShotClassifier(nomic, LABELS, templates=TEMPLATES, multi_label=True)
+    probs = clf.probabilities(_images(data_dir))
+    cos = clf.cosine(nomic.embed_images(_images(data_dir)))
+    want = 1 / (1 + np.exp(-(clf.logit_scale * cos + clf.logit_bias)))
+    np.testing.assert_allclose(probs, want, atol=1e-6)
+    assert not np.allclose(probs.sum(1), 1.0)
+
+
+def test_calibration_recovers_known_temperature():
+    rng = np.random.default_rng(0)
+    n, k, true_scale = 4000, 8, 37.0
+    cos = rng.uniform(-0.2, 0.4, (n, k))
+    logits = true_scale * cos
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    y = np.array([rng.choice(k, p=row) for row in p])
+    scale, _ = fit_temperature(cos, y, init_scale=100.0)
+    assert scale == pytest.approx(true_scale, rel=0.1)
+
+
+def test_calibrate_on_images(nomic, data_dir):
+    images = _images(data_dir, 9)
+    truth = ["cat"] * 3 + ["dog"] * 3 + ["car"] * 3
+    clf = ZeroShotClassifier(nomic, LABELS, templates=TEMPLATES)
+    before = clf.logit_scale
+    cos = clf.cosine(nomic.embed_images(images))
+    nll = lambda s: -np.log(zs._softmax(s * cos)[np.arange(9), [LABELS.index(t) for t in truth]]).mean()  # noqa: E731
+    scale = clf.calibrate(images, truth)
+    assert scale != before and nll(scale) <= nll(before) + 1e-9
+    with pytest.raises(InvalidInputError, match="not among"):
+        clf.calibrate(images[:1], ["zebra"])
+
+
+class _Counting:
+    """Counts the texts an Embedder embeds (instrumentation around the real call)."""
+
+    def __init__(self, emb):
+        self.emb, self.calls, self.texts = emb, 0, 0
+        self._orig = emb.embed_text
+
+    def __enter__(self):
+        def wrapped(texts, *args, **kwargs):
+            self.calls += 1
+            self.texts += len(texts)
+            return self._orig(texts, *args, **kwargs)
+
+        self.emb.embed_text = wrapped
+        return self
+
+    def __exit__(self, *exc):
+        del self.emb.embed_text
+
+
+def test_cache_reuses_and_embeds_only_new_labels(nomic, tmp_path):
+    with _Counting(nomic) as count:
+        first = ZeroShotClassifier(nomic, LABELS, templates=TEMPLATES, cache_dir=tmp_path)
+        assert (count.calls, count.texts) == (1, len(LABELS) * len(TEMPLATES))
+        second = ZeroShotClassifier(nomic, LABELS, templates=TEMPLATES, cache_dir=tmp_path)
+        assert count.calls == 1
+        np.testing.assert_array_equal(first.class_embeddings, second.class_embeddings)
+        second.add_labels(["bird", "ship"])
+        assert (count.calls, count.texts) == (2, (len(LABELS) + 2) * len(TEMPLATES))
+        zs._MEMORY_CACHE.clear()  # a new process: only the disk cache is left
+        third = ZeroShotClassifier(nomic, ["ship", "cat", "bird", "dog", "car"], templates=TEMPLATES,
+                                   cache_dir=tmp_path)
+        assert count.calls == 2
+        np.testing.assert_allclose(third.class_embeddings[1], first.class_embeddings[0], atol=0)
+        ZeroShotClassifier(nomic, LABELS, templates=TEMPLATES[:2], cache_dir=tmp_path)  # other templates
+        assert count.calls == 3
+
+
+def test_evaluate_matches_hand_computation(nomic, data_dir, tmp_path):
+    root = tmp_path / "folder"
+    classes = {"cat": "cat", "dog": "dog", "automobile": "car"}
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for f in sorted((data_dir / "cifar10-test" / c).glob("*.jpg"))[:4]:
+            os.symlink(f, root / c / f.name)
+    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    clf = ZeroShotClassifier(nomic, LABELS, templates=TEMPLATES)
+    result = clf.evaluate(root, label_map={"automobile": "car"}, batch_size=5, show_progress=False)
+    assert result.n_images == 12 and [f.item for f in result.failures] == [str(root / "cat" / "broken.jpg")]
+    # by hand
+    files = [f for c in sorted(classes) for f in sorted((root / c).glob("0*.jpg"))]
+    truth = np.array([LABELS.index(classes[c]) for c in sorted(classes) for _ in range(4)])
+    pred = np.argmax(nomic.embed_images(files) @ clf.class_embeddings.T, axis=1)
+    assert result.top1 == pytest.approx((pred == truth).mean())
+    assert result.top5 == 1.0  # three labels
+    assert result.confusion.sum() == 12 and np.trace(result.confusion) == (pred == truth).sum()
+    assert result.per_class["automobile"] == pytest.approx((pred[truth == 2] == 2).mean())
+
+
+def test_evaluate_runs_on_cifar10(nomic, data_dir):
+    labels = sorted(p.name for p in (data_dir / "cifar10-test").iterdir() if p.is_dir())
+    clf = ZeroShotClassifier(nomic, labels, templates="simple")
+    result = clf.evaluate(data_dir / "cifar10-test", limit_per_class=2, show_progress=False)
+    assert result.n_images == 20 and result.confusion.shape == (10, 10) and 0 <= result.top1 <= result.top5 <= 1
+
+
+def test_validation_errors(nomic):
+    for templates, match in [([], "empty"), (["no slot"], "exactly one"), (["{} {}"], "exactly one"),
+                             (["a {}", "a {}"], "duplicate"), ("unknown-set", "unknown template set")]:
+        with pytest.raises(InvalidInputError, match=match):
+            ZeroShotClassifier(nomic, LABELS, templates=templates)
+    for labels, match in [([], "empty"), (["cat", "cat"], "duplicate"), (["cat", " "], "non-empty"),
+                          ("cat", "list")]:
+        with pytest.raises(InvalidInputError, match=match):
+            ZeroShotClassifier(nomic, labels, templates="simple")
+    assert len(zs.NAMED_TEMPLATES["openai-imagenet"]) == 80
