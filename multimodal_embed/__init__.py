@@ -18,6 +18,8 @@ from .errors import (
     ConfigError,
     ImageDecodeError,
     IncompatibleModelsError,
+    IndexCorruptError,
+    IndexMismatchError,
     InputTypeError,
     InvalidInputError,
     MissingDependencyError,
@@ -28,14 +30,17 @@ from .errors import (
 __version__ = "0.1.0"
 
 _LAZY = {"Embedder": ".embedder", "list_models": ".registry", "ModelSpec": ".registry",
-         "ZeroShotClassifier": ".zeroshot"}
+         "ZeroShotClassifier": ".zeroshot", "ImageIndex": ".index"}
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
     "Embedder",
     "ImageDecodeError",
+    "ImageIndex",
     "IncompatibleModelsError",
+    "IndexCorruptError",
+    "IndexMismatchError",
     "InputTypeError",
     "InvalidInputError",
     "MissingDependencyError",
@@ -49,6 +54,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .embedder import Embedder
+    from .index import ImageIndex
     from .registry import ModelSpec, list_models
     from .zeroshot import ZeroShotClassifier
 

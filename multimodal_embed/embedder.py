@@ -285,6 +285,29 @@ class Embedder:
     def dim(self) -> int:
         return (self.text_encoder or self.vision_encoder).dim
 
+    def identity(self) -> dict[str, Any]:
+        """What the vectors depend on (and how to load the model again): family, name, each tower's name and
+        revision, and the dimension. Stored by :class:`~multimodal_embed.ImageIndex`."""
+        def tower(key: str) -> dict[str, Any] | None:
+            t = self.info.get(key)
+            return {"name": t.get("name"), "revision": t.get("revision")} if t else None
+
+        return {"family": self.info.get("family"), "name": self.info.get("name"), "text": tower("text"),
+                "vision": tower("vision"), "dim": self.dim}
+
+    @classmethod
+    def from_identity(cls, identity: Mapping[str, Any], **kwargs: Any) -> Embedder:
+        """Load the model an :meth:`identity` describes."""
+        name = identity.get("name")
+        if name and identity.get("family") != "nomic":
+            return cls.from_pretrained(name, **kwargs)
+        text, vision = identity.get("text") or {}, identity.get("vision") or {}
+        if name:
+            return cls.from_pretrained(name, **kwargs)
+        return cls.from_pretrained(text=text.get("name"), vision=vision.get("name"),
+                                   revision={"text": text.get("revision"), "vision": vision.get("revision")},
+                                   **kwargs)
+
     @property
     def modalities(self) -> list[str]:
         return [m for m, enc in (("text", self.text_encoder), ("image", self.vision_encoder)) if enc is not None]

@@ -46,3 +46,11 @@ class ImageDecodeError(MultimodalEmbedError, ValueError):
 
 class MissingDependencyError(MultimodalEmbedError, ImportError):
     """An optional dependency is needed for this feature."""
+
+
+class IndexMismatchError(MultimodalEmbedError, ValueError):
+    """An index was opened with a model (or dimension) other than the one that built it."""
+
+
+class IndexCorruptError(MultimodalEmbedError):
+    """An index file failed an integrity check."""
