@@ -21,7 +21,7 @@ import re
 import sqlite3
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,7 +247,7 @@ class ImageIndex:
     def __enter__(self) -> ImageIndex:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property
@@ -440,11 +440,34 @@ class ImageIndex:
             raise InvalidInputError("the query terms cancel out")
         return (total / n).astype(np.float32)
 
+    def _ann(self, mat: np.ndarray, nprobe: int) -> Any:
+        """A FAISS IVF-Flat (inner product) over the current vectors, rebuilt when the index changes."""
+        try:
+            import faiss
+        except ImportError as exc:
+            raise MissingDependencyError("ann=True needs FAISS: pip install 'multimodal-embed[ann]'") from exc
+        version = self._cache[0] if self._cache else None
+        cached = getattr(self, "_ann_cache", None)
+        if cached is None or cached[0] != version:
+            nlist = max(1, int(4 * np.sqrt(len(mat))))
+            ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            sample = mat if len(mat) <= 40 * nlist else mat[np.random.default_rng(0).choice(len(mat), 40 * nlist,
+                                                                                             replace=False)]
+            ivf.train(sample)
+            ivf.add(mat)
+            self._ann_cache = (version, ivf)
+        ivf = self._ann_cache[1]
+        ivf.nprobe = nprobe
+        return ivf
+
     def search(self, query: Any, k: int = 10, *, min_score: float | None = None,
-               path_filter: str | Callable[[str], bool] | None = None) -> list[SearchHit]:
+               path_filter: str | Callable[[str], bool] | None = None, ann: bool | None = False,
+               nprobe: int = 32) -> list[SearchHit]:
         """The ``k`` best files for ``query`` (see :meth:`query_vector`), best first, with their metadata.
 
         ``min_score`` drops weaker hits; ``path_filter`` is a glob (``"*/animals/*"``) or a predicate on the path.
+        ``ann=True`` uses a FAISS IVF index (the ``ann`` extra; approximate, see benchmarks/RESULTS.md for
+        recall); ``ann=None`` uses it above 200,000 vectors when FAISS is installed. Exact search otherwise.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidInputError(f"k must be a positive int, got {k!r}")
@@ -454,10 +477,17 @@ class ImageIndex:
         if path_filter is not None:
             pred = path_filter if callable(path_filter) else (lambda p: fnmatch.fnmatch(p, path_filter))
             mask = np.fromiter((bool(pred(p)) for p in paths), dtype=bool, count=len(paths))
-        scores, rows = exact_search(mat, q, k, mask=mask)
+        if ann is None:
+            import importlib.util
+
+            ann = len(paths) > 200_000 and importlib.util.find_spec("faiss") is not None
+        if ann and mask is None and len(paths):
+            scores, rows = self._ann(mat, nprobe).search(q[None, :], min(k, len(paths)))
+        else:
+            scores, rows = exact_search(mat, q, k, mask=mask)
         hits = []
         for s, r in zip(scores[0], rows[0]):
-            if not np.isfinite(s) or (min_score is not None and s < min_score):
+            if r < 0 or not np.isfinite(s) or (min_score is not None and s < min_score):
                 continue
             meta = self.conn.execute("SELECT path, width, height, size, mtime_ns, sha256 FROM files WHERE id = ?",
                                      (ids[r],)).fetchone()

@@ -150,7 +150,7 @@ def test_search_equals_brute_force_and_mixes(emb, data_dir, tmp_path):
     rng = np.random.default_rng(0)
     m = rng.standard_normal((1000, 16)).astype(np.float32)
     qs = rng.standard_normal((3, 16)).astype(np.float32)
-    s, r = exact_search(m, qs, 5, chunk_rows=64)
+    _, r = exact_search(m, qs, 5, chunk_rows=64)
     np.testing.assert_array_equal(r, np.argsort(-(qs @ m.T), axis=1, kind="stable")[:, :5])
 
 
@@ -245,3 +245,13 @@ def test_sigkill_at_several_points_then_resume(emb, data_dir, fixtures_dir, tmp_
     np.testing.assert_allclose(m1[order], m2[np.argsort(p2)], atol=1e-6)
     assert seen_by_reader and max(seen_by_reader) > 0
     assert killed_at == sorted(killed_at) and killed_at[-1] < 81 and killed_at[-1] >= 60, killed_at
+
+
+def test_faiss_ann_search_agrees_with_exact(emb, data_dir, tmp_path):
+    pytest.importorskip("faiss")
+    index = ImageIndex.create(tmp_path / "f.mmindex", emb)
+    index.add_folder(data_dir / "tuxpaint-stamps" / "animals", show_progress=False)
+    exact = index.search("a small dog", k=5)
+    approx = index.search("a small dog", k=5, ann=True, nprobe=10_000)  # probing every list: exact
+    assert [h.path for h in approx] == [h.path for h in exact]
+    np.testing.assert_allclose([h.score for h in approx], [h.score for h in exact], atol=1e-5)

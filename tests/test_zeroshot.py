@@ -98,7 +98,7 @@ def test_calibrate_on_images(nomic, data_dir):
     clf = ZeroShotClassifier(nomic, LABELS, templates=TEMPLATES)
     before = clf.logit_scale
     cos = clf.cosine(nomic.embed_images(images))
-    nll = lambda s: -np.log(zs._softmax(s * cos)[np.arange(9), [LABELS.index(t) for t in truth]]).mean()  # noqa: E731
+    nll = lambda s: -np.log(zs._softmax(s * cos)[np.arange(9), [LABELS.index(t) for t in truth]]).mean()
     scale = clf.calibrate(images, truth)
     assert scale != before and nll(scale) <= nll(before) + 1e-9
     with pytest.raises(InvalidInputError, match="not among"):
