@@ -112,10 +112,14 @@ def _classify(name: str, revision: Any, cache_dir: str | Path | None) -> tuple[s
     for scheme in ("open_clip:", "hf:"):
         if name.startswith(scheme):
             return scheme[:-1], name[len(scheme):], rev
+    if name.startswith("builtin:"):
+        return "aligned", name, None
     path = Path(os.path.expanduser(name))
     if path.is_dir():
         if (path / "open_clip_config.json").is_file():
             return "open_clip", str(path), None
+        if (path / "align_config.json").is_file():
+            return "aligned", str(path), None
         config = _read_json(path / "config.json")
     elif hub.looks_like_repo_id(name):
         config = _read_json(hub.fetch(name, revision=rev, files=hub.CONFIG_FILES, cache_dir=cache_dir)
@@ -201,7 +205,7 @@ class Embedder:
                 text, vision = spec.text, spec.vision
                 revision = {"text": revs.get("text") or spec.revisions["text"],
                             "vision": revs.get("vision") or spec.revisions["vision"]}
-            elif family in ("open_clip", "hf"):
+            elif family in ("open_clip", "hf", "aligned"):
                 if vision is not None or text_options:
                     raise InvalidInputError(f"{name} is a {family} model with both towers; vision= and text "
                                             f"options ({sorted(text_options)}) do not apply")
@@ -264,6 +268,8 @@ class Embedder:
                       device: torch.device, dtype: torch.dtype, max_pixels: int | None) -> Embedder:
         if family == "open_clip":
             from .backends.openclip import load_open_clip as load
+        elif family == "aligned":
+            from .backends.aligned import load_aligned as load
         else:
             from .backends.hf import load_hf_contrastive as load
         text, vision, details = load(ref, revision=revision, cache_dir=cache_dir, device=device, dtype=dtype,
@@ -272,9 +278,10 @@ class Embedder:
         info = {
             "family": details["family"], "name": name, "device": str(device),
             "dtype": str(dtype).replace("torch.", ""), "modalities": ["text", "image"],
-            "text": {"name": ref, "revision": details.get("revision"), "dim": text.dim,
-                     "max_length": text.max_length, "encoder": type(text).__name__, "prefixes": {},
-                     "matryoshka_dims": []},
+            "text": {"name": details.get("text_name", ref), "revision": details.get("revision"), "dim": text.dim,
+                     "max_length": text.max_length, "encoder": type(text).__name__,
+                     "prefixes": dict(getattr(text, "prefixes", {})),
+                     "matryoshka_dims": list(getattr(text, "matryoshka_dims", ()))},
             "vision": {"name": ref, "revision": details.get("revision"), "dim": vision.dim,
                        "encoder": type(vision).__name__, "preprocessing": details.get("preprocessing")},
             "scoring": dataclasses.asdict(scoring),

@@ -19,9 +19,11 @@ import logging
 import os
 import re
 import sqlite3
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from functools import wraps
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +171,15 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def _locked(method: Callable) -> Callable:
+    @wraps(method)
+    def wrapper(self: ImageIndex, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class ImageIndex:
     """A persistent image index bound to one model (see the module docstring)."""
 
@@ -180,11 +191,13 @@ class ImageIndex:
         self.dim = int(identity["dim"])
         self._embedder = embedder
         self._cache: tuple[int, list[int], list[str], np.ndarray] | None = None
+        self._lock = threading.RLock()
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
-        conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+        # usable from other threads (e.g. a web server's workers); every use is serialised by the index's lock
+        conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes (WAL); FULL for power loss
         conn.execute("PRAGMA foreign_keys=ON")
@@ -263,9 +276,11 @@ class ImageIndex:
     def roots(self) -> list[str]:
         return json.loads(self.conn.execute("SELECT value FROM meta WHERE key = 'roots'").fetchone()[0])
 
+    @_locked
     def __len__(self) -> int:
         return self.conn.execute("SELECT count(*) FROM files WHERE status = 'ok'").fetchone()[0]
 
+    @_locked
     def failures(self) -> list[tuple[str, str]]:
         """Every file recorded as bad, with its reason."""
         return self.conn.execute("SELECT path, error FROM files WHERE status = 'error' ORDER BY path").fetchall()
@@ -289,6 +304,7 @@ class ImageIndex:
                     continue
                 yield path, st
 
+    @_locked
     def add_folder(self, folder: str | os.PathLike, *, follow_symlinks: bool = False, batch_size: int = 32,
                    show_progress: bool | None = None) -> IndexReport:
         """Index the images under ``folder``: new and changed files are embedded, moved files (same content)
@@ -393,6 +409,7 @@ class ImageIndex:
     def _data_version(self) -> int:
         return self.conn.execute("PRAGMA data_version").fetchone()[0]
 
+    @_locked
     def vectors(self) -> tuple[list[int], list[str], np.ndarray]:
         """(file ids, paths, ``(n, d)`` float32 matrix) of every indexed file; cached until the index changes."""
         version = self._data_version()
@@ -424,6 +441,7 @@ class ImageIndex:
         n = np.linalg.norm(v)
         return v / n if n > 0 else v
 
+    @_locked
     def query_vector(self, query: Any) -> np.ndarray:
         """The unit query vector: text (with the model's query prefix), an image (path, PIL, bytes), a vector,
         a list of ``(weight, item)`` pairs, or an rclip-style mix string (``"2:dog + ./pool.jpg - fruit"``):
@@ -460,6 +478,7 @@ class ImageIndex:
         ivf.nprobe = nprobe
         return ivf
 
+    @_locked
     def search(self, query: Any, k: int = 10, *, min_score: float | None = None,
                path_filter: str | Callable[[str], bool] | None = None, ann: bool | None = False,
                nprobe: int = 32) -> list[SearchHit]:
@@ -496,6 +515,7 @@ class ImageIndex:
             hits.append(SearchHit(meta[0], float(s), meta[1], meta[2], meta[3], meta[4], meta[5]))
         return hits
 
+    @_locked
     def duplicates(self, threshold: float = 0.95) -> list[list[str]]:
         """Groups (size >= 2) of files whose vectors have cosine >= ``threshold`` (transitively)."""
         _, paths, mat = self.vectors()
@@ -518,6 +538,7 @@ class ImageIndex:
             groups.setdefault(find(i), []).append(p)
         return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: g[0])
 
+    @_locked
     def export(self, path: str | os.PathLike) -> Path:
         """Write every indexed file's metadata and vector to Parquet (pyarrow); returns the path."""
         try:

