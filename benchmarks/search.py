@@ -63,7 +63,7 @@ def main() -> None:
         for m in (1, 64):
             q = rng.standard_normal((m, args.dim), dtype=np.float32)
             q /= np.linalg.norm(q, axis=1, keepdims=True)
-            t, (_, exact) = timed(lambda q=q: exact_search(mat, q, 10), repeat=3)
+            t, _ = timed(lambda q=q, mat=mat: exact_search(mat, q, 10), repeat=3)
             print(f"  exact, {m:2d} queries: {t * 1000:8.1f} ms  ({mat.nbytes / t / 1e9:5.1f} GB/s effective, "
                   f"{t / floor:.2f}x the floor)")
         if args.faiss:
@@ -84,10 +84,10 @@ def main() -> None:
             q = mat[idx] + 0.5 * rng.standard_normal((200, args.dim), dtype=np.float32) / np.sqrt(args.dim)
             q /= np.linalg.norm(q, axis=1, keepdims=True)
             _, truth = exact_search(mat, q, 10)
-            t_exact, _ = timed(lambda: exact_search(mat, q[:1], 10), repeat=3)
+            t_exact, _ = timed(lambda q=q, mat=mat: exact_search(mat, q[:1], 10), repeat=3)
             for nprobe in (8, 32, 128):
                 ivf.nprobe = nprobe
-                t, (_, got) = timed(lambda: ivf.search(q[:1], 10), repeat=5)
+                t, _ = timed(lambda q=q, ivf=ivf: ivf.search(q[:1], 10), repeat=5)
                 _, got = ivf.search(q, 10)
                 recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth)])
                 print(f"  IVF nprobe={nprobe:3d}: 1 query {t * 1000:7.2f} ms ({t_exact / t:5.1f}x faster than "

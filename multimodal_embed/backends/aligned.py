@@ -69,6 +69,15 @@ def load_aligned(
                        else resolve_packaged(weights))
     head = load_file(str(folder / "projection.safetensors"))
     model.proj.load_state_dict({"weight": head["proj.weight"], "bias": head["proj.bias"]})
+    if cfg.get("class_prior"):
+        from ..models.aligned import ClassPrior, load_classifier
+
+        if "prior.classifier.weight" in head:
+            weight, bias = head["prior.classifier.weight"], head["prior.classifier.bias"]
+        else:  # the frozen trunk's own classifier, from the same packaged weights
+            weight, bias = load_classifier(resolve_packaged(weights))
+        model.prior = ClassPrior(weight, bias, head["prior.class_text"])
+        model.prior.weight.data.copy_(head["prior.weight"])
     model.logit_scale.data.copy_(head["logit_scale"])
     model.to(device=device, dtype=dtype)
     pre = ImagePreprocessor.from_dict(json.loads((folder / "preprocessor_config.json").read_text()))

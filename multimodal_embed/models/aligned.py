@@ -66,9 +66,46 @@ def load_trunk_weights(trunk: nn.Module, path: str) -> None:
     trunk.load_state_dict({k: v for (k, _), (_, v) in zip(dst, src)})
 
 
+_CLASSIFIER_KEYS = (("_fc.weight", "_fc.bias"), ("classifier.weight", "classifier.bias"), ("fc.weight", "fc.bias"),
+                    ("head.fc.weight", "head.fc.bias"), ("head.weight", "head.bias"))
+
+
+def load_classifier(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The final classification layer (weight, bias) of a trunk checkpoint."""
+    state = _load_state(path)
+    for w, b in _CLASSIFIER_KEYS:
+        if w in state and b in state:
+            return state[w], state[b]
+    raise CheckpointError(f"{path} has no classifier layer ({', '.join(w for w, _ in _CLASSIFIER_KEYS)})")
+
+
+def imagenet_class_names() -> list[str]:
+    import timm.data
+
+    info = timm.data.ImageNetInfo()
+    return [info.index_to_description(i).split(",")[0].strip() for i in range(1000)]
+
+
+class ClassPrior(nn.Module):
+    """The trunk's own classifier, its classes named in the text space: ``w * normalize(softmax(fc(f)) @ T)``
+    where ``T`` holds the text embeddings of the class names (frozen) and ``w`` is learned."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, class_text: torch.Tensor):
+        super().__init__()
+        self.classifier = nn.Linear(weight.shape[1], weight.shape[0])
+        self.classifier.load_state_dict({"weight": weight, "bias": bias})
+        self.classifier.requires_grad_(False)
+        self.register_buffer("class_text", class_text.float())
+        self.weight = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        probs = self.classifier(features).float().softmax(-1)
+        return self.weight * nn.functional.normalize(probs @ self.class_text, dim=-1)
+
+
 class AlignedVisionModel(nn.Module):
-    """``proj(trunk(pixels))``; the embedding is its L2-normalised output. ``logit_scale`` is the learned
-    temperature (log scale) of the contrastive loss."""
+    """``proj(trunk(pixels))`` (+ an optional :class:`ClassPrior`); the embedding is its L2-normalised output.
+    ``logit_scale`` is the learned temperature (log scale) of the contrastive loss."""
 
     def __init__(self, timm_model: str, out_dim: int, *, trunk: nn.Module | None = None):
         super().__init__()
@@ -77,6 +114,7 @@ class AlignedVisionModel(nn.Module):
         self.trunk = trunk if trunk is not None else timm.create_model(timm_model, pretrained=False, num_classes=0)
         self.proj = nn.Linear(self.trunk.num_features, out_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(1 / 0.07)))))
+        self.prior: ClassPrior | None = None
 
     @property
     def feature_dim(self) -> int:
@@ -85,8 +123,20 @@ class AlignedVisionModel(nn.Module):
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.trunk(pixels)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.trunk(pixels))
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        out = self.proj(features)
+        if self.prior is not None:
+            out = nn.functional.normalize(out, dim=-1) + self.prior(features).to(out.dtype)
+        return out
 
-    def head_state(self) -> dict[str, Any]:
-        return {"proj.weight": self.proj.weight, "proj.bias": self.proj.bias, "logit_scale": self.logit_scale}
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.embed_features(self.trunk(pixels))
+
+    def head_state(self, *, with_classifier: bool = False) -> dict[str, Any]:
+        state = {"proj.weight": self.proj.weight, "proj.bias": self.proj.bias, "logit_scale": self.logit_scale}
+        if self.prior is not None:
+            state.update({"prior.class_text": self.prior.class_text, "prior.weight": self.prior.weight})
+            if with_classifier:
+                state.update({"prior.classifier.weight": self.prior.classifier.weight,
+                              "prior.classifier.bias": self.prior.classifier.bias})
+        return state

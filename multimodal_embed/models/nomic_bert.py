@@ -249,7 +249,7 @@ class NomicBertModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        b, n = input_ids.shape
+        _, n = input_ids.shape
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings.word_embeddings(input_ids) + self.embeddings.token_type_embeddings(token_type_ids)
@@ -284,7 +284,7 @@ def convert_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     out: dict[str, torch.Tensor] = {}
     qkv_parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
-        if key.startswith("cls.") or key.startswith("pooler.") or key.endswith(_IGNORED_SUFFIXES):
+        if key.startswith(("cls.", "pooler.")) or key.endswith(_IGNORED_SUFFIXES):
             continue  # MLM head / pooler / non-persistent buffers
         for prefix in ("nomic_bert.", "bert.", "model."):
             if key.startswith(prefix):

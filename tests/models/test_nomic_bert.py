@@ -182,7 +182,7 @@ def test_original_checkpoint_with_pretraining_prefix(fixtures_dir):
 
 
 def test_save_roundtrip_original_names(fixtures_dir, tmp_path):
-    model, ref = _load(fixtures_dir / "text-v1-tiny")
+    model, _ = _load(fixtures_dir / "text-v1-tiny")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "model.safetensors")
     assert set(load_file(tmp_path / "model.safetensors")) == set(load_file(fixtures_dir / "text-v1-tiny" /
                                                                            "model.safetensors"))
