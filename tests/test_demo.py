@@ -110,3 +110,19 @@ def test_browser_search_and_zero_shot(server, data_dir):
         assert lines[0] == "Probabilities" and lines[1] == "frog", lines  # the top class heads the bars
         page.screenshot(path=str(ARTIFACTS / "demo-zero-shot.png"), full_page=True)
         browser.close()
+
+
+FALLBACK = """
+from multimodal_embed.demo import load_model
+emb, notice = load_model(None)
+print(emb.info["name"])
+print(notice)
+"""
+
+
+def test_falls_back_to_the_offline_model_with_a_notice(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, env=env, check=True,
+                         timeout=300).stdout.splitlines()
+    assert out[0] == "minilm-efficientnet-lite0"
+    assert "neither cached nor downloadable" in out[1] and "offline model" in out[1]
