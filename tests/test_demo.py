@@ -77,6 +77,11 @@ def test_gradio_client_api(server):
     gallery, ranking = client.predict("a frog", None, 3, api_name="/search")
     assert ranking.splitlines()[0].startswith("1. frog.png"), ranking
     assert len(gallery) == 3
+    heatmap, table = client.predict("a frog\na dog\na frog", None, api_name="/compare")
+    assert 'id="similarity-heatmap"' in heatmap
+    rows = table["data"]
+    assert [r[0] for r in rows] == ["a frog", "a dog", "a frog"]
+    assert rows[0][1] == pytest.approx(1.0, abs=1e-3) and rows[0][3] == pytest.approx(1.0, abs=1e-3)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
