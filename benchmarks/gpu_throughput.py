@@ -98,6 +98,13 @@ def main() -> None:
     items = (jpegs * 16)[:N]  # 1024 images on a GPU
     pre = ImagePreprocessor.from_dict(json.loads((HERE / "configs/preprocessor_config.nomic-embed-vision-v1.5.json")
                                                  .read_text()))
+    from multimodal_embed.images import load_image
+
+    imgs = [load_image(j) for j in jpegs[:8]]
+    want = np.stack([pre(im) for im in imgs])
+    got = pre.normalize(torch.from_numpy(np.stack([pre.to_uint8(im) for im in imgs])).to(dev)).cpu().numpy()
+    res["device_normalisation_max_abs_diff"] = float(np.abs(got - want).max())
+    print("device normalisation max |diff|", res["device_normalisation_max_abs_diff"], flush=True)
     for draft in (True, False):
         emb = Embedder(vision_encoder=NomicVisionEncoder(model, pre, max_pixels=None, jpeg_draft=draft))
         emb.embed_images(items[:B], batch_size=B, num_workers=os.cpu_count())

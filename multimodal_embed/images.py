@@ -265,14 +265,32 @@ class ImagePreprocessor:
             return img
         return img.resize((new_w, new_h), resample=self.resample)
 
-    def __call__(self, img: Image.Image) -> np.ndarray:
-        """An 8-bit RGB image to a ``(3, H, W)`` float32 array."""
+    def to_uint8(self, img: Image.Image) -> np.ndarray:
+        """Resize and crop: an 8-bit RGB image to a ``(3, H, W)`` uint8 array (the integer half of the work)."""
         if self.do_resize:
             img = self.resize(img)
         arr = np.asarray(img, dtype=np.uint8)
         if self.do_center_crop and self.crop_size:
             arr = _center_crop(arr, self.crop_size["height"], self.crop_size["width"])
-        x = arr.transpose(2, 0, 1)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    def normalize(self, x: Any) -> Any:
+        """Rescale + normalise a uint8 ``(B, 3, H, W)`` torch tensor on its device, with the same arithmetic as
+        :meth:`__call__` (float64 rescale, float32 normalisation), so results are bit-identical."""
+        import torch
+
+        if x.device.type == "mps":  # no float64 there: do it on the CPU
+            return self.normalize(x.cpu()).to(x.device)
+        y = (x.to(torch.float64) * self.rescale_factor).to(torch.float32) if self.do_rescale else x.to(torch.float32)
+        if self.do_normalize:
+            mean = torch.tensor(self.image_mean, dtype=torch.float32, device=x.device)[:, None, None]
+            std = torch.tensor(self.image_std, dtype=torch.float32, device=x.device)[:, None, None]
+            y = (y - mean) / std
+        return y
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        """An 8-bit RGB image to a ``(3, H, W)`` float32 array."""
+        x = self.to_uint8(img)
         if self.do_rescale:
             x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)
         else:

@@ -101,7 +101,8 @@ class ImageEncoder:
                 value = torch.from_numpy(np.concatenate([it[key] for it in items]))
                 out[key] = value.to(device, self.dtype if value.is_floating_point() else None)
             return out
-        return torch.from_numpy(np.stack(items)).to(device, self.dtype)
+        batch = torch.from_numpy(np.stack(items)).to(device)
+        return batch.to(self.dtype) if batch.is_floating_point() else batch
 
     def _prepared(self, images: Sequence[ImageInput], batch_size: int, workers: int
                   ) -> Iterator[list[tuple[int, np.ndarray | ImageDecodeError]]]:
@@ -205,10 +206,12 @@ class NomicVisionEncoder(ImageEncoder):
         return self.preprocessor.draft_size() if self.preprocessor.do_resize else None
 
     def preprocess(self, img: Any) -> np.ndarray:
-        return self.preprocessor(img)
+        # uint8 crops: the workers do the integer work, rescale/normalise runs batched on the model's device
+        # (bit-identical to ImagePreprocessor.__call__; 4x less data to collate and copy)
+        return self.preprocessor.to_uint8(img)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(batch)
+        return self.model(self.preprocessor.normalize(batch).to(self.dtype))
 
 def nomic_tower_version(name: str) -> str | None:
     """'v1.5', 'v1' or None, from a model name such as nomic-ai/nomic-embed-vision-v1.5."""

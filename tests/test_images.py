@@ -171,3 +171,14 @@ def test_bfloat16_on_cpu_within_stated_tolerance(fixtures_dir):
     assert got.dtype == np.float32
     assert np.abs(got - exact).max() > 0
     assert (got * exact).sum(axis=1).min() >= 0.999
+
+
+def test_device_side_normalisation_is_bit_identical(fixtures_dir):
+    for name in ("preprocessor_config.nomic-embed-vision-v1.5.json",
+                 "preprocessor_config.nomic-embed-vision-v1.5.original-shortest-edge.json"):
+        pre = ImagePreprocessor.from_dict(json.loads((fixtures_dir / name).read_text()))
+        photos = [load_image(Image.fromarray(a)) for a in _real_photos().values()]  # RGB, as in the pipeline
+        want = np.stack([pre(p) for p in photos])
+        got = pre.normalize(torch.from_numpy(np.stack([pre.to_uint8(p) for p in photos]))).numpy()
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)

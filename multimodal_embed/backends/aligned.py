@@ -30,10 +30,10 @@ class AlignedImageEncoder(ImageEncoder):
         return self.preprocessor.draft_size()
 
     def preprocess(self, img: Any) -> np.ndarray:
-        return self.preprocessor(img)
+        return self.preprocessor.to_uint8(img)  # normalised on the device, as in NomicVisionEncoder
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(batch)
+        return self.model(self.preprocessor.normalize(batch).to(self.dtype))
 
 
 def load_aligned(
