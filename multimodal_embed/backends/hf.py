@@ -3,7 +3,8 @@
 The pitfalls are handled here rather than left to the caller: SigLIP text is padded to ``max_length`` (64) as in
 training, because the text tower pools the last position; SigLIP's tokenizer canonicalises text (lower case,
 punctuation removed) and SigLIP2 was trained on lower-cased text; SigLIP scores with a sigmoid and a bias.
-Weights are loaded from safetensors only; no remote code.
+Weights are loaded from safetensors (an old ``pytorch_model.bin`` only through ``torch.load(weights_only=True)``);
+no remote code.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from .common import ContextTextEncoder, Scoring, pooled
 logger = logging.getLogger(__name__)
 
 FAMILIES = {"clip": "CLIPModel", "siglip": "SiglipModel", "siglip2": "Siglip2Model"}
-HF_FILES = ("config.json", "model.safetensors")
+HF_FILES = ("config.json",)
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # the pickle only through torch.load(weights_only=True)
 HF_OPTIONAL = ("preprocessor_config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "vocab.json", "merges.txt", "spiece.model")
 
@@ -61,6 +63,13 @@ def load_hf_contrastive(
         folder = local
     elif hub.looks_like_repo_id(ref):
         folder = hub.fetch(ref, revision=revision, files=HF_FILES, optional=HF_OPTIONAL, cache_dir=cache_dir)
+        for name in HF_WEIGHTS:  # safetensors first; an old pickle checkpoint only if that is all there is
+            try:
+                hub.fetch(ref, revision=revision, files=(name,), cache_dir=cache_dir)
+                break
+            except ModelNotFoundError:
+                if name == HF_WEIGHTS[-1]:
+                    raise
     else:
         raise ModelNotFoundError(f"{ref!r} is neither a local folder nor a hub id of the form 'org/name'")
     cfg_path = folder / "config.json"
@@ -70,10 +79,12 @@ def load_hf_contrastive(
     family = hf_family(config)
     if family is None:
         raise ConfigError(f"{ref}: model_type {config.get('model_type')!r} is not one of {sorted(FAMILIES)}")
-    if not (folder / "model.safetensors").is_file():
-        raise ModelNotFoundError(f"{ref}: model.safetensors is missing (only safetensors weights are loaded)")
+    safetensors = (folder / "model.safetensors").is_file()
+    if not safetensors and not (folder / "pytorch_model.bin").is_file():
+        raise ModelNotFoundError(f"{ref}: no model.safetensors (or pytorch_model.bin) in {folder}")
     model_cls = getattr(transformers, FAMILIES[family])
-    model = model_cls.from_pretrained(str(folder), use_safetensors=True, dtype=dtype).eval().to(device)
+    # transformers reads a pickle checkpoint with torch.load(weights_only=True): tensors only, never code
+    model = model_cls.from_pretrained(str(folder), use_safetensors=safetensors, dtype=dtype).eval().to(device)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     image_processor = transformers.AutoImageProcessor.from_pretrained(str(folder))
     text = HFTextEncoder(model, tokenizer, family)

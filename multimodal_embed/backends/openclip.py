@@ -24,7 +24,9 @@ from .common import ContextTextEncoder, Scoring
 logger = logging.getLogger(__name__)
 
 OPEN_CLIP_FILES = ("open_clip_config.json",)
-OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors")
+# safetensors first; a pickle only if that is all a repository has (open_clip reads it with weights_only=True)
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                     "open_clip_pytorch_model.bin")
 
 
 def _import_open_clip():
@@ -45,14 +47,14 @@ def is_open_clip_folder(folder: str | os.PathLike) -> bool:
 
 
 def _fetch_hf_hub(repo: str, revision: str | None, cache_dir: str | Path | None) -> Path:
-    """An open_clip hub repository into the hub cache at ``revision`` (safetensors weights only)."""
+    """An open_clip hub repository into the hub cache at ``revision``."""
     folder = hub.fetch(repo, revision=revision, files=OPEN_CLIP_FILES, cache_dir=cache_dir)
     for name in OPEN_CLIP_WEIGHTS:
         try:
             return hub.fetch(repo, revision=revision, files=(name,), cache_dir=cache_dir)
         except ModelNotFoundError:
             continue
-    raise ModelNotFoundError(f"open_clip model {repo!r} (revision {revision or 'main'}) has no safetensors weights "
+    raise ModelNotFoundError(f"open_clip model {repo!r} (revision {revision or 'main'}) has no weights "
                              f"({' or '.join(OPEN_CLIP_WEIGHTS)}) in the cache or on the hub; folder: {folder}")
 
 
@@ -105,8 +107,8 @@ def load_open_clip(
                     f"({_offline_hint()}{first}). Download them once where the hub is reachable, or pass a local "
                     f"open_clip folder.") from None
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, cache_dir=str(cache_dir) if cache_dir else None)
+        model, _, preprocess = open_clip.create_model_and_transforms(  # weights_only=True: tensors, never code
+            name, pretrained=pretrained, cache_dir=str(cache_dir) if cache_dir else None, weights_only=True)
         tokenizer = open_clip.get_tokenizer(name, cache_dir=str(cache_dir) if cache_dir else None)
     except (RuntimeError, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

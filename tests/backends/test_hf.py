@@ -89,3 +89,18 @@ def test_hf_bad_image_is_reported_not_fatal(folders):
     res = emb.embed_images_with_errors([_images()[0], b"\x89PNG broken", _images()[1]])
     assert res.indices == [0, 2] and [f.index for f in res.failures] == [1]
     assert res.vectors.shape == (2, 24)
+
+
+def test_pickle_checkpoint_loads_through_weights_only(folders, tmp_path):
+    """A folder with only pytorch_model.bin (old hub uploads) loads, and equals the safetensors original."""
+    import shutil
+
+    src = folders["clip"]
+    dst = tmp_path / "clip_bin"
+    shutil.copytree(src, dst)
+    model = tf.CLIPModel.from_pretrained(str(src))
+    (dst / "model.safetensors").unlink()
+    torch.save(model.state_dict(), dst / "pytorch_model.bin")
+    a = Embedder.from_pretrained(f"hf:{src}").embed_text(TEXTS)
+    b = Embedder.from_pretrained(f"hf:{dst}").embed_text(TEXTS)
+    np.testing.assert_allclose(a, b, atol=1e-6)
