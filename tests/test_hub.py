@@ -78,3 +78,45 @@ def test_not_a_model_reference():
 
     with pytest.raises(ModelNotFoundError, match="neither a local folder"):
         Embedder.from_pretrained(text="./no/such/folder")
+
+
+FAMILY_SCRIPT = """
+import json, sys
+from multimodal_embed import Embedder
+emb = Embedder.from_pretrained(sys.argv[1], cache_dir=sys.argv[2])
+print(json.dumps({"vec": emb.embed_text(["a cat"]).tolist(), "img": emb.embed_images([b"%s"]).tolist(),
+                  "info": emb.info}, default=str))
+"""
+
+
+@pytest.mark.parametrize("family", ["hf", "open_clip"])
+def test_download_of_other_families_through_the_hub(family, tmp_path):
+    """hf:ORG/REPO and open_clip:hf-hub:ORG/REPO download through huggingface_hub at a revision, load, and load
+    again offline from the cache."""
+    import io
+
+    from PIL import Image
+
+    from tests.backends.tiny import hf_folder, open_clip_folder
+
+    folder = hf_folder(tmp_path / "src", "clip") if family == "hf" else open_clip_folder(tmp_path / "src")
+    repo, sha = "someorg/tiny-model", "a" * 40
+    name = f"hf:{repo}" if family == "hf" else f"open_clip:hf-hub:{repo}"
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(buf, "PNG")
+    script = FAMILY_SCRIPT.replace('b"%s"', repr(buf.getvalue()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    cache = tmp_path / "cache"
+    root = os.path.dirname(os.path.dirname(__file__))
+    with FakeHub({repo: (folder, sha)}) as fake:
+        first = subprocess.run([sys.executable, "-c", script, name, str(cache)], capture_output=True, text=True,
+                               env={**env, "HF_ENDPOINT": fake.url}, timeout=300, cwd=root, check=False)
+        assert first.returncode == 0, first.stderr[-3000:]
+    second = subprocess.run([sys.executable, "-c", script, name, str(cache)], capture_output=True, text=True,
+                            env={**env, "HF_ENDPOINT": fake.url, "HF_HUB_OFFLINE": "1"}, timeout=300, cwd=root,
+                            check=False)
+    assert second.returncode == 0, second.stderr[-3000:]
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    np.testing.assert_array_equal(np.array(a["vec"]), np.array(b["vec"]))
+    np.testing.assert_array_equal(np.array(a["img"]), np.array(b["img"]))
+    assert a["info"]["family"] == ("hf-clip" if family == "hf" else "open_clip")
