@@ -22,7 +22,7 @@ from torch import nn
 from .batching import plan_batches
 from .errors import InputTypeError, InvalidInputError
 from .models.nomic_bert import NomicBertConfig, NomicBertModel, convert_state_dict, load_converted
-from .utils import load_safetensors, progress
+from .utils import ModelHolder, check_batch_size, load_safetensors, progress
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
-class TokenTextEncoder:
+class TokenTextEncoder(ModelHolder):
     """Shared machinery of the transformer text encoders of this package.
 
     Subclasses set ``self.model``, ``self.tokenizer``, ``self.max_length``, ``self.dim`` and implement
@@ -84,14 +84,6 @@ class TokenTextEncoder:
     @property
     def tasks(self) -> list[str]:
         return sorted(NOMIC_TASK_PREFIXES)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     # -- public ------------------------------------------------------------------------------------------
     def check_dimensionality(self, dimensionality: int | None) -> int:
@@ -160,8 +152,7 @@ class TokenTextEncoder:
         texts = check_texts(texts)
         if long_text not in LONG_TEXT_MODES:
             raise InvalidInputError(f"long_text must be one of {LONG_TEXT_MODES}, got {long_text!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_batch_size(batch_size)
         d = self.check_dimensionality(dimensionality)
         if not texts:
             return torch.empty(0, d)

@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -85,3 +85,24 @@ def progress(
     from tqdm.auto import tqdm
 
     return tqdm(items, desc=desc, unit=unit, total=total)
+
+
+class ModelHolder:
+    """Mixin for encoders that wrap one ``torch.nn.Module`` in ``self.model``: where and in what dtype it runs."""
+
+    model: Any
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """A positive int, or :class:`InvalidInputError`."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size

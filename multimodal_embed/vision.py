@@ -19,7 +19,7 @@ from .errors import ImageDecodeError, InvalidInputError
 from .images import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor, describe, load_image
 from .models.nomic_bert import load_converted
 from .models.nomic_vision import NomicVisionConfig, NomicVisionModel, convert_state_dict
-from .utils import load_safetensors, progress
+from .utils import ModelHolder, check_batch_size, load_safetensors, progress
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2)))
 
 
-class ImageEncoder:
+class ImageEncoder(ModelHolder):
     """Shared image pipeline: decode + preprocess in worker threads, overlapped with batched model calls.
 
     Subclasses set ``self.model`` and ``self.dim`` and implement :meth:`preprocess` (an RGB PIL image to a
@@ -79,14 +79,6 @@ class ImageEncoder:
         return None
 
     # -- shared ------------------------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
     def prepare(self, item: ImageInput, index: int) -> np.ndarray | dict[str, np.ndarray]:
         """Decode and preprocess one input (runs in worker threads; PIL releases the GIL)."""
         draft = self.draft_size() if self.jpeg_draft else None
@@ -136,8 +128,7 @@ class ImageEncoder:
         """Embed images; returns (unit rows for the good items, their indices, failures)."""
         if isinstance(images, (str, bytes, os.PathLike)) or not hasattr(images, "__len__"):
             images = [images] if isinstance(images, (str, bytes, os.PathLike)) else list(images)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_batch_size(batch_size)
         if on_error not in ("raise", "collect"):
             raise InvalidInputError(f"on_error must be 'raise' or 'collect', got {on_error!r}")
         workers = num_workers or _default_workers()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidInputError
 from ..text import check_texts
-from ..utils import progress
+from ..utils import ModelHolder, check_batch_size, progress
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class Scoring:
     kind: str = "softmax"  # "softmax" (CLIP) or "sigmoid" (SigLIP)
 
 
-class ContextTextEncoder:
+class ContextTextEncoder(ModelHolder):
     """Base of the CLIP-style text towers: a tokenizer with a fixed context, no task prefixes, no Matryoshka.
 
     Subclasses implement :meth:`token_lengths` (tokens each text needs, special tokens included),
@@ -51,14 +51,6 @@ class ContextTextEncoder:
 
     def normalize_text(self, text: str) -> str:
         return text
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     @property
     def tasks(self) -> list[str]:
@@ -86,8 +78,7 @@ class ContextTextEncoder:
         if long_text != "truncate":
             raise InvalidInputError(f"long_text={long_text!r} is not supported by {type(self).__name__} (its "
                                     f"context is {self.max_length} tokens); use 'truncate'")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_batch_size(batch_size)
         if not texts:
             return torch.empty(0, self.dim)
         lengths = self.token_lengths(texts)
