@@ -75,7 +75,9 @@ def fetch(
                 logger.debug("optional file %s of %s not available: %s", name, repo_id, exc)
                 continue
             offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-            reason = "HF_HUB_OFFLINE is set" if offline else f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            first = (str(exc).splitlines() or [""])[0]
+            first = first if len(first) <= 240 else first[:240] + "..."
+            reason = "HF_HUB_OFFLINE is set" if offline else f"{type(exc).__name__}: {first}"
             raise ModelNotFoundError(
                 f"model {repo_id!r} (revision {revision}) is not available: {name} is not in the Hugging Face "
                 f"cache and could not be downloaded ({reason}). Download it once where the hub is reachable "
