@@ -129,7 +129,9 @@ def build_app(embedder: Any, index: Any, notice: str | None = None) -> Any:
                 qimage = gr.Image(label="...or an image", type="pil", elem_id="search-image")
                 k = gr.Slider(1, 50, value=8, step=1, label="k")
             go = gr.Button("Search", elem_id="search-button", variant="primary")
-            gallery = gr.Gallery(label="Results", elem_id="search-results", columns=4, height="auto")
+            _, paths, _ = index.vectors()  # before any query: show what the index holds
+            preview = [(p, Path(p).name) for p in paths[:12]]
+            gallery = gr.Gallery(value=preview, label="Results", elem_id="search-results", columns=4, height="auto")
             ranking = gr.Textbox(label="Ranking", elem_id="search-ranking", lines=4)
             go.click(search, [query, qimage, k], [gallery, ranking], api_name="search")
             query.submit(search, [query, qimage, k], [gallery, ranking])
