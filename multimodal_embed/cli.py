@@ -76,11 +76,12 @@ def _write_rows(rows: list[dict[str, Any]], vectors: Any, output: str | None) ->
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from .utils import arrow_vectors
+
         mat = np.asarray(vectors, dtype=np.float32)
         columns: dict[str, Any] = {k: [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r})}
-        columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1), pa.float32()), mat.shape[1])
-        table = pa.table(columns)
-        pq.write_table(table, output)
+        columns["vector"] = arrow_vectors(mat, mat.shape[1])
+        pq.write_table(pa.table(columns), output)
     else:
         raise MultimodalEmbedError(f"unknown output format for {output!r}: use .npy, .jsonl or .parquet")
 

@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError, MissingDependencyError
+from .utils import PARQUET_MODEL_KEY, arrow_vectors
 
 logger = logging.getLogger(__name__)
-
-MODEL_KEY = b"multimodal_embed.model"
 
 
 @dataclass
@@ -91,15 +90,13 @@ class _ShardActor:
         self.identity = json.dumps(self.embedder.identity(), sort_keys=True)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        out: dict[str, list] = {"shard": [], "rows": [], "errors": [], "seconds": []}
+        out: dict[str, list] = {"shard": [], "rows": [], "errors": []}
         for shard, start, items_json in zip(batch["shard"], batch["start"], batch["items"]):
             items = json.loads(items_json)
             rows, errors = self.write_shard(int(shard), int(start), items)
             out["shard"].append(int(shard))
             out["rows"].append(rows)
             out["errors"].append(errors)
-            out["seconds"].append(time.perf_counter() - t0)
         return {k: np.asarray(v) for k, v in out.items()}
 
     def write_shard(self, shard: int, start: int, items: list[str]) -> tuple[int, int]:
@@ -118,15 +115,12 @@ class _ShardActor:
             vectors[res.indices] = res.vectors
             for f in res.failures:
                 status[f.index], error[f.index] = "error", f.reason
-        flat = pa.array(vectors.reshape(-1), pa.float32())
-        vec = pa.FixedSizeListArray.from_arrays(flat, dim)
-        vec = pa.array([v if s == "ok" else None for v, s in zip(vec.to_pylist(), status)],
-                       pa.list_(pa.float32(), dim))
+        vec = arrow_vectors(vectors, dim, valid=[s == "ok" for s in status])
         table = pa.table({"id": pa.array(range(start, start + len(items)), pa.int64()),
                           ("text" if self.kind == "texts" else "path"): pa.array(items, pa.string()),
                           "vector": vec, "status": pa.array(status, pa.string()),
                           "error": pa.array(error, pa.string())})
-        table = table.replace_schema_metadata({MODEL_KEY: self.identity})
+        table = table.replace_schema_metadata({PARQUET_MODEL_KEY: self.identity})
         final = self.out_dir / f"part-{shard:05d}.parquet"
         tmp = self.out_dir / f".part-{shard:05d}.{os.getpid()}.tmp"
         pq.write_table(table, str(tmp))
@@ -197,7 +191,7 @@ def read_shards(folder: str | os.PathLike) -> tuple[dict[str, Any], Any]:
     if not files:
         raise InvalidInputError(f"{folder} has no part-*.parquet shards")
     tables = [pq.read_table(f) for f in files]
-    identities = {t.schema.metadata.get(MODEL_KEY) for t in tables}
+    identities = {t.schema.metadata.get(PARQUET_MODEL_KEY.encode()) for t in tables}
     if len(identities) != 1:
         raise InvalidInputError(f"{folder}: shards were written by different models")
     table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables]).sort_by("id")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import IndexCorruptError, IndexMismatchError, InvalidInputError, MissingDependencyError
-from .utils import progress
+from .utils import PARQUET_MODEL_KEY, arrow_vectors, progress
 
 logger = logging.getLogger(__name__)
 
@@ -598,12 +598,12 @@ class ImageIndex:
         meta = {r[0]: r for r in self.conn.execute(
             "SELECT id, size, mtime_ns, sha256, width, height FROM files WHERE status = 'ok'")}
         cols = list(zip(*(meta[i] for i in ids))) if ids else [[]] * 6
-        vectors = pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1), pa.float32()), self.dim)
+        vectors = arrow_vectors(mat, self.dim)
         table = pa.table({"path": pa.array(paths, pa.string()), "size": pa.array(cols[1], pa.int64()),
                           "mtime_ns": pa.array(cols[2], pa.int64()), "sha256": pa.array(cols[3], pa.string()),
                           "width": pa.array(cols[4], pa.int32()), "height": pa.array(cols[5], pa.int32()),
                           "vector": vectors})
-        table = table.replace_schema_metadata({"multimodal_embed.model": json.dumps(self.identity)})
+        table = table.replace_schema_metadata({PARQUET_MODEL_KEY: json.dumps(self.identity)})
         out = Path(path)
         pq.write_table(table, str(out))
         return out
