@@ -30,6 +30,11 @@ SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "1_P
 IMAGE_FILES = ("preprocessor_config.json",)
 
 
+def offline_mode() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks for cache-only operation."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
 def looks_like_repo_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
@@ -74,10 +79,9 @@ def fetch(
             if name in optional:
                 logger.debug("optional file %s of %s not available: %s", name, repo_id, exc)
                 continue
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
             first = (str(exc).splitlines() or [""])[0]
             first = first if len(first) <= 240 else first[:240] + "..."
-            reason = "HF_HUB_OFFLINE is set" if offline else f"{type(exc).__name__}: {first}"
+            reason = "HF_HUB_OFFLINE is set" if offline_mode() else f"{type(exc).__name__}: {first}"
             raise ModelNotFoundError(
                 f"model {repo_id!r} (revision {revision}) is not available: {name} is not in the Hugging Face "
                 f"cache and could not be downloaded ({reason}). Download it once where the hub is reachable "
@@ -87,6 +91,25 @@ def fetch(
         folder = Path(path).parents[len(Path(name).parts) - 1]
     assert folder is not None
     return folder
+
+
+def fetch_first(
+    repo_id: str,
+    names: Sequence[str],
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """The snapshot folder holding the first of ``names`` that the repository has (e.g. safetensors before an old
+    pickle checkpoint); :class:`ModelNotFoundError` if it has none of them."""
+    last: ModelNotFoundError | None = None
+    for name in names:
+        try:
+            return fetch(repo_id, revision=revision, files=(name,), cache_dir=cache_dir)
+        except ModelNotFoundError as exc:
+            last = exc
+    raise ModelNotFoundError(f"{repo_id!r} has none of {', '.join(names)} in the cache or on the hub; last: {last}"
+                             ) from None
 
 
 def resolve_folder(

@@ -59,19 +59,9 @@ def load_hf_contrastive(
     import transformers
 
     local = Path(os.path.expanduser(ref))
-    if local.is_dir():
-        folder = local
-    elif hub.looks_like_repo_id(ref):
-        folder = hub.fetch(ref, revision=revision, files=HF_FILES, optional=HF_OPTIONAL, cache_dir=cache_dir)
-        for name in HF_WEIGHTS:  # safetensors first; an old pickle checkpoint only if that is all there is
-            try:
-                hub.fetch(ref, revision=revision, files=(name,), cache_dir=cache_dir)
-                break
-            except ModelNotFoundError:
-                if name == HF_WEIGHTS[-1]:
-                    raise
-    else:
-        raise ModelNotFoundError(f"{ref!r} is neither a local folder nor a hub id of the form 'org/name'")
+    folder = hub.resolve_folder(ref, revision=revision, files=HF_FILES, optional=HF_OPTIONAL, cache_dir=cache_dir)
+    if not local.is_dir():  # safetensors first; an old pickle checkpoint only if that is all there is
+        hub.fetch_first(ref, HF_WEIGHTS, revision=revision, cache_dir=cache_dir)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise ModelNotFoundError(f"{folder} has no config.json")

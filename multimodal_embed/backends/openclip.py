@@ -38,8 +38,7 @@ def _import_open_clip():
 
 
 def _offline_hint() -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    return "HF_HUB_OFFLINE is set; " if offline else ""
+    return "HF_HUB_OFFLINE is set; " if hub.offline_mode() else ""
 
 
 def is_open_clip_folder(folder: str | os.PathLike) -> bool:
@@ -48,14 +47,8 @@ def is_open_clip_folder(folder: str | os.PathLike) -> bool:
 
 def _fetch_hf_hub(repo: str, revision: str | None, cache_dir: str | Path | None) -> Path:
     """An open_clip hub repository into the hub cache at ``revision``."""
-    folder = hub.fetch(repo, revision=revision, files=OPEN_CLIP_FILES, cache_dir=cache_dir)
-    for name in OPEN_CLIP_WEIGHTS:
-        try:
-            return hub.fetch(repo, revision=revision, files=(name,), cache_dir=cache_dir)
-        except ModelNotFoundError:
-            continue
-    raise ModelNotFoundError(f"open_clip model {repo!r} (revision {revision or 'main'}) has no weights "
-                             f"({' or '.join(OPEN_CLIP_WEIGHTS)}) in the cache or on the hub; folder: {folder}")
+    hub.fetch(repo, revision=revision, files=OPEN_CLIP_FILES, cache_dir=cache_dir)
+    return hub.fetch_first(repo, OPEN_CLIP_WEIGHTS, revision=revision, cache_dir=cache_dir)
 
 
 def load_open_clip(
