@@ -7,33 +7,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError
 from ..images import DEFAULT_MAX_PIXELS, ImagePreprocessor
-from ..vision import ImageEncoder
+from ..vision import PreprocessorImageEncoder
 from .common import Scoring
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "weights"
 
 
-class AlignedImageEncoder(ImageEncoder):
+class AlignedImageEncoder(PreprocessorImageEncoder):
     def __init__(self, model: torch.nn.Module, preprocessor: ImagePreprocessor, *, max_pixels: int | None):
-        super().__init__(max_pixels=max_pixels, jpeg_draft=True)
-        self.model = model.eval()
-        self.preprocessor = preprocessor
-        self.dim = int(model.proj.out_features)
+        super().__init__(model, preprocessor, model.proj.out_features, max_pixels=max_pixels)
         self.scoring = Scoring()
-
-    def draft_size(self) -> tuple[int, int] | None:
-        return self.preprocessor.draft_size()
-
-    def preprocess(self, img: Any) -> np.ndarray:
-        return self.preprocessor.to_uint8(img)  # normalised on the device, as in NomicVisionEncoder
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(self.preprocessor.normalize(batch).to(self.dtype))
 
 
 def load_aligned(
@@ -80,10 +67,10 @@ def load_aligned(
         model.prior.weight.data.copy_(head["prior.weight"])
     model.logit_scale.data.copy_(head["logit_scale"])
     model.to(device=device, dtype=dtype)
-    pre = ImagePreprocessor.from_dict(json.loads((folder / "preprocessor_config.json").read_text()))
-    image = AlignedImageEncoder(model, pre, max_pixels=max_pixels)
+    pre_cfg = json.loads((folder / "preprocessor_config.json").read_text())
+    image = AlignedImageEncoder(model, ImagePreprocessor.from_dict(pre_cfg), max_pixels=max_pixels)
     scoring = Scoring(logit_scale=float(cfg.get("logit_scale") or model.logit_scale.detach().exp()), kind="softmax")
     text.scoring = image.scoring = scoring
     info = {"family": "aligned", "name": ref, "revision": None, "text_name": text_ref,
-            "preprocessing": json.loads((folder / "preprocessor_config.json").read_text())}
+            "preprocessing": pre_cfg}
     return text, image, info
