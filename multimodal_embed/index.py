@@ -313,11 +313,7 @@ class ImageIndex:
         if not os.path.isdir(root):
             raise InvalidInputError(f"{folder} is not a folder")
         report = IndexReport()
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            roots = self.roots
-            if root not in roots:
-                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'roots'", (json.dumps(roots + [root]),))
+        self._add_root(root)
         known = {row[0]: row for row in self.conn.execute(
             "SELECT path, id, size, mtime_ns, sha256, status FROM files WHERE root = ?", (root,))}
         seen: set[str] = set()
@@ -378,16 +374,7 @@ class ImageIndex:
             with self.conn:  # one transaction per batch: rows and vectors land together or not at all
                 self.conn.execute("BEGIN IMMEDIATE")
                 for j, (path, st, sha, dims) in enumerate(batch):
-                    if j in vectors:
-                        file_id = self._upsert(path, root, st, sha, dims, "ok", None)
-                        blob = np.ascontiguousarray(vectors[j], dtype=np.float32).tobytes()
-                        self.conn.execute("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                                          (file_id, blob, zlib.crc32(blob)))
-                        report.embedded += 1
-                    else:
-                        file_id = self._upsert(path, root, st, sha, dims, "error", reasons.get(j, "unknown error"))
-                        self.conn.execute("DELETE FROM vectors WHERE file_id = ?", (file_id,))
-                        report.failed.append((path, reasons.get(j, "unknown error")))
+                    self._record(path, root, st, sha, dims, vectors.get(j), reasons.get(j, "unknown error"), report)
             self._cache = None
         if report.failed:
             logger.warning("%d files could not be indexed (first: %s: %s)", len(report.failed), *report.failed[0])
@@ -409,11 +396,7 @@ class ImageIndex:
             raise InvalidInputError(f"{shards}: text shards cannot go into an image index")
         root_real = os.path.realpath(os.path.expanduser(os.fspath(root)))
         report = IndexReport()
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            roots = self.roots
-            if root_real not in roots:
-                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'roots'", (json.dumps(roots + [root_real]),))
+        self._add_root(root_real)
         paths = table.column("path").to_pylist()
         vectors = table.column("vector").to_pylist()
         status = table.column("status").to_pylist()
@@ -427,20 +410,31 @@ class ImageIndex:
                     if not _inside(os.path.realpath(path), root_real) or not os.path.isfile(path):
                         report.skipped_outside.append(path)
                         continue
-                    st = os.stat(path)
                     ok = status[i] == "ok" and vectors[i] is not None and len(vectors[i]) == self.dim
-                    file_id = self._upsert(path, root_real, st, _sha256(path), _dims(path), "ok" if ok else "error",
-                                           None if ok else (errors[i] or "no vector"))
-                    if ok:
-                        blob = np.asarray(vectors[i], dtype=np.float32).tobytes()
-                        self.conn.execute("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                                          (file_id, blob, zlib.crc32(blob)))
-                        report.embedded += 1
-                    else:
-                        self.conn.execute("DELETE FROM vectors WHERE file_id = ?", (file_id,))
-                        report.failed.append((path, errors[i] or "no vector"))
+                    self._record(path, root_real, os.stat(path), _sha256(path), _dims(path),
+                                 vectors[i] if ok else None, errors[i] or "no vector", report)
             self._cache = None
         return report
+
+    def _add_root(self, root: str) -> None:
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            roots = self.roots
+            if root not in roots:
+                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'roots'", (json.dumps(roots + [root]),))
+
+    def _record(self, path: str, root: str, st: os.stat_result, sha: str, dims: tuple, vector: Any,
+                error: str, report: IndexReport) -> None:
+        """Inside the caller's transaction: the file row with its vector, or as bad with ``error``."""
+        if vector is not None:
+            file_id = self._upsert(path, root, st, sha, dims, "ok", None)
+            blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+            self.conn.execute("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", (file_id, blob, zlib.crc32(blob)))
+            report.embedded += 1
+        else:
+            file_id = self._upsert(path, root, st, sha, dims, "error", error)
+            self.conn.execute("DELETE FROM vectors WHERE file_id = ?", (file_id,))
+            report.failed.append((path, error))
 
     def _upsert(self, path: str, root: str, st: os.stat_result, sha: str, dims: tuple, status: str,
                 error: str | None) -> int:
