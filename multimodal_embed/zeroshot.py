@@ -155,6 +155,8 @@ class ZeroShotClassifier:
             raise InvalidInputError("zero-shot classification needs an Embedder with both text and image towers")
         self.embedder = embedder
         self.templates = resolve_templates(templates)
+        # what label embeddings depend on (model, revision, templates); fixed for the classifier's lifetime
+        self.cache_key = self._cache_key(embedder, self.templates)
         self.multi_label = multi_label
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.batch_size = batch_size
@@ -174,10 +176,9 @@ class ZeroShotClassifier:
         self.add_labels(labels)
 
     # -- label embeddings --------------------------------------------------------------------------------
-    @property
-    def cache_key(self) -> str:
-        key = json.dumps({"model": model_identity(self.embedder), "templates": self.templates}, sort_keys=True,
-                         default=str)
+    @staticmethod
+    def _cache_key(embedder: Any, templates: tuple[str, ...]) -> str:
+        key = json.dumps({"model": model_identity(embedder), "templates": templates}, sort_keys=True, default=str)
         return hashlib.sha256(key.encode()).hexdigest()[:32]
 
     def _cache_file(self) -> Path | None:
