@@ -19,7 +19,6 @@ from .errors import ModelNotFoundError, MultimodalEmbedError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_MODEL, EXIT_ERROR = 0, 1, 2, 3, 4
 DEFAULT_MODEL = os.environ.get("MMEMBED_MODEL", "nomic-embed-v1.5")
-OFFLINE_MODEL = "minilm-efficientnet-lite0"
 logger = logging.getLogger("multimodal_embed.cli")
 
 
@@ -35,16 +34,9 @@ def _load(name: str, args: argparse.Namespace) -> Any:
 
 
 def _image_paths(items: Sequence[str]) -> list[str]:
-    from .index import IMAGE_EXTENSIONS
+    from .imagefiles import list_image_paths
 
-    out: list[str] = []
-    for item in items:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            out += [str(f) for f in sorted(p.rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()]
-        else:
-            out.append(item)
-    return out
+    return list_image_paths(items)
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
@@ -73,15 +65,12 @@ def _write_rows(rows: list[dict[str, Any]], vectors: Any, output: str | None) ->
         np.save(output, np.asarray(vectors, dtype=np.float32))
         Path(output + ".meta.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     elif output.endswith(".parquet"):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from .utils import arrow_vectors
+        from .shards import arrow_vectors, write_parquet
 
         mat = np.asarray(vectors, dtype=np.float32)
         columns: dict[str, Any] = {k: [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r})}
         columns["vector"] = arrow_vectors(mat, mat.shape[1])
-        pq.write_table(pa.table(columns), output)
+        write_parquet(columns, output)
     else:
         raise MultimodalEmbedError(f"unknown output format for {output!r}: use .npy, .jsonl or .parquet")
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError, MissingDependencyError
-from .utils import PARQUET_MODEL_KEY, arrow_vectors
+from .shards import read_shards, shard_path, shard_table, write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +45,12 @@ class DistributedReport:
 
 def list_inputs(source: str | os.PathLike, kind: str = "auto") -> tuple[str, list[str]]:
     """``(kind, items)``: image paths/URLs or texts, in a stable order (row ``i`` gets id ``i``)."""
-    from .index import IMAGE_EXTENSIONS
+    from .imagefiles import list_images
 
     src = os.fspath(source)
     path = Path(src).expanduser()
     if path.is_dir():
-        items = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        return "images", items
+        return "images", list_images(path)
     if path.suffix in (".parquet", ".jsonl", ".json") and path.is_file():
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -87,7 +86,7 @@ class _ShardActor:
 
         self.embedder = Embedder.from_pretrained(model, **model_kwargs)
         self.kind, self.out_dir, self.batch_size, self.task = kind, Path(out_dir), batch_size, task
-        self.identity = json.dumps(self.embedder.identity(), sort_keys=True)
+        self.identity = self.embedder.identity()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, list] = {"shard": [], "rows": [], "errors": []}
@@ -100,11 +99,7 @@ class _ShardActor:
         return {k: np.asarray(v) for k, v in out.items()}
 
     def write_shard(self, shard: int, start: int, items: list[str]) -> tuple[int, int]:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        dim = self.embedder.dim
-        vectors = np.zeros((len(items), dim), dtype=np.float32)
+        vectors = np.zeros((len(items), self.embedder.dim), dtype=np.float32)
         status = ["ok"] * len(items)
         error: list[str | None] = [None] * len(items)
         if self.kind == "texts":
@@ -115,16 +110,8 @@ class _ShardActor:
             vectors[res.indices] = res.vectors
             for f in res.failures:
                 status[f.index], error[f.index] = "error", f.reason
-        vec = arrow_vectors(vectors, dim, valid=[s == "ok" for s in status])
-        table = pa.table({"id": pa.array(range(start, start + len(items)), pa.int64()),
-                          ("text" if self.kind == "texts" else "path"): pa.array(items, pa.string()),
-                          "vector": vec, "status": pa.array(status, pa.string()),
-                          "error": pa.array(error, pa.string())})
-        table = table.replace_schema_metadata({PARQUET_MODEL_KEY: self.identity})
-        final = self.out_dir / f"part-{shard:05d}.parquet"
-        tmp = self.out_dir / f".part-{shard:05d}.{os.getpid()}.tmp"
-        pq.write_table(table, str(tmp))
-        os.replace(tmp, final)  # a shard is either complete or absent
+        write_parquet(shard_table(start, self.kind, items, vectors, status, error), shard_path(self.out_dir, shard),
+                      identity=self.identity)
         return len(items), status.count("error")
 
 
@@ -157,7 +144,7 @@ def embed_dataset(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, len(items), shard_rows))
-    todo = [(k, s) for k, s in enumerate(starts) if not (out / f"part-{k:05d}.parquet").is_file()]
+    todo = [(k, s) for k, s in enumerate(starts) if not shard_path(out, k).is_file()]
     report = DistributedReport(len(starts), 0, len(starts) - len(todo), 0, 0, 0.0)
     if todo:
         if not ray.is_initialized():
@@ -182,17 +169,4 @@ def embed_dataset(
     return report
 
 
-def read_shards(folder: str | os.PathLike) -> tuple[dict[str, Any], Any]:
-    """(model identity, one pyarrow table of every shard, sorted by id)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    files = sorted(Path(folder).glob("part-*.parquet"))
-    if not files:
-        raise InvalidInputError(f"{folder} has no part-*.parquet shards")
-    tables = [pq.read_table(f) for f in files]
-    identities = {t.schema.metadata.get(PARQUET_MODEL_KEY.encode()) for t in tables}
-    if len(identities) != 1:
-        raise InvalidInputError(f"{folder}: shards were written by different models")
-    table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables]).sort_by("id")
-    return json.loads(identities.pop()), table
+__all__ = ["DistributedReport", "embed_dataset", "list_inputs", "read_shards"]

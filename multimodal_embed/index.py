@@ -13,16 +13,14 @@ while indexing runs (WAL).
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
 from pathlib import Path
@@ -31,18 +29,15 @@ from typing import Any
 import numpy as np
 
 from .errors import IndexCorruptError, IndexMismatchError, InvalidInputError, MissingDependencyError
-from .utils import PARQUET_MODEL_KEY, arrow_vectors, progress
+from .imagefiles import IMAGE_EXTENSIONS, inside
+from .scanning import KnownFile, PendingFile, file_dims, scan_changes, sha256_file
+from .search import (SEARCH_CHUNK_ROWS, AnnCache, combine, duplicate_groups, exact_search, mix_terms, parse_query,
+                     use_ann)
+from .utils import progress
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".avif",
-    ".avifs", ".heic", ".heif", ".ico", ".jp2", ".j2k", ".ppm", ".pgm", ".pbm", ".pnm", ".psd", ".tga", ".pcx",
-    ".sgi", ".dds", ".icns", ".im", ".qoi",
-})
-SEARCH_CHUNK_ROWS = 65536  # rows per matrix-product chunk: bounded extra memory per query batch
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
@@ -96,81 +91,6 @@ class SearchHit:
     sha256: str
 
 
-# -- exact search ------------------------------------------------------------------------------------------
-def exact_search(matrix: np.ndarray, queries: np.ndarray, k: int, *, chunk_rows: int = SEARCH_CHUNK_ROWS,
-                 mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` inner products of each query against ``matrix`` rows: ``(scores, rows)``, each ``(m, k')``.
-
-    A chunked matrix product: each chunk of ``chunk_rows`` rows is multiplied once for all queries and reduced
-    with ``argpartition``; nothing of the size of ``matrix`` is copied. ``mask`` (bool per row) excludes rows.
-    """
-    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-    n, m = matrix.shape[0], queries.shape[0]
-    k = max(0, min(k, n if mask is None else int(mask.sum())))
-    best_s = np.full((m, 0), -np.inf, dtype=np.float32)
-    best_i = np.zeros((m, 0), dtype=np.int64)
-    if k == 0:
-        return best_s, best_i
-    for start in range(0, n, chunk_rows):
-        block = matrix[start:start + chunk_rows]
-        scores = queries @ block.T  # (m, rows)
-        if mask is not None:
-            scores[:, ~mask[start:start + chunk_rows]] = -np.inf
-        kk = min(k, scores.shape[1])
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        cand_s = np.concatenate([best_s, np.take_along_axis(scores, part, 1)], axis=1)
-        cand_i = np.concatenate([best_i, part + start], axis=1)
-        keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(cand_s, keep, 1), np.take_along_axis(cand_i, keep, 1)
-    return best_s, best_i
-
-
-# -- query mixes -------------------------------------------------------------------------------------------
-_TERM_SPLIT = re.compile(r"\s+([+-])\s+")
-_WEIGHT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*:\s*(.+)$")
-
-
-def parse_query(expr: str) -> list[tuple[float, str]]:
-    """rclip-style mixes: ``"2:golden retriever + ./pool.jpg - fruit"`` -> ``[(2, ...), (1, ...), (-1, ...)]``."""
-    parts = _TERM_SPLIT.split(expr.strip())
-    terms: list[tuple[float, str]] = []
-    sign = 1.0
-    for i, part in enumerate(parts):
-        if i % 2 == 1:
-            sign = 1.0 if part == "+" else -1.0
-            continue
-        weight, text = 1.0, part.strip()
-        m = _WEIGHT.match(text)
-        if m:
-            weight, text = float(m.group(1)), m.group(2).strip()
-        if not text:
-            raise InvalidInputError(f"empty term in query {expr!r}")
-        terms.append((sign * weight, text))
-    return terms
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _dims(path: str) -> tuple[int | None, int | None]:
-    try:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return im.size
-    except Exception:  # noqa: BLE001 - the embedding step reports the real error
-        return None, None
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
 def _locked(method: Callable) -> Callable:
     @wraps(method)
     def wrapper(self: ImageIndex, *args: Any, **kwargs: Any) -> Any:
@@ -191,6 +111,7 @@ class ImageIndex:
         self.dim = int(identity["dim"])
         self._embedder = embedder
         self._cache: tuple[int, list[int], list[str], np.ndarray] | None = None
+        self._ann = AnnCache()
         self._lock = threading.RLock()
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -286,24 +207,6 @@ class ImageIndex:
         return self.conn.execute("SELECT path, error FROM files WHERE status = 'error' ORDER BY path").fetchall()
 
     # -- indexing ------------------------------------------------------------------------------------------
-    def _scan(self, root: str, follow_symlinks: bool, report: IndexReport) -> Iterator[tuple[str, os.stat_result]]:
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
-            dirnames.sort()
-            if not follow_symlinks:  # do not descend into linked folders leaving the root
-                dirnames[:] = [d for d in dirnames if _inside(os.path.realpath(os.path.join(dirpath, d)), root)]
-            for name in sorted(filenames):
-                if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
-                    continue
-                path = os.path.join(dirpath, name)
-                if not follow_symlinks and not _inside(os.path.realpath(path), root):
-                    report.skipped_outside.append(path)
-                    continue
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                yield path, st
-
     @_locked
     def add_folder(self, folder: str | os.PathLike, *, follow_symlinks: bool = False, batch_size: int = 32,
                    show_progress: bool | None = None) -> IndexReport:
@@ -314,34 +217,41 @@ class ImageIndex:
             raise InvalidInputError(f"{folder} is not a folder")
         report = IndexReport()
         self._add_root(root)
-        known = {row[0]: row for row in self.conn.execute(
-            "SELECT path, id, size, mtime_ns, sha256, status FROM files WHERE root = ?", (root,))}
-        seen: set[str] = set()
-        todo: list[tuple[str, os.stat_result, str, tuple]] = []  # path, stat, sha, dims
-        for path, st in self._scan(root, follow_symlinks, report):
-            seen.add(path)
-            row = known.get(path)
-            if row is not None and row[2] == st.st_size and row[3] == st.st_mtime_ns:
-                report.unchanged += 1
-                continue
-            sha = _sha256(path)
-            if row is not None and row[4] == sha:  # touched, same content: refresh the stat, keep the result
-                with self.conn:
-                    self.conn.execute("BEGIN IMMEDIATE")
-                    self.conn.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?",
-                                      (st.st_size, st.st_mtime_ns, row[1]))
-                report.unchanged += 1
-                continue
-            todo.append((path, st, sha, _dims(path)))
-        gone = {p for p in known if p not in seen}
+        changes = scan_changes(root, self._known(root), follow_symlinks=follow_symlinks,
+                               on_outside=report.skipped_outside.append)
+        report.unchanged += changes.unchanged
+        self._refresh_stats(changes.touched)
+        to_embed = self._reuse_vectors(root, changes.pending, changes.gone, report)
+        self._remove(changes.gone, report)
+        self._embed(root, to_embed, batch_size, show_progress, report)
+        if report.failed:
+            logger.warning("%d files could not be indexed (first: %s: %s)", len(report.failed), *report.failed[0])
+        logger.info("add_folder %s: %s", root, report)
+        return report
 
+    def _known(self, root: str) -> dict[str, KnownFile]:
+        return {row[0]: KnownFile(*row[1:]) for row in self.conn.execute(
+            "SELECT path, id, size, mtime_ns, sha256 FROM files WHERE root = ?", (root,))}
+
+    def _refresh_stats(self, touched: list[tuple[int, os.stat_result]]) -> None:
+        """Touched files (same content): record the new size and mtime, keep the result."""
+        for file_id, st in touched:
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?",
+                                  (st.st_size, st.st_mtime_ns, file_id))
+
+    def _reuse_vectors(self, root: str, pending: list[PendingFile], gone: set[str],
+                       report: IndexReport) -> list[PendingFile]:
+        """Moved files (content of a gone path) are re-pathed and copies take an indexed file's vector; returns
+        the files left to embed. Paths re-pathed here are dropped from ``gone``."""
         to_embed = []
-        for path, st, sha, dims in todo:
+        for path, st, sha, dims in pending:
             src = self.conn.execute(
                 "SELECT f.id, f.path FROM files f JOIN vectors v ON v.file_id = f.id WHERE f.sha256 = ? "
                 "AND f.status = 'ok' ORDER BY (f.path = ?) DESC LIMIT 1", (sha, path)).fetchone()
             if src is None or src[1] == path:
-                to_embed.append((path, st, sha, dims))
+                to_embed.append(PendingFile(path, st, sha, dims))
                 continue
             with self.conn:
                 self.conn.execute("BEGIN IMMEDIATE")
@@ -357,36 +267,39 @@ class ImageIndex:
                                       "WHERE file_id = ?", (file_id, src[0]))
                     report.copied += 1
             self._cache = None
-        if gone:
-            with self.conn:
-                self.conn.execute("BEGIN IMMEDIATE")
-                self.conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in sorted(gone)])
-            report.removed = len(gone)
-            self._cache = None
+        return to_embed
 
-        batches = [to_embed[s:s + batch_size] for s in range(0, len(to_embed), batch_size)]
+    def _remove(self, gone: set[str], report: IndexReport) -> None:
+        if not gone:
+            return
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in sorted(gone)])
+        report.removed = len(gone)
+        self._cache = None
+
+    def _embed(self, root: str, files: list[PendingFile], batch_size: int, show_progress: bool | None,
+               report: IndexReport) -> None:
+        """Embed ``files`` batch by batch; one transaction per batch, so rows and vectors land together."""
+        batches = [files[s:s + batch_size] for s in range(0, len(files), batch_size)]
         encoder = self.embedder
         for batch in progress(batches, show_progress, desc="index images", unit="batch"):
-            res = encoder.embed_images_with_errors([b[0] for b in batch], batch_size=batch_size,
+            res = encoder.embed_images_with_errors([b.path for b in batch], batch_size=batch_size,
                                                    show_progress=False)
             vectors = dict(zip(res.indices, res.vectors))
             reasons = {f.index: f.reason for f in res.failures}
-            with self.conn:  # one transaction per batch: rows and vectors land together or not at all
+            with self.conn:
                 self.conn.execute("BEGIN IMMEDIATE")
                 for j, (path, st, sha, dims) in enumerate(batch):
                     self._record(path, root, st, sha, dims, vectors.get(j), reasons.get(j, "unknown error"), report)
             self._cache = None
-        if report.failed:
-            logger.warning("%d files could not be indexed (first: %s: %s)", len(report.failed), *report.failed[0])
-        logger.info("add_folder %s: %s", root, report)
-        return report
 
     @_locked
     def add_embeddings(self, shards: str | os.PathLike, root: str | os.PathLike, *,
                        show_progress: bool | None = None) -> IndexReport:
         """Ingest Parquet shards written by :func:`multimodal_embed.distributed.embed_dataset` without
         re-embedding. The shards' model must be this index's model; only files under ``root`` are taken."""
-        from .distributed import read_shards
+        from .shards import read_shards
 
         identity, table = read_shards(shards)
         if identity != self.identity:
@@ -407,11 +320,11 @@ class ImageIndex:
                 self.conn.execute("BEGIN IMMEDIATE")
                 for i in batch:
                     path = paths[i]
-                    if not _inside(os.path.realpath(path), root_real) or not os.path.isfile(path):
+                    if not inside(os.path.realpath(path), root_real) or not os.path.isfile(path):
                         report.skipped_outside.append(path)
                         continue
                     ok = status[i] == "ok" and vectors[i] is not None and len(vectors[i]) == self.dim
-                    self._record(path, root_real, os.stat(path), _sha256(path), _dims(path),
+                    self._record(path, root_real, os.stat(path), sha256_file(path), file_dims(path),
                                  vectors[i] if ok else None, errors[i] or "no vector", report)
             self._cache = None
         return report
@@ -473,52 +386,20 @@ class ImageIndex:
             v = item.astype(np.float32).reshape(-1)
             if v.shape[0] != self.dim:
                 raise InvalidInputError(f"query vector has dimension {v.shape[0]}, the index {self.dim}")
-        elif isinstance(item, str) and not (os.path.isfile(os.path.expanduser(item))
-                                            or item.startswith(("http://", "https://"))):
+            return v
+        if isinstance(item, str) and not (os.path.isfile(os.path.expanduser(item))
+                                          or item.startswith(("http://", "https://"))):
             emb = self.embedder
-            v = emb.embed_text([item], task=emb.query_task, show_progress=False)[0]
-        else:
-            v = self.embedder.embed_images([os.path.expanduser(item) if isinstance(item, str) else item],
-                                           show_progress=False)[0]
-        n = np.linalg.norm(v)
-        return v / n if n > 0 else v
+            return emb.embed_text([item], task=emb.query_task, show_progress=False)[0]
+        return self.embedder.embed_images([os.path.expanduser(item) if isinstance(item, str) else item],
+                                          show_progress=False)[0]
 
     @_locked
     def query_vector(self, query: Any) -> np.ndarray:
         """The unit query vector: text (with the model's query prefix), an image (path, PIL, bytes), a vector,
         a list of ``(weight, item)`` pairs, or an rclip-style mix string (``"2:dog + ./pool.jpg - fruit"``):
         the normalised weighted sum of the terms' unit vectors."""
-        if isinstance(query, str) and _TERM_SPLIT.search(query) or isinstance(query, str) and _WEIGHT.match(query):
-            terms: list[tuple[float, Any]] = list(parse_query(query))
-        elif isinstance(query, (list, tuple)) and query and all(isinstance(t, tuple) and len(t) == 2 for t in query):
-            terms = [(float(w), item) for w, item in query]
-        else:
-            terms = [(1.0, query)]
-        total = sum(w * self._term_vector(item) for w, item in terms)
-        n = np.linalg.norm(total)
-        if n == 0:
-            raise InvalidInputError("the query terms cancel out")
-        return (total / n).astype(np.float32)
-
-    def _ann(self, mat: np.ndarray, nprobe: int) -> Any:
-        """A FAISS IVF-Flat (inner product) over the current vectors, rebuilt when the index changes."""
-        try:
-            import faiss
-        except ImportError as exc:
-            raise MissingDependencyError("ann=True needs FAISS: pip install 'multimodal-embed[ann]'") from exc
-        version = self._cache[0] if self._cache else None
-        cached = getattr(self, "_ann_cache", None)
-        if cached is None or cached[0] != version:
-            nlist = max(1, int(4 * np.sqrt(len(mat))))
-            ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            sample = mat if len(mat) <= 40 * nlist else mat[np.random.default_rng(0).choice(len(mat), 40 * nlist,
-                                                                                             replace=False)]
-            ivf.train(sample)
-            ivf.add(mat)
-            self._ann_cache = (version, ivf)
-        ivf = self._ann_cache[1]
-        ivf.nprobe = nprobe
-        return ivf
+        return combine(mix_terms(query), self._term_vector)
 
     @_locked
     def search(self, query: Any, k: int = 10, *, min_score: float | None = None,
@@ -538,12 +419,9 @@ class ImageIndex:
         if path_filter is not None:
             pred = path_filter if callable(path_filter) else (lambda p: fnmatch.fnmatch(p, path_filter))
             mask = np.fromiter((bool(pred(p)) for p in paths), dtype=bool, count=len(paths))
-        if ann is None:
-            import importlib.util
-
-            ann = len(paths) > 200_000 and importlib.util.find_spec("faiss") is not None
-        if ann and mask is None and len(paths):
-            scores, rows = self._ann(mat, nprobe).search(q[None, :], min(k, len(paths)))
+        if use_ann(ann, len(paths)) and mask is None and len(paths):
+            ivf = self._ann.get(mat, self._cache[0] if self._cache else None, nprobe)
+            scores, rows = ivf.search(q[None, :], min(k, len(paths)))
         else:
             scores, rows = exact_search(mat, q, k, mask=mask)
         hits = []
@@ -561,43 +439,27 @@ class ImageIndex:
     def duplicates(self, threshold: float = 0.95) -> list[list[str]]:
         """Groups (size >= 2) of files whose vectors have cosine >= ``threshold`` (transitively)."""
         _, paths, mat = self.vectors()
-        parent = list(range(len(paths)))
-
-        def find(i: int) -> int:
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
-        for start in range(0, len(paths), 4096):
-            sims = mat[start:start + 4096] @ mat.T
-            rows, cols = np.nonzero(sims >= threshold)
-            for a, b in zip(rows + start, cols):
-                if a < b:
-                    parent[find(a)] = find(b)
-        groups: dict[int, list[str]] = {}
-        for i, p in enumerate(paths):
-            groups.setdefault(find(i), []).append(p)
-        return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+        return duplicate_groups(paths, mat, threshold)
 
     @_locked
     def export(self, path: str | os.PathLike) -> Path:
-        """Write every indexed file's metadata and vector to Parquet (pyarrow); returns the path."""
+        """Write every indexed file's metadata and vector to Parquet (pyarrow), atomically; returns the path."""
         try:
             import pyarrow as pa
-            import pyarrow.parquet as pq
         except ImportError as exc:
             raise MissingDependencyError("export needs pyarrow: pip install pyarrow") from exc
+        from .shards import arrow_vectors, write_parquet
+
         ids, paths, mat = self.vectors()
         meta = {r[0]: r for r in self.conn.execute(
             "SELECT id, size, mtime_ns, sha256, width, height FROM files WHERE status = 'ok'")}
         cols = list(zip(*(meta[i] for i in ids))) if ids else [[]] * 6
-        vectors = arrow_vectors(mat, self.dim)
         table = pa.table({"path": pa.array(paths, pa.string()), "size": pa.array(cols[1], pa.int64()),
                           "mtime_ns": pa.array(cols[2], pa.int64()), "sha256": pa.array(cols[3], pa.string()),
                           "width": pa.array(cols[4], pa.int32()), "height": pa.array(cols[5], pa.int32()),
-                          "vector": vectors})
-        table = table.replace_schema_metadata({PARQUET_MODEL_KEY: json.dumps(self.identity)})
-        out = Path(path)
-        pq.write_table(table, str(out))
-        return out
+                          "vector": arrow_vectors(mat, self.dim)})
+        return write_parquet(table, path, identity=self.identity)
+
+
+__all__ = ["IMAGE_EXTENSIONS", "SEARCH_CHUNK_ROWS", "ImageIndex", "IndexReport", "SearchHit", "exact_search",
+           "parse_query"]

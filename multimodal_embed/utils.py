@@ -106,17 +106,3 @@ def check_batch_size(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
     return batch_size
-
-
-# schema-metadata key under which Parquet files written by this package record the model identity (JSON)
-PARQUET_MODEL_KEY = "multimodal_embed.model"
-
-
-def arrow_vectors(mat: Any, dim: int, valid: Any = None) -> Any:
-    """A ``(n, dim)`` float32 matrix as a pyarrow fixed-size-list column; rows where ``valid`` is False are null."""
-    import numpy as np
-    import pyarrow as pa
-
-    flat = pa.array(np.ascontiguousarray(mat, dtype=np.float32).reshape(-1), pa.float32())
-    mask = None if valid is None else pa.array(~np.asarray(valid, dtype=bool))
-    return pa.FixedSizeListArray.from_arrays(flat, dim, mask=mask)

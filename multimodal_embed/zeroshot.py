@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError
+from .imagefiles import list_image_files
 from .images import ImageInput
 from .templates import NAMED_TEMPLATES
 from .utils import progress
@@ -34,7 +35,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_LOGIT_SCALE = 100.0
 # Multi-label scores for models without a stored bias: sigmoid(scale * (cos - 0.2)) until calibrated.
 DEFAULT_MULTI_LABEL_THRESHOLD = 0.2
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 _MEMORY_CACHE: dict[str, dict[str, np.ndarray]] = {}
 _CACHE_LOCK = threading.Lock()
@@ -314,7 +314,7 @@ class ZeroShotClassifier:
             raise InvalidInputError(f"class folders without a label in the classifier: {missing}")
         files, truth = [], []
         for c in classes:
-            found = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = list_image_files(root / c, recursive=False)
             found = found[:limit_per_class] if limit_per_class else found
             files += found
             truth += [index[label_map.get(c, c)]] * len(found)

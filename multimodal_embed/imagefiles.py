@@ -1,0 +1,93 @@
+"""Image files on disk: the one list of image extensions and the one folder walker.
+
+Every caller that turns a folder into image paths (the index's scanner, ``mmembed embed/classify``, the Ray
+lister, ``ZeroShotClassifier.evaluate``) goes through :func:`list_images`, so a rule about which files count
+(extensions, regular files, links leaving the folder) is written once, here.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+__all__ = ["IMAGE_EXTENSIONS", "is_image_name", "iter_images", "list_image_files", "list_image_paths", "list_images"]
+
+# what Pillow (with pillow-avif / pillow-heif where installed) can open; lower case, with the dot
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".avif",
+    ".avifs", ".heic", ".heif", ".ico", ".jp2", ".j2k", ".ppm", ".pgm", ".pbm", ".pnm", ".psd", ".tga", ".pcx",
+    ".sgi", ".dds", ".icns", ".im", ".qoi",
+})
+
+
+def is_image_name(name: str | os.PathLike) -> bool:
+    """Whether a file name has an image extension (case-insensitive)."""
+    return os.path.splitext(os.fspath(name))[1].lower() in IMAGE_EXTENSIONS
+
+
+def inside(path: str, root: str) -> bool:
+    """Whether ``path`` (already resolved) lies in ``root`` (already resolved)."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def iter_images(
+    root: str | os.PathLike,
+    *,
+    recursive: bool = True,
+    follow_symlinks: bool = False,
+    contain: bool = False,
+    on_outside: Callable[[str], None] | None = None,
+) -> Iterator[tuple[str, os.stat_result]]:
+    """``(path, stat)`` of each image file under ``root``, folder by folder in sorted name order.
+
+    ``follow_symlinks`` enters linked folders. ``contain=True`` keeps the walk inside ``root``'s real path:
+    linked folders leaving it are not entered, and linked files leaving it go to ``on_outside`` instead of
+    being yielded. Entries that vanish or cannot be stat-ed while walking are left out.
+    """
+    top = os.fspath(root)
+    real_root = os.path.realpath(top)
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=follow_symlinks):
+        dirnames.sort()
+        if not recursive:
+            dirnames[:] = []
+        elif contain:
+            dirnames[:] = [d for d in dirnames if inside(os.path.realpath(os.path.join(dirpath, d)), real_root)]
+        for name in sorted(filenames):
+            if not is_image_name(name):
+                continue
+            path = os.path.join(dirpath, name)
+            if contain and not inside(os.path.realpath(path), real_root):
+                if on_outside is not None:
+                    on_outside(path)
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            yield path, st
+
+
+def list_images(root: str | os.PathLike, *, recursive: bool = True) -> list[str]:
+    """Every regular image file under ``root`` (``~`` expanded; linked folders not entered), sorted by path:
+    a stable order, so row ``i`` of a listing is the same file on every run."""
+    return [str(p) for p in list_image_files(root, recursive=recursive)]
+
+
+def list_image_files(root: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
+    """:func:`list_images` as :class:`~pathlib.Path` objects, sorted part by part (the order ``align.load_pairs``
+    uses for its folders of captioned or class-sorted images)."""
+    top = os.path.expanduser(os.fspath(root))
+    return sorted(Path(path) for path, st in iter_images(top, recursive=recursive) if stat.S_ISREG(st.st_mode))
+
+
+def list_image_paths(items: Sequence[str]) -> list[str]:
+    """Folders expanded to their images (:func:`list_images`); anything else kept as given, in order."""
+    out: list[str] = []
+    for item in items:
+        if Path(item).expanduser().is_dir():
+            out += list_images(item)
+        else:
+            out.append(item)
+    return out

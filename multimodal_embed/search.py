@@ -1,0 +1,157 @@
+"""Searching vectors: exact top-k, rclip-style query mixes, an optional FAISS IVF cache, duplicate groups.
+
+Pure numpy over an ``(n, d)`` float32 matrix of unit rows; :class:`~multimodal_embed.ImageIndex` owns the
+storage and calls these.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInputError, MissingDependencyError
+
+__all__ = ["AnnCache", "combine", "duplicate_groups", "exact_search", "mix_terms", "parse_query", "use_ann"]
+
+SEARCH_CHUNK_ROWS = 65536  # rows per matrix-product chunk: bounded extra memory per query batch
+ANN_AUTO_ROWS = 200_000  # ann=None uses FAISS above this many vectors (when installed)
+
+
+# -- exact search ------------------------------------------------------------------------------------------
+def exact_search(matrix: np.ndarray, queries: np.ndarray, k: int, *, chunk_rows: int = SEARCH_CHUNK_ROWS,
+                 mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` inner products of each query against ``matrix`` rows: ``(scores, rows)``, each ``(m, k')``.
+
+    A chunked matrix product: each chunk of ``chunk_rows`` rows is multiplied once for all queries and reduced
+    with ``argpartition``; nothing of the size of ``matrix`` is copied. ``mask`` (bool per row) excludes rows.
+    """
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    n, m = matrix.shape[0], queries.shape[0]
+    k = max(0, min(k, n if mask is None else int(mask.sum())))
+    best_s = np.full((m, 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((m, 0), dtype=np.int64)
+    if k == 0:
+        return best_s, best_i
+    for start in range(0, n, chunk_rows):
+        block = matrix[start:start + chunk_rows]
+        scores = queries @ block.T  # (m, rows)
+        if mask is not None:
+            scores[:, ~mask[start:start + chunk_rows]] = -np.inf
+        kk = min(k, scores.shape[1])
+        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        cand_s = np.concatenate([best_s, np.take_along_axis(scores, part, 1)], axis=1)
+        cand_i = np.concatenate([best_i, part + start], axis=1)
+        keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(cand_s, keep, 1), np.take_along_axis(cand_i, keep, 1)
+    return best_s, best_i
+
+
+# -- query mixes -------------------------------------------------------------------------------------------
+_TERM_SPLIT = re.compile(r"\s+([+-])\s+")
+_WEIGHT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*:\s*(.+)$")
+
+
+def parse_query(expr: str) -> list[tuple[float, str]]:
+    """rclip-style mixes: ``"2:golden retriever + ./pool.jpg - fruit"`` -> ``[(2, ...), (1, ...), (-1, ...)]``."""
+    parts = _TERM_SPLIT.split(expr.strip())
+    terms: list[tuple[float, str]] = []
+    sign = 1.0
+    for i, part in enumerate(parts):
+        if i % 2 == 1:
+            sign = 1.0 if part == "+" else -1.0
+            continue
+        weight, text = 1.0, part.strip()
+        m = _WEIGHT.match(text)
+        if m:
+            weight, text = float(m.group(1)), m.group(2).strip()
+        if not text:
+            raise InvalidInputError(f"empty term in query {expr!r}")
+        terms.append((sign * weight, text))
+    return terms
+
+
+def is_query_mix(query: Any) -> bool:
+    """Whether a string query is a mix (``"a + b"``, ``"2:a"``) rather than one term."""
+    return isinstance(query, str) and bool(_TERM_SPLIT.search(query) or _WEIGHT.match(query))
+
+
+def mix_terms(query: Any) -> list[tuple[float, Any]]:
+    """``(weight, item)`` terms of a query: a mix string, a list of ``(weight, item)`` pairs, or one item."""
+    if is_query_mix(query):
+        return list(parse_query(query))
+    if isinstance(query, (list, tuple)) and query and all(isinstance(t, tuple) and len(t) == 2 for t in query):
+        return [(float(w), item) for w, item in query]
+    return [(1.0, query)]
+
+
+def combine(terms: list[tuple[float, Any]], vector: Callable[[Any], np.ndarray]) -> np.ndarray:
+    """The normalised weighted sum of each term's unit vector (``vector(item)``)."""
+    total = sum(w * _unit(vector(item)) for w, item in terms)
+    n = np.linalg.norm(total)
+    if n == 0:
+        raise InvalidInputError("the query terms cancel out")
+    return (total / n).astype(np.float32)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v)
+    return v / n if n > 0 else v
+
+
+def use_ann(ann: bool | None, rows: int) -> bool:
+    """``ann=None``: FAISS above :data:`ANN_AUTO_ROWS` vectors when it is installed."""
+    if ann is None:
+        import importlib.util
+
+        return rows > ANN_AUTO_ROWS and importlib.util.find_spec("faiss") is not None
+    return bool(ann)
+
+
+class AnnCache:
+    """A FAISS IVF-Flat (inner product) over a matrix, rebuilt when the matrix's version changes."""
+
+    def __init__(self) -> None:
+        self._cached: tuple[Any, Any] | None = None
+
+    def get(self, mat: np.ndarray, version: Any, nprobe: int) -> Any:
+        try:
+            import faiss
+        except ImportError as exc:
+            raise MissingDependencyError("ann=True needs FAISS: pip install 'multimodal-embed[ann]'") from exc
+        if self._cached is None or self._cached[0] != version:
+            dim = mat.shape[1]
+            nlist = max(1, int(4 * np.sqrt(len(mat))))
+            ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            sample = mat if len(mat) <= 40 * nlist else mat[np.random.default_rng(0).choice(len(mat), 40 * nlist,
+                                                                                             replace=False)]
+            ivf.train(sample)
+            ivf.add(mat)
+            self._cached = (version, ivf)
+        ivf = self._cached[1]
+        ivf.nprobe = nprobe
+        return ivf
+
+
+def duplicate_groups(paths: list[str], mat: np.ndarray, threshold: float) -> list[list[str]]:
+    """Groups (size >= 2) of paths whose vectors have cosine >= ``threshold`` (transitively), sorted."""
+    parent = list(range(len(paths)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, len(paths), 4096):
+        sims = mat[start:start + 4096] @ mat.T
+        rows, cols = np.nonzero(sims >= threshold)
+        for a, b in zip(rows + start, cols):
+            if a < b:
+                parent[find(a)] = find(b)
+    groups: dict[int, list[str]] = {}
+    for i, p in enumerate(paths):
+        groups.setdefault(find(i), []).append(p)
+    return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: g[0])

@@ -1,0 +1,86 @@
+"""Parquet files of vectors: the one column layout and the one (atomic) writer and reader.
+
+Used by :func:`multimodal_embed.distributed.embed_dataset` (shards), :meth:`ImageIndex.export
+<multimodal_embed.ImageIndex.export>` and ``mmembed embed -o out.parquet``; read back by
+:meth:`ImageIndex.add_embeddings <multimodal_embed.ImageIndex.add_embeddings>`. pyarrow is imported on use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+__all__ = ["PARQUET_MODEL_KEY", "arrow_vectors", "read_shards", "shard_path", "shard_table", "write_parquet"]
+
+# schema-metadata key under which Parquet files written by this package record the model identity (JSON)
+PARQUET_MODEL_KEY = "multimodal_embed.model"
+
+
+def arrow_vectors(mat: Any, dim: int, valid: Any = None) -> Any:
+    """A ``(n, dim)`` float32 matrix as a pyarrow fixed-size-list column; rows where ``valid`` is False are null."""
+    import pyarrow as pa
+
+    flat = pa.array(np.ascontiguousarray(mat, dtype=np.float32).reshape(-1), pa.float32())
+    mask = None if valid is None else pa.array(~np.asarray(valid, dtype=bool))
+    return pa.FixedSizeListArray.from_arrays(flat, dim, mask=mask)
+
+
+def write_parquet(table: Any, path: str | os.PathLike, *, identity: Mapping[str, Any] | None = None) -> Path:
+    """Write a pyarrow table (or a dict of columns) to ``path`` atomically (temporary file, then rename), with
+    the model ``identity`` in the schema metadata when given; returns the path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not isinstance(table, pa.Table):
+        table = pa.table(dict(table))
+    if identity is not None:
+        table = table.replace_schema_metadata({PARQUET_MODEL_KEY: json.dumps(dict(identity), sort_keys=True)})
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, str(tmp))
+        os.replace(tmp, out)  # the file is either complete or absent
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def shard_path(folder: str | os.PathLike, shard: int) -> Path:
+    """``folder/part-NNNNN.parquet``."""
+    return Path(folder) / f"part-{shard:05d}.parquet"
+
+
+def shard_table(start: int, kind: str, items: Sequence[str], vectors: np.ndarray, status: Sequence[str],
+                error: Sequence[str | None]) -> Any:
+    """One shard's rows: ``id`` (from ``start``), ``text`` or ``path``, ``vector`` (null where failed), ``status``,
+    ``error``."""
+    import pyarrow as pa
+
+    vec = arrow_vectors(vectors, vectors.shape[1], valid=[s == "ok" for s in status])
+    return pa.table({"id": pa.array(range(start, start + len(items)), pa.int64()),
+                     ("text" if kind == "texts" else "path"): pa.array(list(items), pa.string()),
+                     "vector": vec, "status": pa.array(list(status), pa.string()),
+                     "error": pa.array(list(error), pa.string())})
+
+
+def read_shards(folder: str | os.PathLike) -> tuple[dict[str, Any], Any]:
+    """(model identity, one pyarrow table of every shard, sorted by id)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(folder).glob("part-*.parquet"))
+    if not files:
+        raise InvalidInputError(f"{folder} has no part-*.parquet shards")
+    tables = [pq.read_table(f) for f in files]
+    identities = {(t.schema.metadata or {}).get(PARQUET_MODEL_KEY.encode()) for t in tables}
+    if len(identities) != 1 or None in identities:
+        raise InvalidInputError(f"{folder}: shards were written by different models")
+    table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables]).sort_by("id")
+    return json.loads(identities.pop()), table
