@@ -201,8 +201,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         logger.debug("no Hugging Face cache to scan: %s", exc)
     rows = []
     for spec in list_models():
-        repos = [r for r in (spec.text, spec.vision, (spec.ref or "").removeprefix("hf-hub:")) if r and "/" in r]
-        local = spec.family == "aligned" or (bool(repos) and all(r in cached for r in repos))
+        repos = list(spec.repos.values())
+        local = not repos or all(r in cached for r in repos)  # built-in models ship in the package
         rows.append({**spec.to_dict(), "cached": local})
     if args.json:
         print(json.dumps(rows, indent=2))

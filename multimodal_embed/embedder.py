@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -13,125 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import hub
+from .encoders import ImageEncoder, Scoring, TextEncoder
 from .errors import InvalidInputError
 from .images import DEFAULT_MAX_PIXELS, ImageInput
+from .loading import LoadOptions, detect_family, load, parse_model_name
 from .utils import resolve_device, resolve_dtype
 from .vision import ImageEmbeddings
 
 logger = logging.getLogger(__name__)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def load_text_encoder(
-    ref: str | os.PathLike,
-    *,
-    revision: str | None = None,
-    cache_dir: str | Path | None = None,
-    device: torch.device,
-    dtype: torch.dtype,
-    **options: Any,
-):
-    """Load a text encoder from a local folder or a hub id (nomic-embed-text, or a sentence-transformers folder)."""
-    from .text import NomicTextEncoder, SentenceTransformerTextEncoder
-
-    folder = hub.resolve_folder(ref, revision=revision, files=hub.CONFIG_FILES,
-                                optional=("modules.json",), cache_dir=cache_dir)
-    config = _read_json(folder / "config.json")
-    remote = not Path(os.path.expanduser(str(ref))).is_dir()
-    if config.get("model_type") == "nomic_bert":
-        if remote:
-            folder = hub.fetch(str(ref), revision=revision, files=hub.CONFIG_FILES + hub.WEIGHT_FILES,
-                               optional=hub.TOKENIZER_FILES, cache_dir=cache_dir)
-        return NomicTextEncoder.from_folder(folder, name=str(ref), device=device, dtype=dtype, **options)
-    if remote:
-        folder = hub.fetch(str(ref), revision=revision, files=hub.CONFIG_FILES + hub.WEIGHT_FILES,
-                           optional=hub.TOKENIZER_FILES + hub.SENTENCE_TRANSFORMERS_FILES, cache_dir=cache_dir)
-    if options:
-        raise InvalidInputError(f"options {sorted(options)} do not apply to the text model {ref}")
-    return SentenceTransformerTextEncoder.from_folder(folder, device=device, dtype=dtype)
-
-
-def load_vision_encoder(
-    ref: str | os.PathLike,
-    *,
-    revision: str | None = None,
-    cache_dir: str | Path | None = None,
-    device: torch.device,
-    dtype: torch.dtype,
-    **options: Any,
-):
-    """Load an image tower from a local folder or a hub id (nomic-embed-vision)."""
-    from .errors import ConfigError
-    from .vision import NomicVisionEncoder, is_nomic_vision_config
-
-    folder = hub.resolve_folder(ref, revision=revision, files=hub.CONFIG_FILES, cache_dir=cache_dir)
-    config = _read_json(folder / "config.json")
-    if not is_nomic_vision_config(config):
-        raise ConfigError(f"{ref} is not a nomic-embed-vision model (config.json has no image settings)")
-    if not Path(os.path.expanduser(str(ref))).is_dir():
-        folder = hub.fetch(str(ref), revision=revision, files=hub.CONFIG_FILES + hub.WEIGHT_FILES + hub.IMAGE_FILES,
-                           cache_dir=cache_dir)
-    return NomicVisionEncoder.from_folder(folder, name=str(ref), device=device, dtype=dtype, **options)
-
-
-def check_pairing(text_name: str, text_encoder: Any, vision_name: str) -> None:
-    """Refuse a nomic vision tower paired with a text tower it was not trained against."""
-    from .errors import IncompatibleModelsError
-    from .text import NomicTextEncoder
-    from .vision import nomic_tower_version
-
-    want = nomic_tower_version(vision_name)
-    if not isinstance(text_encoder, NomicTextEncoder):
-        raise IncompatibleModelsError(
-            f"the vision model {vision_name} was trained against nomic-embed-text, not {text_name}; "
-            f"pass allow_mismatched_towers=True to pair them anyway")
-    have = "v1.5" if text_encoder.matryoshka else (nomic_tower_version(text_name) or "v1")
-    if want is not None and want != have:
-        raise IncompatibleModelsError(
-            f"the vision model {vision_name} ({want}) was trained against nomic-embed-text-{want}, but the text "
-            f"model {text_name} is {have}: their embeddings do not share a space. Load nomic-embed-text-{want}, "
-            f"or pass allow_mismatched_towers=True")
-
-
-def _classify(name: str, revision: Any, cache_dir: str | Path | None) -> tuple[str, str, str | None]:
-    """(family, ref, revision) for a model name: nomic | open_clip | hf | vision | text."""
-    from . import registry
-    from .backends.hf import hf_family
-    from .vision import is_nomic_vision_config
-
-    rev = revision if isinstance(revision, str) else None
-    if registry.is_known(name):
-        spec = registry.lookup(name)
-        if spec.family == "nomic":
-            return "nomic", name, None
-        return spec.family, spec.ref or "", rev or spec.revisions.get("model")
-    for scheme in ("open_clip:", "hf:"):
-        if name.startswith(scheme):
-            return scheme[:-1], name[len(scheme):], rev
-    if name.startswith("builtin:"):
-        return "aligned", name, None
-    path = Path(os.path.expanduser(name))
-    if path.is_dir():
-        if (path / "open_clip_config.json").is_file():
-            return "open_clip", str(path), None
-        if (path / "align_config.json").is_file():
-            return "aligned", str(path), None
-        config = _read_json(path / "config.json")
-    elif hub.looks_like_repo_id(name):
-        config = _read_json(hub.fetch(name, revision=rev, files=hub.CONFIG_FILES, cache_dir=cache_dir)
-                            / "config.json")
-    else:
-        registry.lookup(name)  # raises with close matches
-        raise AssertionError  # pragma: no cover
-    if hf_family(config):
-        return "hf", name, rev
-    if is_nomic_vision_config(config):
-        return "vision", name, rev
-    return "text", name, rev
 
 
 class Embedder:
@@ -141,10 +28,12 @@ class Embedder:
     ``(n, d)`` whose rows have unit L2 norm, in input order.
     """
 
-    def __init__(self, text_encoder: Any = None, vision_encoder: Any = None, *,
-                 info: Mapping[str, Any] | None = None):
+    def __init__(self, text_encoder: TextEncoder | None = None, vision_encoder: ImageEncoder | None = None, *,
+                 scoring: Scoring | None = None, info: Mapping[str, Any] | None = None):
         self.text_encoder = text_encoder
         self.vision_encoder = vision_encoder
+        tower = text_encoder or vision_encoder
+        self._scoring = scoring or (tower.scoring if tower is not None else Scoring())
         self.info: dict[str, Any] = dict(info or {})
 
     @classmethod
@@ -188,105 +77,16 @@ class Embedder:
             **text_options: passed to the nomic text encoder (e.g. ``matryoshka=True``,
                 ``rotary_scaling_factor=None``, ``max_length=2048``).
         """
-        from . import registry
-
         if model is not None and text is not None:
             raise InvalidInputError("give the model positionally or as text=, not both")
         dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
-        if model is not None:
-            name = os.fspath(model)
-            family, ref, rev = _classify(name, revision, cache_dir)
-            if family == "nomic":
-                spec = registry.lookup(name)
-                if vision is not None:
-                    raise InvalidInputError(f"{name} already names both towers; do not pass vision=")
-                revs = dict(revision) if isinstance(revision, Mapping) else {}
-                text, vision = spec.text, spec.vision
-                revision = {"text": revs.get("text") or spec.revisions["text"],
-                            "vision": revs.get("vision") or spec.revisions["vision"]}
-            elif family in ("open_clip", "hf", "aligned"):
-                if vision is not None or text_options:
-                    raise InvalidInputError(f"{name} is a {family} model with both towers; vision= and text "
-                                            f"options ({sorted(text_options)}) do not apply")
-                return cls._from_backend(family, ref, name, revision=rev, cache_dir=cache_dir, device=dev,
-                                         dtype=dt, max_pixels=max_pixels)
-            elif family == "vision":
-                if vision is not None:
-                    raise InvalidInputError(f"{name} is an image tower; pass a text model with text=")
-                vision = name
-            else:
-                text = name
-        if text is None and vision is None:
-            raise InvalidInputError("give a model name, or at least one of text= or vision=")
-        revisions = dict(revision) if isinstance(revision, Mapping) else {"text": revision, "vision": None}
-        if text is None and not isinstance(revision, Mapping):
-            revisions = {"vision": revision}
-        info: dict[str, Any] = {"family": "nomic", "device": str(dev), "dtype": str(dt).replace("torch.", ""),
-                                "modalities": []}
-        if model is not None and registry.is_known(os.fspath(model)):
-            info["name"] = registry.lookup(os.fspath(model)).name
-        encoder = None
-        if text is not None:
-            encoder = load_text_encoder(text, revision=revisions.get("text"), cache_dir=cache_dir, device=dev,
-                                        dtype=dt, **text_options)
-            info["modalities"].append("text")
-            info["text"] = {
-                "name": str(text),
-                "revision": revisions.get("text") or (hub.default_revision(str(text))
-                                                      if hub.looks_like_repo_id(str(text)) else None),
-                "dim": encoder.dim,
-                "max_length": encoder.max_length,
-                "encoder": type(encoder).__name__,
-                "prefixes": dict(encoder.prefixes),
-                "matryoshka_dims": list(encoder.matryoshka_dims),
-            }
-            if not encoder.prefixes:
-                info["family"] = "sentence-transformers"
-        vision_encoder = None
-        if vision is not None:
-            if text is not None and not allow_mismatched_towers:
-                check_pairing(str(text), encoder, str(vision))
-            vision_encoder = load_vision_encoder(vision, revision=revisions.get("vision"), cache_dir=cache_dir,
-                                                 device=dev, dtype=dt, preprocessing=image_preprocessing,
-                                                 max_pixels=max_pixels, jpeg_draft=jpeg_draft)
-            if encoder is not None and vision_encoder.dim != encoder.dim:
-                raise InvalidInputError(f"text ({encoder.dim}) and vision ({vision_encoder.dim}) dimensions differ")
-            info["modalities"].append("image")
-            info["vision"] = {
-                "name": str(vision),
-                "revision": revisions.get("vision") or (hub.default_revision(str(vision))
-                                                        if hub.looks_like_repo_id(str(vision)) else None),
-                "dim": vision_encoder.dim,
-                "encoder": type(vision_encoder).__name__,
-                "preprocessing": dataclasses.asdict(vision_encoder.preprocessor),
-            }
-        return cls(encoder, vision_encoder, info=info)
-
-    @classmethod
-    def _from_backend(cls, family: str, ref: str, name: str, *, revision: str | None, cache_dir: str | Path | None,
-                      device: torch.device, dtype: torch.dtype, max_pixels: int | None) -> Embedder:
-        if family == "open_clip":
-            from .backends.openclip import load_open_clip as load
-        elif family == "aligned":
-            from .backends.aligned import load_aligned as load
-        else:
-            from .backends.hf import load_hf_contrastive as load
-        text, vision, details = load(ref, revision=revision, cache_dir=cache_dir, device=device, dtype=dtype,
-                                     max_pixels=max_pixels)
-        scoring = text.scoring
-        info = {
-            "family": details["family"], "name": name, "device": str(device),
-            "dtype": str(dtype).replace("torch.", ""), "modalities": ["text", "image"],
-            "text": {"name": details.get("text_name", ref), "revision": details.get("revision"), "dim": text.dim,
-                     "max_length": text.max_length, "encoder": type(text).__name__,
-                     "prefixes": dict(getattr(text, "prefixes", {})),
-                     "matryoshka_dims": list(getattr(text, "matryoshka_dims", ()))},
-            "vision": {"name": ref, "revision": details.get("revision"), "dim": vision.dim,
-                       "encoder": type(vision).__name__, "preprocessing": details.get("preprocessing")},
-            "scoring": dataclasses.asdict(scoring),
-        }
-        return cls(text, vision, info=info)
+        options = LoadOptions(device=dev, dtype=resolve_dtype(dtype, dev), cache_dir=cache_dir,
+                              max_pixels=max_pixels, image_preprocessing=image_preprocessing, jpeg_draft=jpeg_draft,
+                              allow_mismatched_towers=allow_mismatched_towers, text_options=text_options)
+        parsed = None if model is None else detect_family(parse_model_name(os.fspath(model), revision), cache_dir)
+        loaded = load(parsed, options, text=None if text is None else os.fspath(text),
+                      vision=None if vision is None else os.fspath(vision), revision=revision)
+        return cls(loaded.text, loaded.image, scoring=loaded.scoring, info=loaded.info)
 
     @property
     def dim(self) -> int:
@@ -320,13 +120,10 @@ class Embedder:
         return [m for m, enc in (("text", self.text_encoder), ("image", self.vision_encoder)) if enc is not None]
 
     @property
-    def scoring(self):
+    def scoring(self) -> Scoring:
         """How the model scores: ``logit_scale`` and ``logit_bias`` from the checkpoint (``None`` where it has
         none, as for nomic) and ``kind`` (``"softmax"`` for CLIP-style, ``"sigmoid"`` for SigLIP)."""
-        from .backends.common import Scoring
-
-        return getattr(self.text_encoder, "scoring", None) or getattr(self.vision_encoder, "scoring", None) \
-            or Scoring()
+        return self._scoring
 
     @property
     def logit_scale(self) -> float | None:
@@ -339,13 +136,13 @@ class Embedder:
     @property
     def query_task(self) -> str | None:
         """The task to embed queries and zero-shot labels with (``"search_query"`` for nomic, else ``None``)."""
-        prefixes = getattr(self.text_encoder, "prefixes", {}) or {}
+        prefixes = self.text_encoder.prefixes if self.text_encoder is not None else {}
         return "search_query" if "search_query" in prefixes else None
 
     @property
     def max_text_length(self) -> int | None:
         """The text tower's context in tokens (nomic: 8192; CLIP: 77; SigLIP: 64)."""
-        return getattr(self.text_encoder, "max_length", None)
+        return self.text_encoder.max_length if self.text_encoder is not None else None
 
     def embed_images(
         self,

@@ -16,13 +16,6 @@ from .errors import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
-# Known-good commits (the revisions MTEB evaluates). Pass ``revision=`` to override.
-PINNED_REVISIONS: dict[str, str] = {
-    "nomic-ai/nomic-embed-text-v1": "0759316f275aa0cb93a5b830973843ca66babcf5",
-    "nomic-ai/nomic-embed-text-v1.5": "b0753ae76394dd36bcfb912a46018088bca48be0",
-    "nomic-ai/nomic-embed-vision-v1.5": "af2246fffdab78d8458418480e4886a8e48b70a7",
-}
-
 CONFIG_FILES = ("config.json",)
 WEIGHT_FILES = ("model.safetensors",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
@@ -41,15 +34,10 @@ def looks_like_repo_id(name: str) -> bool:
 
 
 def default_revision(repo_id: str) -> str:
-    """The pinned commit of a known repository (nomic towers, and the registry's CLIP / SigLIP entries)."""
-    if repo_id in PINNED_REVISIONS:
-        return PINNED_REVISIONS[repo_id]
-    from .registry import MODELS
+    """The commit the registry pins for a known repository (nomic towers, CLIP / SigLIP entries), else ``main``."""
+    from .registry import pinned_revision
 
-    for spec in MODELS:
-        if spec.ref in (repo_id, f"hf-hub:{repo_id}") and "model" in spec.revisions:
-            return spec.revisions["model"]
-    return "main"
+    return pinned_revision(repo_id) or "main"
 
 
 def fetch(

@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import ModelNotFoundError
 
-__all__ = ["ModelSpec", "list_models", "lookup"]
+__all__ = ["ModelSpec", "is_known", "list_models", "lookup", "pinned_revision"]
 
 _CLIP_PREPROC = "resize short side to 224 (bicubic), center crop 224, CLIP mean/std"
 
@@ -37,6 +37,12 @@ class ModelSpec:
     revisions: dict[str, str] = field(default_factory=dict)  # "text"/"vision" (nomic) or "model"
     scoring: str = "softmax"
     notes: str = ""
+
+    @property
+    def repos(self) -> dict[str, str]:
+        """The hub repositories this entry loads from, keyed like :attr:`revisions` (none for built-ins)."""
+        refs = {"text": self.text, "vision": self.vision, "model": (self.ref or "").removeprefix("hf-hub:")}
+        return {k: r for k, r in refs.items() if r and "/" in r and not r.startswith("builtin:")}
 
     @property
     def uri(self) -> str:
@@ -137,3 +143,12 @@ def lookup(name: str) -> ModelSpec:
 
 def is_known(name: str) -> bool:
     return name in _BY_NAME or name.lower() in _BY_NAME
+
+
+def pinned_revision(repo_id: str) -> str | None:
+    """The commit the registry pins for a hub repository (a nomic tower, or a CLIP / SigLIP model), or ``None``."""
+    for spec in MODELS:
+        for key, repo in spec.repos.items():
+            if repo == repo_id and key in spec.revisions:
+                return spec.revisions[key]
+    return None

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import plan_batches
+from .encoders import Scoring
 from .errors import InputTypeError, InvalidInputError
 from .models.nomic_bert import NomicBertConfig, NomicBertModel, convert_state_dict, load_converted
 from .utils import ModelHolder, check_batch_size, load_safetensors, progress
@@ -60,6 +61,7 @@ class TokenTextEncoder(ModelHolder):
     dim: int
     prefixes: ClassVar[dict[str, str]] = {}
     matryoshka_dims: tuple[int, ...] = ()
+    scoring: Scoring = Scoring()  # no logit scale: nomic and sentence-transformers checkpoints have none
 
     @property
     def default_max_tokens(self) -> int:
@@ -280,10 +282,6 @@ class SentenceTransformerTextEncoder(TokenTextEncoder):
         self.pooling = pooling
         self.max_length = max_length
         self.dim = model.config.hidden_size
-
-    @staticmethod
-    def is_folder(folder: str | Path) -> bool:
-        return (Path(folder) / "modules.json").is_file()
 
     @classmethod
     def from_folder(

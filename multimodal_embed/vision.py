@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .encoders import ImageFailure, Scoring
 from .errors import ImageDecodeError, InvalidInputError
 from .images import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor, describe, load_image
 from .models.nomic_bert import load_converted
@@ -22,15 +23,6 @@ from .models.nomic_vision import NomicVisionConfig, NomicVisionModel, convert_st
 from .utils import ModelHolder, check_batch_size, load_safetensors, progress
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ImageFailure:
-    """An input that could not be embedded: its position in the input, a short name, and why."""
-
-    index: int
-    item: str
-    reason: str
 
 
 @dataclass
@@ -63,10 +55,14 @@ class ImageEncoder(ModelHolder):
 
     model: torch.nn.Module
     dim: int
+    scoring: Scoring = Scoring()  # a model with its own logit scale passes it to the constructor
 
-    def __init__(self, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, jpeg_draft: bool = False):
+    def __init__(self, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, jpeg_draft: bool = False,
+                 scoring: Scoring | None = None):
         self.max_pixels = max_pixels
         self.jpeg_draft = jpeg_draft
+        if scoring is not None:
+            self.scoring = scoring
 
     # -- hooks -------------------------------------------------------------------------------------------
     def preprocess(self, img: Any) -> np.ndarray | dict[str, np.ndarray]:

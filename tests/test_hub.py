@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from multimodal_embed import hub
+from multimodal_embed import registry
 from tests.hubserver import FakeHub
 
 REPO_ID = "nomic-ai/nomic-embed-text-v1.5"
-PINNED = hub.PINNED_REVISIONS[REPO_ID]
+PINNED = registry.pinned_revision(REPO_ID)
 
 SCRIPT = """
 import json, sys

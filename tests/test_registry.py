@@ -15,14 +15,15 @@ from multimodal_embed.registry import lookup
 
 
 def test_every_entry_resolves_to_a_loader_and_a_revision():
-    from multimodal_embed.embedder import _classify
+    from multimodal_embed.loading import parse_model_name
 
     models = list_models()
     assert {"nomic-embed-v1.5", "nomic-embed-v1"} <= {m.name for m in models}
     assert {m.family for m in models} == {"nomic", "open_clip", "hf", "aligned"}
     for spec in models:
         assert spec.dim > 0 and spec.license and spec.preprocessing and spec.max_text_tokens > 0
-        family, ref, rev = _classify(spec.name, None, None)  # no network: registry names resolve locally
+        parsed = parse_model_name(spec.name)  # a pure step: registry names resolve without disk or network
+        family, ref, rev = parsed.family, parsed.ref, parsed.revision
         assert family == spec.family
         if spec.family == "nomic":
             assert spec.text and spec.vision and set(spec.revisions) == {"text", "vision"}

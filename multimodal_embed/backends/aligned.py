@@ -35,7 +35,7 @@ def load_aligned(
     """Load an aligned folder (or ``builtin:NAME`` shipped in the package)."""
     from safetensors.torch import load_file
 
-    from ..embedder import load_text_encoder
+    from ..loading import load_text_encoder
     from ..models.aligned import AlignedVisionModel, load_trunk_weights, resolve_packaged
 
     ref = str(ref)

@@ -1,29 +1,21 @@
-"""What the CLIP-family backends share: a text encoder with a fixed context and the model's own scoring."""
+"""What the CLIP-family backends share: a text encoder with a fixed context (``Scoring`` is re-exported from
+:mod:`multimodal_embed.encoders`)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..encoders import Scoring
 from ..errors import InvalidInputError
 from ..text import check_texts
 from ..utils import ModelHolder, check_batch_size, progress
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Scoring:
-    """How the model turns cosine similarities into logits: ``scale * cos + bias``, then softmax or sigmoid."""
-
-    logit_scale: float | None = None
-    logit_bias: float | None = None
-    kind: str = "softmax"  # "softmax" (CLIP) or "sigmoid" (SigLIP)
 
 
 class ContextTextEncoder(ModelHolder):
@@ -38,6 +30,7 @@ class ContextTextEncoder(ModelHolder):
     model: torch.nn.Module
     max_length: int
     dim: int
+    scoring: Scoring = Scoring()
     pad_to_max_length = False  # SigLIP pools the last position: it must see max_length tokens, as in training
 
     def token_lengths(self, texts: list[str]) -> list[int]:
@@ -100,3 +93,6 @@ class ContextTextEncoder(ModelHolder):
 def pooled(output: Any) -> torch.Tensor:
     """transformers 5 returns model outputs from ``get_*_features``; older versions return the tensor."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+__all__ = ["ContextTextEncoder", "Scoring", "pooled"]

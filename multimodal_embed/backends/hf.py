@@ -77,14 +77,14 @@ def load_hf_contrastive(
     model = model_cls.from_pretrained(str(folder), use_safetensors=safetensors, dtype=dtype).eval().to(device)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     image_processor = transformers.AutoImageProcessor.from_pretrained(str(folder))
-    text = HFTextEncoder(model, tokenizer, family)
-    vision = HFImageEncoder(model, image_processor, max_pixels=max_pixels)
     bias = getattr(model, "logit_bias", None)
-    text.scoring = vision.scoring = Scoring(
+    scoring = Scoring(
         logit_scale=float(model.logit_scale.detach().float().exp()),
         logit_bias=float(bias.detach().float().reshape(-1)[0]) if bias is not None else None,
         kind="softmax" if family == "clip" else "sigmoid",
     )
+    text = HFTextEncoder(model, tokenizer, family, scoring=scoring)
+    vision = HFImageEncoder(model, image_processor, max_pixels=max_pixels, scoring=scoring)
     info = {"family": f"hf-{family}", "name": ref,
             "revision": None if local.is_dir() else (revision or hub.default_revision(ref)),
             "preprocessing": {k: v for k, v in image_processor.to_dict().items() if not k.startswith("_")}}
@@ -92,8 +92,9 @@ def load_hf_contrastive(
 
 
 class HFTextEncoder(ContextTextEncoder):
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, family: str):
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, family: str, *, scoring: Scoring = Scoring()):
         self.model = model
+        self.scoring = scoring
         self.tokenizer = tokenizer
         self.family = family
         text_cfg = model.config.text_config
@@ -101,7 +102,6 @@ class HFTextEncoder(ContextTextEncoder):
         self.pad_to_max_length = family in ("siglip", "siglip2")
         dim = getattr(model.config, "projection_dim", None) if family == "clip" else text_cfg.hidden_size
         self.dim = int(dim or text_cfg.hidden_size)
-        self.scoring = Scoring()
 
     def normalize_text(self, text: str) -> str:
         if self.family == "siglip2":
@@ -127,14 +127,14 @@ class HFTextEncoder(ContextTextEncoder):
 class HFImageEncoder(ImageEncoder):
     """Images decoded by :func:`~multimodal_embed.images.load_image`, then the checkpoint's image processor."""
 
-    def __init__(self, model: torch.nn.Module, image_processor: Any, *, max_pixels: int | None):
-        super().__init__(max_pixels=max_pixels, jpeg_draft=False)
+    def __init__(self, model: torch.nn.Module, image_processor: Any, *, max_pixels: int | None,
+                 scoring: Scoring | None = None):
+        super().__init__(max_pixels=max_pixels, jpeg_draft=False, scoring=scoring)
         self.model = model
         self.image_processor = image_processor
         cfg = model.config
         dim = getattr(cfg, "projection_dim", None) if cfg.model_type == "clip" else cfg.vision_config.hidden_size
         self.dim = int(dim or cfg.vision_config.hidden_size)
-        self.scoring = Scoring()
 
     def preprocess(self, img: Any) -> dict[str, np.ndarray]:
         out = self.image_processor(images=[img], return_tensors="np")

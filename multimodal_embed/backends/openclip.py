@@ -109,29 +109,29 @@ def load_open_clip(
             f"open_clip model {ref!r} could not be loaded ({_offline_hint()}{first}). Download it once where the hub "
             f"is reachable, or pass a local open_clip folder.") from None
     model = model.eval().to(device=device, dtype=dtype)
-    text = OpenClipTextEncoder(model, tokenizer)
-    vision = OpenClipImageEncoder(model, preprocess, max_pixels=max_pixels)
     scale = getattr(model, "logit_scale", None)
     bias = getattr(model, "logit_bias", None)
-    text.scoring = vision.scoring = Scoring(
+    scoring = Scoring(
         logit_scale=float(scale.detach().float().exp()) if scale is not None else None,
         logit_bias=float(bias.detach().float()) if bias is not None else None,
         kind="sigmoid" if bias is not None else "softmax",
     )
+    text = OpenClipTextEncoder(model, tokenizer, scoring=scoring)
+    vision = OpenClipImageEncoder(model, preprocess, max_pixels=max_pixels, scoring=scoring)
     info["preprocessing"] = {k: (list(v) if isinstance(v, tuple) else v)
                              for k, v in open_clip.get_model_preprocess_cfg(model).items()}
     return text, vision, info
 
 
 class OpenClipTextEncoder(ContextTextEncoder):
-    def __init__(self, model: torch.nn.Module, tokenizer: Any):
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, scoring: Scoring = Scoring()):
         self.model = model
         self.tokenizer = tokenizer
+        self.scoring = scoring
         self.max_length = int(getattr(tokenizer, "context_length", None) or 77)
         with torch.inference_mode():
             probe = model.encode_text(tokenizer(["probe"]).to(next(model.parameters()).device))
         self.dim = int(probe.shape[-1])
-        self.scoring = Scoring()
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         tok = self.tokenizer
@@ -153,11 +153,11 @@ class OpenClipTextEncoder(ContextTextEncoder):
 class OpenClipImageEncoder(ImageEncoder):
     """Images decoded by :func:`~multimodal_embed.images.load_image`, then the model's own eval transform."""
 
-    def __init__(self, model: torch.nn.Module, transform: Any, *, max_pixels: int | None):
-        super().__init__(max_pixels=max_pixels, jpeg_draft=False)
+    def __init__(self, model: torch.nn.Module, transform: Any, *, max_pixels: int | None,
+                 scoring: Scoring | None = None):
+        super().__init__(max_pixels=max_pixels, jpeg_draft=False, scoring=scoring)
         self.model = model
         self.transform = transform
-        self.scoring = Scoring()
         dim = getattr(model.visual, "output_dim", None)
         if dim is None:
             size = getattr(model.visual, "image_size", 224)

@@ -1,0 +1,96 @@
+"""The encoder contract: what a text tower and an image tower provide, and how a model scores.
+
+Every loader returns towers that satisfy :class:`TextEncoder` / :class:`ImageEncoder` (structural protocols:
+no base class is required), each built with its model's :class:`Scoring`. :class:`~multimodal_embed.Embedder`
+relies on exactly these members. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .images import ImageInput
+
+__all__ = ["ImageEncoder", "ImageFailure", "Scoring", "TextEncoder"]
+
+
+@dataclass
+class ImageFailure:
+    """An input that could not be embedded: its position in the input, a short name, and why."""
+
+    index: int
+    item: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How the model turns cosine similarities into logits: ``scale * cos + bias``, then softmax or sigmoid.
+
+    ``logit_scale`` / ``logit_bias`` are ``None`` where the checkpoint has none (nomic, sentence-transformers).
+    """
+
+    logit_scale: float | None = None
+    logit_bias: float | None = None
+    kind: str = "softmax"  # "softmax" (CLIP) or "sigmoid" (SigLIP)
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """A text tower.
+
+    ``encode`` returns a ``(len(texts), d)`` float32 CPU tensor of unit rows in input order, where ``d`` is
+    ``dimensionality`` or :attr:`dim`. ``prefixes`` maps task names to the prefix each adds (empty: tasks add
+    nothing); ``matryoshka_dims`` lists trained truncation sizes (empty: fixed ``dim``); ``max_length`` is the
+    context in tokens.
+    """
+
+    dim: int
+    max_length: int
+    prefixes: Mapping[str, str]
+    matryoshka_dims: tuple[int, ...]
+    scoring: Scoring
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def encode(self, texts: Sequence[str], *, task: str | None = None, dimensionality: int | None = None,
+               batch_size: int = 32, max_tokens: int | None = None, long_text: str = "truncate",
+               show_progress: bool | None = None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    """An image tower.
+
+    ``encode`` returns ``(vectors, indices, failures)``: float32 CPU unit rows for the inputs that decoded,
+    their positions in ``images``, and an :class:`ImageFailure` for each other input
+    (``on_error="collect"``; ``"raise"`` raises the first :class:`~multimodal_embed.ImageDecodeError`).
+    """
+
+    dim: int
+    scoring: Scoring
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def encode(self, images: Sequence[ImageInput], *, batch_size: int = 32, num_workers: int | None = None,
+               show_progress: bool | None = None, on_error: str = "raise"
+               ) -> tuple[torch.Tensor, list[int], list[ImageFailure]]: ...
+
+
+def describe_text(encoder: TextEncoder) -> dict[str, Any]:
+    """The text tower's part of :attr:`Embedder.info <multimodal_embed.Embedder.info>` (name and revision aside)."""
+    return {"dim": encoder.dim, "max_length": encoder.max_length, "encoder": type(encoder).__name__,
+            "prefixes": dict(encoder.prefixes), "matryoshka_dims": list(encoder.matryoshka_dims)}
