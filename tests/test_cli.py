@@ -32,6 +32,7 @@ def test_embed_texts_to_npy_and_jsonl(fixtures_dir, tmp_path, capsys):
     assert "dimensionality must be between 64 and 64" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_embed_stdin_and_parquet(fixtures_dir, tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     out = tmp_path / "t.parquet"

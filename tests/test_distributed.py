@@ -17,6 +17,7 @@ import pytest
 from multimodal_embed import Embedder, ImageIndex, IndexMismatchError
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a Ray instance and subprocess jobs
 from multimodal_embed.distributed import embed_dataset, read_shards
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -40,6 +40,7 @@ def _run(model: str, cache, env_extra: dict[str, str]):
     return proc
 
 
+@pytest.mark.slow
 def test_download_then_offline_then_clear_error(fixtures_dir, tmp_path):
     cache = tmp_path / "hub-cache"
     with FakeHub({REPO_ID: (fixtures_dir / "text-v1.5-tiny", PINNED)}) as fake:
@@ -65,6 +66,7 @@ def test_download_then_offline_then_clear_error(fixtures_dir, tmp_path):
     assert "nomic-ai/nomic-embed-text-v1" in msg and "HF_HUB_OFFLINE" in msg and "download" in msg
 
 
+@pytest.mark.slow
 def test_unreachable_hub_error(tmp_path):
     # a port with nothing listening: connection refused, not cached
     proc = _run("someone/missing-model", tmp_path / "c", {"HF_ENDPOINT": "http://127.0.0.1:9"})
@@ -89,6 +91,7 @@ print(json.dumps({"vec": emb.embed_text(["a cat"]).tolist(), "img": emb.embed_im
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["hf", "open_clip"])
 def test_download_of_other_families_through_the_hub(family, tmp_path):
     """hf:ORG/REPO and open_clip:hf-hub:ORG/REPO download through huggingface_hub at a revision, load, and load

