@@ -150,30 +150,40 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from .zeroshot import ZeroShotClassifier
 
+    labels = _read_labels(args)
+    images = _image_paths(args.images)
+    clf = ZeroShotClassifier(_load(args.model, args), labels, templates=args.templates, cache_dir=args.cache_dir)
+    rows = _prediction_rows(images, clf.predict(images, top_k=args.top_k, on_error="skip"))
+    _print_predictions(rows, as_json=args.json)
+    failed = [r["path"] for r in rows if r["predictions"] is None]
+    for p in failed:
+        print(f"mmembed: failed: {p}", file=sys.stderr)
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _read_labels(args: argparse.Namespace) -> list[str]:
     labels = [x.strip() for x in (args.labels or "").split(",") if x.strip()]
     if args.labels_file:
         labels += [line.strip() for line in Path(args.labels_file).read_text(encoding="utf-8").splitlines()
                    if line.strip()]
     if not labels:
         raise SystemExit("mmembed classify: give --labels a,b,c or --labels-file")
-    images = _image_paths(args.images)
-    emb = _load(args.model, args)
-    clf = ZeroShotClassifier(emb, labels, templates=args.templates, cache_dir=args.cache_dir)
-    preds = clf.predict(images, top_k=args.top_k, on_error="skip")
-    out = []
-    for path, pred in zip(images, preds):
-        out.append({"path": path, "predictions": None if pred is None else
-                    [{"label": p.label, "probability": p.probability, "cosine": p.cosine} for p in pred]})
-    if args.json:
-        print(json.dumps(out, indent=2))
-    else:
-        for row in out:
-            best = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in row["predictions"] or [])
-            print(f"{row['path']}\t{best or 'FAILED'}")
-    failed = [r["path"] for r in out if r["predictions"] is None]
-    for p in failed:
-        print(f"mmembed: failed: {p}", file=sys.stderr)
-    return EXIT_PARTIAL if failed else EXIT_OK
+    return labels
+
+
+def _prediction_rows(images: list[str], preds: list[Any]) -> list[dict[str, Any]]:
+    return [{"path": path, "predictions": None if pred is None else
+             [{"label": p.label, "probability": p.probability, "cosine": p.cosine} for p in pred]}
+            for path, pred in zip(images, preds)]
+
+
+def _print_predictions(rows: list[dict[str, Any]], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        best = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in row["predictions"] or [])
+        print(f"{row['path']}\t{best or 'FAILED'}")
 
 
 def cmd_dedupe(args: argparse.Namespace) -> int:

@@ -160,10 +160,14 @@ def launch(model: str | None = None, index: str | None = None, images: str | Non
     """Build and serve the demo."""
     if index and images:
         raise MultimodalEmbedError("give --index or --images, not both")
-    embedder, notice = load_model(model)
-    idx = open_index(embedder, index, images)
-    if index:  # the index knows its model
-        embedder = idx.embedder
+    if index:  # the index knows its model: load that one only
+        if model:
+            logger.info("the index %s records its model; --model %s is not used", index, model)
+        idx = open_index(None, index, None)
+        embedder, notice = idx.embedder, None
+    else:
+        embedder, notice = load_model(model)
+        idx = open_index(embedder, None, images)
     app = build_app(embedder, idx, notice)
     app.queue(max_size=32, default_concurrency_limit=1)
     app.launch(server_name=host, server_port=port, share=share, allowed_paths=idx.roots, max_file_size=MAX_UPLOAD,

@@ -52,29 +52,37 @@ def list_inputs(source: str | os.PathLike, kind: str = "auto") -> tuple[str, lis
     if path.is_dir():
         return "images", list_images(path)
     if path.suffix in (".parquet", ".jsonl", ".json") and path.is_file():
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-            rows = table.to_pylist()
-        else:
-            with open(path, encoding="utf-8") as fh:
-                rows = [json.loads(line) for line in fh if line.strip()]
-        if not rows:
-            return (kind if kind != "auto" else "texts"), []
-        keys = set(rows[0])
-        if kind in ("auto", "texts") and "text" in keys:
-            return "texts", [str(r["text"]) for r in rows]
-        for key in ("path", "url", "image"):
-            if key in keys:
-                base = path.parent
-                return "images", [v if "://" in str(v) or os.path.isabs(str(v)) else str(base / str(v))
-                                  for v in (r[key] for r in rows)]
-        raise InvalidInputError(f"{src}: rows need a 'text', 'path', 'url' or 'image' field (got {sorted(keys)})")
+        return _items_of_rows(path, _read_rows(path), kind)
     matches = sorted(glob.glob(os.path.expanduser(src), recursive=True))
     if matches:
         return "images", [m for m in matches if os.path.isfile(m)]
     raise InvalidInputError(f"{src} is not a folder, glob, .parquet or .jsonl")
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a .parquet or JSON-lines file."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _items_of_rows(path: Path, rows: list[dict[str, Any]], kind: str) -> tuple[str, list[str]]:
+    """Texts (a ``text`` field) or images (``path``, ``url`` or ``image``; relative paths are taken from the
+    file's folder)."""
+    if not rows:
+        return (kind if kind != "auto" else "texts"), []
+    keys = set(rows[0])
+    if kind in ("auto", "texts") and "text" in keys:
+        return "texts", [str(r["text"]) for r in rows]
+    for key in ("path", "url", "image"):
+        if key in keys:
+            base = path.parent
+            return "images", [v if "://" in str(v) or os.path.isabs(str(v)) else str(base / str(v))
+                              for v in (r[key] for r in rows)]
+    raise InvalidInputError(f"{path}: rows need a 'text', 'path', 'url' or 'image' field (got {sorted(keys)})")
 
 
 class _ShardActor:

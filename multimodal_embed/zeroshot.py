@@ -105,14 +105,16 @@ def check_labels(labels: Sequence[str]) -> list[str]:
 
 
 def model_identity(embedder: Any) -> dict[str, Any]:
-    """What label embeddings depend on: the text tower's family, name, revision, dimension and dtype."""
-    text = dict(embedder.info.get("text") or {})
+    """What label embeddings depend on: the text tower's part of :meth:`Embedder.identity` (a local folder
+    identified by its weight files too), with the dtype and the query task."""
+    identity = embedder.identity()
+    text = identity.get("text") or {}
     name = text.get("name")
     if name and os.path.isdir(str(name)):  # a local folder: identify it by its weights too
         stamps = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in Path(name).glob("*.safetensors"))
         name = f"{os.path.abspath(name)}:{stamps}"
-    return {"family": embedder.info.get("family"), "name": name, "revision": text.get("revision"),
-            "dim": embedder.dim, "dtype": embedder.info.get("dtype"), "task": embedder.query_task}
+    return {"family": identity.get("family"), "name": name, "revision": text.get("revision"),
+            "dim": identity["dim"], "dtype": embedder.info.get("dtype"), "task": embedder.query_task}
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -301,23 +303,35 @@ class ZeroShotClassifier:
                  show_progress: bool | None = True) -> Evaluation:
         """Accuracy on an ImageFolder layout (one subfolder per class; the folder name is the label unless
         ``label_map`` maps it). Undecodable files are reported in ``failures`` and left out of the scores."""
-        root = Path(image_folder)
+        classes, class_ids, files, truth = self._class_folders(Path(image_folder), label_map or {}, limit_per_class)
+        cos, kept, failures = self._cosines(files, batch_size, show_progress)
+        return _score(cos, np.array([truth[i] for i in kept], dtype=int), classes, class_ids, failures)
+
+    def _class_folders(self, root: Path, label_map: dict[str, str], limit_per_class: int | None
+                       ) -> tuple[list[str], list[int], list[Path], list[int]]:
+        """(class folder names, their label ids, image files, each file's label id)."""
         if not root.is_dir():
             raise InvalidInputError(f"{root} is not a folder")
         classes = sorted(p.name for p in root.iterdir() if p.is_dir())
         if not classes:
             raise InvalidInputError(f"{root} has no class subfolders")
-        label_map = label_map or {}
         index = {lab: j for j, lab in enumerate(self.labels)}
         missing = sorted({label_map.get(c, c) for c in classes} - set(index))
         if missing:
             raise InvalidInputError(f"class folders without a label in the classifier: {missing}")
-        files, truth = [], []
-        for c in classes:
+        class_ids = [index[label_map.get(c, c)] for c in classes]
+        files: list[Path] = []
+        truth: list[int] = []
+        for c, j in zip(classes, class_ids):
             found = list_image_files(root / c, recursive=False)
             found = found[:limit_per_class] if limit_per_class else found
             files += found
-            truth += [index[label_map.get(c, c)]] * len(found)
+            truth += [j] * len(found)
+        return classes, class_ids, files, truth
+
+    def _cosines(self, files: list[Path], batch_size: int, show_progress: bool | None
+                 ) -> tuple[np.ndarray, list[int], list[ImageFailure]]:
+        """Cosines to the labels for every file that decodes, the positions of those files, and the failures."""
         chunks = [range(s, min(s + batch_size * 8, len(files))) for s in range(0, len(files), batch_size * 8)]
         cos_rows, kept, failures = [], [], []
         for chunk in progress(chunks, show_progress, desc="evaluate", unit="chunk"):
@@ -327,21 +341,25 @@ class ZeroShotClassifier:
             kept += [chunk[i] for i in res.indices]
             failures += [ImageFailure(chunk[f.index], str(files[chunk[f.index]]), f.reason) for f in res.failures]
         cos = np.concatenate(cos_rows) if cos_rows else np.zeros((0, len(self.labels)), np.float32)
-        y = np.array([truth[i] for i in kept], dtype=int)
-        order = np.argsort(-cos, axis=1, kind="stable")
-        top1 = order[:, 0] == y if len(y) else np.zeros(0, bool)
-        top5 = (order[:, :5] == y[:, None]).any(axis=1) if len(y) else np.zeros(0, bool)
-        class_ids = [index[label_map.get(c, c)] for c in classes]
-        pos = {j: k for k, j in enumerate(class_ids)}
-        confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
-        for t, p in zip(y, order[:, 0] if len(y) else []):
-            if p in pos:
-                confusion[pos[t], pos[p]] += 1
-        per_class = {c: float(top1[y == j].mean()) if (y == j).any() else float("nan")
-                     for c, j in zip(classes, class_ids)}
-        return Evaluation(top1=float(top1.mean()) if len(y) else float("nan"),
-                          top5=float(top5.mean()) if len(y) else float("nan"), per_class=per_class,
-                          confusion=confusion, classes=classes, n_images=len(y), failures=failures)
+        return cos, kept, failures
+
+
+def _score(cos: np.ndarray, y: np.ndarray, classes: list[str], class_ids: list[int],
+           failures: list[ImageFailure]) -> Evaluation:
+    """Top-1 / top-5 accuracy, per-class accuracy and the confusion matrix of cosines ``cos`` against truth ``y``."""
+    order = np.argsort(-cos, axis=1, kind="stable")
+    top1 = order[:, 0] == y if len(y) else np.zeros(0, bool)
+    top5 = (order[:, :5] == y[:, None]).any(axis=1) if len(y) else np.zeros(0, bool)
+    pos = {j: k for k, j in enumerate(class_ids)}
+    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for t, p in zip(y, order[:, 0] if len(y) else []):
+        if p in pos:
+            confusion[pos[t], pos[p]] += 1
+    per_class = {c: float(top1[y == j].mean()) if (y == j).any() else float("nan")
+                 for c, j in zip(classes, class_ids)}
+    return Evaluation(top1=float(top1.mean()) if len(y) else float("nan"),
+                      top5=float(top5.mean()) if len(y) else float("nan"), per_class=per_class,
+                      confusion=confusion, classes=classes, n_images=len(y), failures=failures)
 
 
 def fit_temperature(cos: np.ndarray, y: np.ndarray, *, sigmoid: bool = False, init_scale: float = 100.0,
