@@ -150,11 +150,11 @@ class _Deadline:
             self.expired = True
             self._shutdown()
 
-    def __enter__(self) -> _Deadline:
+    def __enter__(self) -> _Deadline:  # noqa: PYI034
         self._timer.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._timer.cancel()
         with self._lock:
             for sock in self._socks:
@@ -348,7 +348,7 @@ def load_image(
         if "truncated" in reason.lower():
             reason = f"truncated file ({reason})"
         raise ImageDecodeError(label, reason) from None
-    except Exception as exc:  # noqa: BLE001 - Pillow plugins raise anything (DDS: NotImplementedError)
+    except Exception as exc:
         logger.debug("%s: decoder raised", label, exc_info=True)
         raise ImageDecodeError(label, f"decoder failed: {type(exc).__name__}: {exc}") from None
 

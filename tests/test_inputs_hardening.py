@@ -57,7 +57,7 @@ def test_extreme_aspect_ratio_preprocessing_fits_in_small_memory(tmp_path):
             assert x.shape == (3, 224, 224), x.shape
         print("ok")
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+    out = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
@@ -65,7 +65,7 @@ def test_extreme_aspect_ratio_preprocessing_fits_in_small_memory(tmp_path):
 @pytest.mark.parametrize("shape", [(2000, 1), (1, 3000), (7000, 300), (97, 5003), (3001, 13), (150, 4000)])
 @pytest.mark.parametrize("resample", [3, 2])
 def test_crop_first_resize_matches_full_resize(monkeypatch, shape, resample):
-    import multimodal_embed.images as images
+    from multimodal_embed import images
 
     monkeypatch.setattr(images, "MAX_RESIZE_PIXELS", 10**12)
     pre = ImagePreprocessor.from_dict({"size": {"shortest_edge": 224}, "crop_size": 224, "resample": resample})
