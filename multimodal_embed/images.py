@@ -348,7 +348,7 @@ def load_image(
         if "truncated" in reason.lower():
             reason = f"truncated file ({reason})"
         raise ImageDecodeError(label, reason) from None
-    except Exception as exc:
+    except Exception as exc:  # Pillow plugins raise anything (DDS: NotImplementedError)
         logger.debug("%s: decoder raised", label, exc_info=True)
         raise ImageDecodeError(label, f"decoder failed: {type(exc).__name__}: {exc}") from None
 

@@ -98,7 +98,7 @@ class ImageEncoder(ModelHolder):
                                           f"encoder's preprocessing does not handle in bounded memory")
         try:
             return self.preprocess(img)
-        except Exception as exc:
+        except Exception as exc:  # MemoryError and any preprocessor failure are this item's error
             logger.debug("%s: preprocessing failed", label, exc_info=True)
             raise ImageDecodeError(label, f"preprocessing failed: {type(exc).__name__}: {exc}") from None
 
@@ -122,7 +122,7 @@ class ImageEncoder(ModelHolder):
                 return self.prepare(images[i], i)
             except ImageDecodeError as exc:
                 return exc
-            except Exception as exc:
+            except Exception as exc:  # whatever one item raises stays its own (never loses the others)
                 logger.debug("image #%d failed", i, exc_info=True)
                 return ImageDecodeError(_safe_describe(images[i], i), f"{type(exc).__name__}: {exc}")
 
