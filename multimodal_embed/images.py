@@ -46,6 +46,8 @@ URL_MAX_BYTES = 50 * 1024 * 1024
 # survives the crop (PIL's resize box), so work and memory stay bounded by the output size for any aspect ratio
 # (a 1x10000 image would otherwise be scaled to 224x2240000). Below it the full resize runs, as transformers does.
 CROP_FIRST_FACTOR = 16
+# The largest output side a preprocessor_config.json may ask for.
+MAX_PREPROCESS_SIDE = 4096
 # Resizes without a crop that would produce more than this many pixels are refused (per-item error).
 MAX_RESIZE_PIXELS = 64 * 1024 * 1024
 # JPEG draft decoding keeps at least this many times the resize target on each side (see benchmarks/RESULTS.md)
@@ -378,6 +380,14 @@ class ImagePreprocessor:
         crop = cfg.get("crop_size")
         if isinstance(crop, int):
             crop = {"height": crop, "width": crop}
+        for key, group in (("size", size), ("crop_size", crop or {})):
+            if not isinstance(group, dict):
+                raise ConfigError(f"preprocessing {key}={group!r} must be an integer or a mapping")
+            for sub, value in group.items():
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                          or not 1 <= value <= MAX_PREPROCESS_SIDE):
+                    raise ConfigError(f"preprocessing {key}.{sub}={value!r} must be an integer from 1 to "
+                                      f"{MAX_PREPROCESS_SIDE}")
         return cls(
             size=dict(size), crop_size=dict(crop) if crop else None, resample=int(cfg.get("resample", 3)),
             do_resize=bool(cfg.get("do_resize", True)), do_center_crop=bool(cfg.get("do_center_crop", True)),

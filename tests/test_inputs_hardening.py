@@ -384,3 +384,20 @@ def test_sharded_index_cannot_point_outside_the_folder(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="index"):
         load_safetensors(tmp_path)
+
+
+@pytest.mark.parametrize("cfg, key", [({"size": {"shortest_edge": 10**7}, "crop_size": 224}, "size.shortest_edge"),
+                                      ({"size": {"height": 0, "width": 224}}, "size.height"),
+                                      ({"size": 224, "crop_size": {"height": "x", "width": 2}}, "crop_size.height")])
+def test_preprocessor_config_sizes_validated(cfg, key):
+    with pytest.raises(ConfigError, match=key):
+        ImagePreprocessor.from_dict(cfg)
+
+
+def test_aligned_trunk_weights_damaged_is_checkpoint_error(tmp_path):
+    from multimodal_embed.models.aligned import load_classifier
+
+    path = tmp_path / "trunk.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
+    with pytest.raises(CheckpointError, match="trunk.safetensors"):
+        load_classifier(str(path))
