@@ -375,6 +375,8 @@ class ImagePreprocessor:
         size = cfg.get("size", {"shortest_edge": 224})
         if isinstance(size, int):
             size = {"shortest_edge": size}
+        if not isinstance(size, dict):
+            raise ConfigError(f"preprocessing size={size!r} must be an integer or a mapping")
         if not ({"height", "width"} <= size.keys() or "shortest_edge" in size):
             raise ConfigError(f"unsupported preprocessing size {size}")
         crop = cfg.get("crop_size")
