@@ -12,10 +12,19 @@ center crop, rescale, normalise.
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import logging
+import math
 import os
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +33,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ConfigError, ImageDecodeError
+from .errors import ConfigError, ImageDecodeError, InvalidInputError
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray, Any]  # noqa: UP007
 
@@ -33,6 +42,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 URL_TIMEOUT_S = 20.0
 URL_MAX_BYTES = 50 * 1024 * 1024
+# Above this many times the output's pixels, a shortest-edge resize + center crop resizes only the region that
+# survives the crop (PIL's resize box), so work and memory stay bounded by the output size for any aspect ratio
+# (a 1x10000 image would otherwise be scaled to 224x2240000). Below it the full resize runs, as transformers does.
+CROP_FIRST_FACTOR = 16
+# The largest output side a preprocessor_config.json may ask for.
+MAX_PREPROCESS_SIDE = 4096
+# Resizes without a crop that would produce more than this many pixels are refused (per-item error).
+MAX_RESIZE_PIXELS = 64 * 1024 * 1024
 # JPEG draft decoding keeps at least this many times the resize target on each side (see benchmarks/RESULTS.md)
 DRAFT_MARGIN = 2.0
 
@@ -52,21 +69,157 @@ def describe(item: Any, index: int | None = None) -> str:
     return f"#{index} {name}" if index is not None else name
 
 
-def _read_url(url: str, timeout: float, max_bytes: int) -> bytes:
-    import urllib.request
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+URL_SCHEMES = ("http", "https")
 
+
+def source_kind(text: str) -> str:
+    """Whether a string names an http(s) URL (``"url"``) or a local path (``"path"``): the one place that decides.
+
+    A string starting with ``scheme://`` is a URL; the scheme is matched case-insensitively (``HTTP://`` is a
+    URL). Only ``http`` and ``https`` are fetched: ``file://``, ``ftp://`` and every other scheme raise
+    :class:`~multimodal_embed.errors.InvalidInputError` instead of being read as a local path. Anything else is a
+    path. Callers that take free text (a search box) should not call this on it: text is text.
+    """
+    match = _SCHEME.match(text)
+    if match is None:
+        return "path"
+    scheme = match.group(1).lower()
+    if scheme in URL_SCHEMES:
+        return "url"
+    raise InvalidInputError(f"unsupported URL scheme {scheme!r} in {text[:200]!r}: only http(s) URLs and local "
+                            f"paths are accepted")
+
+
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follow at most a few redirects, and only to http(s) URLs."""
+
+    max_redirections = 5
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if scheme not in URL_SCHEMES:
+            raise ValueError(f"redirect to a {scheme or 'relative'!r} URL refused (only http(s) redirects are "
+                             f"followed)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class _Deadline:
+    """An overall deadline for one download: every socket it opens is shut down when the time is up, which
+    wakes any blocked read (slow headers, a body dripping bytes, a stalled redirect)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._timer = threading.Timer(max(seconds, 0.0), self._expire)
+        self._timer.daemon = True
+
+    def remaining(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            self.expired = True
+            raise TimeoutError(f"download took longer than {self.seconds:g} s")
+        return left
+
+    def connect(self, address: Any, timeout: Any = None, source_address: Any = None, **kw: Any) -> socket.socket:
+        sock = socket.create_connection(address, self.remaining(), source_address, **kw)
+        with self._lock:
+            self._socks.append(sock.dup())  # the dup survives the TLS wrap, which detaches `sock`
+            if self.expired:
+                self._shutdown()
+        return sock
+
+    def connection(self, base: type[http.client.HTTPConnection]) -> Any:
+        def make(host: str, **kw: Any) -> http.client.HTTPConnection:
+            kw["timeout"] = self.remaining()
+            conn = base(host, **kw)
+            conn._create_connection = self.connect  # type: ignore[attr-defined]
+            return conn
+        return make
+
+    def _shutdown(self) -> None:
+        for sock in self._socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            self._shutdown()
+
+    def __enter__(self) -> _Deadline:  # noqa: PYI034
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for sock in self._socks:
+                sock.close()
+            self._socks.clear()
+
+
+def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
+    """An opener that speaks only http(s) (no file:, ftp:, data:), with the deadline's connections."""
+
+    class HTTP(urllib.request.HTTPHandler):
+        def http_open(self, req):  # type: ignore[no-untyped-def]
+            return self.do_open(deadline.connection(http.client.HTTPConnection), req)
+
+    class HTTPS(urllib.request.HTTPSHandler):
+        def https_open(self, req):  # type: ignore[no-untyped-def]
+            return self.do_open(deadline.connection(http.client.HTTPSConnection), req, context=self._context)
+
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), HTTP(), HTTPS(),
+                    urllib.request.HTTPDefaultErrorHandler(), _RedirectHandler(), urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+def read_url(url: str, *, timeout: float = URL_TIMEOUT_S, max_bytes: int = URL_MAX_BYTES) -> bytes:
+    """Download an http(s) URL: the whole exchange (connect, redirects, headers, body) within ``timeout``
+    seconds, at most ``max_bytes``, redirects only to http(s). Raises ``ValueError``/``OSError`` subclasses."""
+    if source_kind(url) != "url":
+        raise InvalidInputError(f"not an http(s) URL: {url[:200]!r}")
     req = urllib.request.Request(url, headers={"User-Agent": "multimodal-embed"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        length = resp.headers.get("Content-Length")
-        if length is not None and int(length) > max_bytes:
-            raise ValueError(f"remote file is {int(length)} bytes, over the {max_bytes}-byte limit")
-        data = resp.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ValueError(f"remote file is over the {max_bytes}-byte limit")
-    return data
+    with _Deadline(timeout) as deadline:
+        try:
+            with _opener(deadline).open(req, timeout=deadline.remaining()) as resp:
+                length = resp.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) > max_bytes:
+                    raise ValueError(f"remote file is {int(length)} bytes, over the {max_bytes}-byte limit")
+                chunks: list[bytes] = []
+                size = 0
+                while True:
+                    deadline.remaining()
+                    chunk = resp.read1(1 << 16)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ValueError(f"remote file is over the {max_bytes}-byte limit")
+                    chunks.append(chunk)
+                deadline.remaining()
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            if deadline.expired:
+                raise TimeoutError(f"download took longer than {timeout:g} s (overall deadline)") from None
+            if isinstance(exc, urllib.error.HTTPError):
+                raise OSError(f"HTTP error {exc.code} {exc.reason}") from None
+            if isinstance(exc, urllib.error.URLError):
+                raise OSError(f"cannot download: {exc.reason}") from None
+            if isinstance(exc, http.client.HTTPException):
+                raise OSError(f"bad HTTP response: {type(exc).__name__} {exc}") from None
+            raise
+    return b"".join(chunks)
 
 
-def _open(item: ImageInput, *, timeout: float, max_bytes: int) -> Image.Image:
+def _open(item: ImageInput, *, timeout: float, max_bytes: int, allow_urls: bool = True) -> Image.Image:
     if isinstance(item, Image.Image):
         return item
     if isinstance(item, np.ndarray):
@@ -76,15 +229,19 @@ def _open(item: ImageInput, *, timeout: float, max_bytes: int) -> Image.Image:
         if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
             raise ValueError(f"numpy images must be HxW or HxWxC (C = 1, 3 or 4) uint8 arrays, got "
                              f"{arr.dtype} {arr.shape}")
+        if arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise ValueError(f"empty image ({arr.shape[1]}x{arr.shape[0]} pixels)")
         return Image.fromarray(np.ascontiguousarray(arr))
     if isinstance(item, (bytes, bytearray, memoryview)):
         return Image.open(io.BytesIO(bytes(item)))
     if isinstance(item, (str, os.PathLike)):
         text = os.fspath(item)
-        if isinstance(text, str) and text.startswith(("http://", "https://")):
-            return Image.open(io.BytesIO(_read_url(text, timeout, max_bytes)))
-        if isinstance(text, str) and "://" in text.split("/", 1)[0] + "/":
-            raise ValueError("only http(s) URLs and local paths are supported")
+        if isinstance(text, bytes):
+            return Image.open(text)
+        if source_kind(text) == "url":
+            if not allow_urls:
+                raise ValueError("URLs are not accepted here (allow_urls=False)")
+            return Image.open(io.BytesIO(read_url(text, timeout=timeout, max_bytes=max_bytes)))
         return Image.open(os.path.expanduser(text))
     if hasattr(item, "read"):
         return Image.open(io.BytesIO(item.read()))
@@ -145,19 +302,24 @@ def load_image(
     url_max_bytes: int = URL_MAX_BYTES,
     name: str | None = None,
     draft: tuple[int, int] | None = None,
+    allow_urls: bool = True,
 ) -> Image.Image:
     """Decode one image input to an 8-bit RGB PIL image, or raise :class:`ImageDecodeError`.
 
     ``max_pixels`` is the decompression-bomb limit (``None`` disables it; not recommended for untrusted files).
     ``draft=(w, h)`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale (DCT scaling) while staying at least ``w x h``;
-    other formats ignore it.
+    other formats ignore it. A string is a URL or a path as :func:`source_kind` decides; ``allow_urls=False``
+    refuses URLs (for callers whose inputs come from untrusted users). A URL download has an overall deadline
+    of ``url_timeout`` seconds and a size cap of ``url_max_bytes``.
     """
     label = name or describe(item)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = _open(item, timeout=url_timeout, max_bytes=url_max_bytes)
+            img = _open(item, timeout=url_timeout, max_bytes=url_max_bytes, allow_urls=allow_urls)
             w, h = img.size
+            if w <= 0 or h <= 0:
+                raise ValueError(f"empty image ({w}x{h} pixels)")
             if max_pixels is not None and w * h > max_pixels:
                 raise ValueError(f"{w}x{h} = {w * h} pixels is over the decompression-bomb limit of {max_pixels} "
                                  f"(raise max_pixels if the file is trusted)")
@@ -181,11 +343,16 @@ def load_image(
         raise ImageDecodeError(label, "file not found") from None
     except Image.UnidentifiedImageError:
         raise ImageDecodeError(label, "not a recognised image file (corrupt or unsupported format)") from None
+    except TimeoutError as exc:
+        raise ImageDecodeError(label, str(exc) or "timed out") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, MemoryError, KeyError, IndexError) as exc:
         reason = str(exc) or type(exc).__name__
         if "truncated" in reason.lower():
             reason = f"truncated file ({reason})"
         raise ImageDecodeError(label, reason) from None
+    except Exception as exc:  # Pillow plugins raise anything (DDS: NotImplementedError)
+        logger.debug("%s: decoder raised", label, exc_info=True)
+        raise ImageDecodeError(label, f"decoder failed: {type(exc).__name__}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -208,11 +375,21 @@ class ImagePreprocessor:
         size = cfg.get("size", {"shortest_edge": 224})
         if isinstance(size, int):
             size = {"shortest_edge": size}
+        if not isinstance(size, dict):
+            raise ConfigError(f"preprocessing size={size!r} must be an integer or a mapping")
         if not ({"height", "width"} <= size.keys() or "shortest_edge" in size):
             raise ConfigError(f"unsupported preprocessing size {size}")
         crop = cfg.get("crop_size")
         if isinstance(crop, int):
             crop = {"height": crop, "width": crop}
+        for key, group in (("size", size), ("crop_size", crop or {})):
+            if not isinstance(group, dict):
+                raise ConfigError(f"preprocessing {key}={group!r} must be an integer or a mapping")
+            for sub, value in group.items():
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                          or not 1 <= value <= MAX_PREPROCESS_SIDE):
+                    raise ConfigError(f"preprocessing {key}.{sub}={value!r} must be an integer from 1 to "
+                                      f"{MAX_PREPROCESS_SIDE}")
         return cls(
             size=dict(size), crop_size=dict(crop) if crop else None, resample=int(cfg.get("resample", 3)),
             do_resize=bool(cfg.get("do_resize", True)), do_center_crop=bool(cfg.get("do_center_crop", True)),
@@ -252,22 +429,60 @@ class ImagePreprocessor:
             return self.size["height"], self.size["width"]
         raise ConfigError("shortest_edge resize without a center crop gives images of varying size")
 
-    def resize(self, img: Image.Image) -> Image.Image:
+    def resized_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """``(width, height)`` after the resize step, for an input of ``size = (width, height)``."""
         if "height" in self.size:
-            new_h, new_w = self.size["height"], self.size["width"]
-        else:
-            w, h = img.size
-            short, long = (w, h) if w <= h else (h, w)
-            edge = self.size["shortest_edge"]
-            new_short, new_long = edge, int(edge * long / short)
-            new_h, new_w = (new_long, new_short) if w <= h else (new_short, new_long)
+            return self.size["width"], self.size["height"]
+        w, h = size
+        short, long = (w, h) if w <= h else (h, w)
+        edge = self.size["shortest_edge"]
+        new_short, new_long = edge, int(edge * long / short)
+        return (new_short, new_long) if w <= h else (new_long, new_short)
+
+    def resize(self, img: Image.Image) -> Image.Image:
+        new_w, new_h = self.resized_size(img.size)
         if (new_w, new_h) == img.size:
             return img
+        if new_w * new_h > MAX_RESIZE_PIXELS:
+            raise ValueError(f"a {img.size[0]}x{img.size[1]} image would be resized to {new_w}x{new_h} pixels "
+                             f"(aspect ratio too extreme; limit {MAX_RESIZE_PIXELS} pixels)")
         return img.resize((new_w, new_h), resample=self.resample)
 
+    def _resize_surviving(self, img: Image.Image, new_w: int, new_h: int) -> np.ndarray:
+        """Resize only the part of the ``new_w x new_h`` resized image that the center crop keeps (same filter
+        scale and sample positions, the full image as the filter's support), as a uint8 array."""
+        assert self.crop_size is not None
+        ch, cw = self.crop_size["height"], self.crop_size["width"]
+        top = (new_h - ch) // 2 if new_h >= ch else 0
+        left = (new_w - cw) // 2 if new_w >= cw else 0
+        out_h, out_w = min(ch, new_h), min(cw, new_w)
+        w, h = img.size
+        sx, sy = w / new_w, h / new_h
+        x0, y0, x1, y1 = left * sx, top * sy, (left + out_w) * sx, (top + out_h) * sy
+        # Cut the source to the rows/columns the filter reads (support <= 3 for Pillow's filters, times the
+        # downscale factor), so the box is small and precise and Pillow's tall-image pass order does not kick in.
+        mx, my = math.ceil(3 * max(sx, 1.0)) + 2, math.ceil(3 * max(sy, 1.0)) + 2
+        cx0, cy0 = max(0, math.floor(x0) - mx), max(0, math.floor(y0) - my)
+        cx1, cy1 = min(w, math.ceil(x1) + mx), min(h, math.ceil(y1) + my)
+        src = img.crop((cx0, cy0, cx1, cy1))
+        part = src.resize((out_w, out_h), resample=self.resample, box=(x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0))
+        return np.asarray(part, dtype=np.uint8)
+
     def to_uint8(self, img: Image.Image) -> np.ndarray:
-        """Resize and crop: an 8-bit RGB image to a ``(3, H, W)`` uint8 array (the integer half of the work)."""
+        """Resize and crop: an 8-bit RGB image to a ``(3, H, W)`` uint8 array (the integer half of the work).
+
+        Work and memory are bounded by the output size whatever the aspect ratio: when the full resize would be
+        over ``CROP_FIRST_FACTOR`` x the crop, only the region that survives the crop is resized.
+        """
+        if img.size[0] <= 0 or img.size[1] <= 0:
+            raise ValueError(f"empty image ({img.size[0]}x{img.size[1]} pixels)")
+        cropping = self.do_center_crop and self.crop_size
         if self.do_resize:
+            new_w, new_h = self.resized_size(img.size)
+            if cropping and new_w * new_h > CROP_FIRST_FACTOR * self.crop_size["height"] * self.crop_size["width"]:
+                arr = self._resize_surviving(img, new_w, new_h)
+                arr = _center_crop(arr, self.crop_size["height"], self.crop_size["width"])
+                return np.ascontiguousarray(arr.transpose(2, 0, 1))
             img = self.resize(img)
         arr = np.asarray(img, dtype=np.uint8)
         if self.do_center_crop and self.crop_size:

@@ -41,10 +41,20 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     """A list of str, or :class:`InputTypeError` naming the first item that is not one."""
     if isinstance(texts, (str, bytes)):
         raise InputTypeError("texts must be a list of str, not a single string; wrap it in a list")
+    if texts is None or not hasattr(texts, "__iter__"):
+        raise InputTypeError(f"texts must be a list of str, got {type(texts).__name__}")
     texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise InputTypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        if not t.isascii():
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidInputError(
+                    f"texts[{i}] is not valid Unicode: lone surrogate {t[exc.start]!r} at position {exc.start} "
+                    f"(decode the source with errors='replace', or remove it)"
+                ) from None
     return texts
 
 

@@ -23,20 +23,38 @@ def load_safetensors(folder: str | Path) -> dict[str, torch.Tensor]:
     ``pytorch_model.bin`` read with ``torch.load(weights_only=True)``; never arbitrary pickles."""
     from safetensors.torch import load_file
 
+    def read(path: Path) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(str(path))
+        except MemoryError:
+            raise CheckpointError(f"{path}: not enough memory to load the weights") from None
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: a tampered or truncated file
+            raise CheckpointError(f"{path}: not a valid safetensors file ({type(exc).__name__}: {exc})") from None
+
     folder = Path(folder)
     single = folder / "model.safetensors"
     if single.is_file():
-        return load_file(str(single))
+        return read(single)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            shards = sorted({str(v) for v in weight_map.values()})
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({type(exc).__name__}: {exc})") from None
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            state.update(load_file(str(folder / shard)))
+            path = folder / shard
+            if Path(shard).is_absolute() or ".." in Path(shard).parts or not path.is_file():
+                raise CheckpointError(f"{index}: shard {shard!r} is not a file in {folder}")
+            state.update(read(path))
         return state
     pt = folder / "pytorch_model.bin"
     if pt.is_file():
-        return torch.load(str(pt), map_location="cpu", weights_only=True)
+        try:
+            return torch.load(str(pt), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - UnpicklingError (refused code), truncated zip, ...
+            raise CheckpointError(f"{pt}: cannot be loaded as plain tensors ({type(exc).__name__}: {exc})") from None
     raise CheckpointError(f"no weights in {folder}: expected model.safetensors")
 
 

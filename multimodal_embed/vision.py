@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .encoders import ImageFailure, Scoring
-from .errors import ImageDecodeError, InvalidInputError
+from .errors import ImageDecodeError, InputTypeError, InvalidInputError
 from .images import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor, describe, load_image
 from .models.nomic_bert import load_converted
 from .models.nomic_vision import NomicVisionConfig, NomicVisionModel, convert_state_dict
@@ -41,6 +41,11 @@ class ImageEmbeddings:
         return not self.failures
 
 
+# Encoders whose preprocessing is not known to be bounded by its output size refuse images more elongated than
+# this (a shortest-edge resize of a 1x10000 image to 224 would make a 224x2240000 image).
+MAX_ASPECT_RATIO = 100.0
+
+
 def _default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2)))
 
@@ -56,6 +61,9 @@ class ImageEncoder(ModelHolder):
     model: torch.nn.Module
     dim: int
     scoring: Scoring = Scoring()  # a model with its own logit scale passes it to the constructor
+    # ``None``: preprocessing work is bounded by the output size for any aspect ratio (ImagePreprocessor)
+    max_aspect_ratio: float | None = MAX_ASPECT_RATIO
+    allow_urls: bool = True
 
     def __init__(self, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, jpeg_draft: bool = False,
                  scoring: Scoring | None = None):
@@ -78,8 +86,17 @@ class ImageEncoder(ModelHolder):
     def prepare(self, item: ImageInput, index: int) -> np.ndarray | dict[str, np.ndarray]:
         """Decode and preprocess one input (runs in worker threads; PIL releases the GIL)."""
         draft = self.draft_size() if self.jpeg_draft else None
-        img = load_image(item, max_pixels=self.max_pixels, name=describe(item, index), draft=draft)
-        return self.preprocess(img)
+        label = describe(item, index)
+        img = load_image(item, max_pixels=self.max_pixels, name=label, draft=draft, allow_urls=self.allow_urls)
+        w, h = img.size
+        if self.max_aspect_ratio is not None and max(w, h) > self.max_aspect_ratio * min(w, h):
+            raise ImageDecodeError(label, f"aspect ratio {w}x{h} is beyond {self.max_aspect_ratio:g}:1, which this "
+                                          f"encoder's preprocessing does not handle in bounded memory")
+        try:
+            return self.preprocess(img)
+        except Exception as exc:  # MemoryError and any preprocessor failure are this item's error
+            logger.debug("%s: preprocessing failed", label, exc_info=True)
+            raise ImageDecodeError(label, f"preprocessing failed: {type(exc).__name__}: {exc}") from None
 
     def collate(self, items: list[np.ndarray | dict[str, np.ndarray]]) -> torch.Tensor | dict[str, torch.Tensor]:
         device = self.device
@@ -101,6 +118,9 @@ class ImageEncoder(ModelHolder):
                 return self.prepare(images[i], i)
             except ImageDecodeError as exc:
                 return exc
+            except Exception as exc:  # whatever one item raises stays its own (never loses the others)
+                logger.debug("image #%d failed", i, exc_info=True)
+                return ImageDecodeError(_safe_describe(images[i], i), f"{type(exc).__name__}: {exc}")
 
         starts = list(range(0, len(images), batch_size))
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -123,6 +143,8 @@ class ImageEncoder(ModelHolder):
     ) -> tuple[torch.Tensor, list[int], list[ImageFailure]]:
         """Embed images; returns (unit rows for the good items, their indices, failures)."""
         if isinstance(images, (str, bytes, os.PathLike)) or not hasattr(images, "__len__"):
+            if images is None or not (isinstance(images, (str, bytes, os.PathLike)) or hasattr(images, "__iter__")):
+                raise InputTypeError(f"images must be a list of image inputs, got {type(images).__name__}")
             images = [images] if isinstance(images, (str, bytes, os.PathLike)) else list(images)
         check_batch_size(batch_size)
         if on_error not in ("raise", "collect"):
@@ -154,10 +176,20 @@ class ImageEncoder(ModelHolder):
         return vectors, indices, failures
 
 
+def _safe_describe(item: Any, index: int) -> str:
+    try:
+        return describe(item, index)
+    except Exception:  # noqa: BLE001 - an item whose repr fails is still reported by position
+        return f"#{index} <{type(item).__name__}>"
+
+
 class PreprocessorImageEncoder(ImageEncoder):
     """A model fed by an :class:`ImagePreprocessor`: workers hand over uint8 crops, and rescale/normalise runs
     batched on the model's device (bit-identical to ``ImagePreprocessor.__call__``; 4x less data to collate and
-    copy). Used by nomic-embed-vision and by aligned models."""
+    copy). Used by nomic-embed-vision and by aligned models. Any aspect ratio is accepted: the preprocessor
+    resizes only what survives its center crop."""
+
+    max_aspect_ratio = None
 
     def __init__(self, model: torch.nn.Module, preprocessor: ImagePreprocessor, dim: int, *,
                  max_pixels: int | None, jpeg_draft: bool = True):

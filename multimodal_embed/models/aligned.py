@@ -43,11 +43,16 @@ def resolve_packaged(ref: str) -> str:
 
 
 def _load_state(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: weights file not found") from None
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, UnpicklingError, truncated zip: a damaged file
+        raise CheckpointError(f"{path}: cannot be loaded as plain tensors ({type(exc).__name__}: {exc})") from None
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 

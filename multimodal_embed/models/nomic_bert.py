@@ -33,6 +33,45 @@ _UNSUPPORTED_IF = {
 }
 
 
+# config.json is read before anything is allocated: sizes outside these bounds are refused with a ConfigError
+# naming the key (a tampered config must not make the loader allocate terabytes or divide by zero).
+MAX_PARAMETERS = 4_000_000_000  # 16 GB of float32; nomic-embed-text is 137M, nomic-embed-vision 93M
+MAX_HIDDEN = 8192
+MAX_LAYERS = 256
+MAX_VOCAB = 1_000_000
+MAX_POSITIONS = 1 << 20
+
+
+def config_int(cfg: Mapping[str, Any], key: str, default: int, *, low: int = 1, high: int) -> int:
+    """``cfg[key]`` (or ``default``) as an int in ``[low, high]``, or :class:`ConfigError` naming the key."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    try:
+        number = float(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+    except ValueError:
+        number = None
+    if number is None or not math.isfinite(number) or number != int(number):
+        raise ConfigError(f"config key {key}={value!r} must be an integer")
+    if not low <= int(number) <= high:
+        raise ConfigError(f"config key {key}={int(number)} is out of range (expected {low} to {high})")
+    return int(number)
+
+
+def check_transformer_sizes(hidden: int, heads: int, layers: int, inner: int, other: int, *,
+                            names: tuple[str, str] = ("hidden_size", "num_attention_heads")) -> None:
+    """Heads divide the width into even head sizes, and the parameter count stays under ``MAX_PARAMETERS``."""
+    if heads < 1 or hidden % heads:
+        raise ConfigError(f"config key {names[0]}={hidden} is not divisible by {names[1]}={heads}")
+    if (hidden // heads) % 2:
+        raise ConfigError(f"config keys {names[0]}={hidden} / {names[1]}={heads} give an odd head size "
+                          f"{hidden // heads} (rotary embeddings need an even one)")
+    params = layers * (4 * hidden * hidden + 3 * hidden * inner) + other
+    if params > MAX_PARAMETERS:
+        raise ConfigError(f"config describes a model of {params:.3g} parameters (over the {MAX_PARAMETERS:.3g} "
+                          f"limit): check {names[0]}, the layer count and the inner size")
+
+
 @dataclass(frozen=True)
 class NomicBertConfig:
     """Architecture of a NomicBERT text encoder (names follow transformers' BERT configs)."""
@@ -53,10 +92,17 @@ class NomicBertConfig:
     mlp_fc2_bias: bool = False
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"hidden size {self.hidden_size} is not divisible by {self.num_attention_heads} attention heads"
-            )
+        for key, value, high in (("hidden_size", self.hidden_size, MAX_HIDDEN),
+                                 ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+                                 ("num_attention_heads", self.num_attention_heads, MAX_HIDDEN),
+                                 ("intermediate_size", self.intermediate_size, 8 * MAX_HIDDEN),
+                                 ("vocab_size", self.vocab_size, MAX_VOCAB),
+                                 ("type_vocab_size", self.type_vocab_size, MAX_VOCAB),
+                                 ("max_trained_positions", self.max_trained_positions, MAX_POSITIONS),
+                                 ("max_positions", self.max_positions, MAX_POSITIONS)):
+            config_int({key: value}, key, 0, low=1, high=high)
+        check_transformer_sizes(self.hidden_size, self.num_attention_heads, self.num_hidden_layers,
+                                self.intermediate_size, (self.vocab_size + self.type_vocab_size) * self.hidden_size)
         if self.rotary_scaling_factor is not None and self.rotary_scaling_factor < 1:
             raise ConfigError(f"rotary_scaling_factor must be >= 1, got {self.rotary_scaling_factor}")
 
@@ -92,28 +138,31 @@ class NomicBertConfig:
             raise ConfigError(f"config key activation_function={act!r} is not supported; only 'swiglu' is")
         if cfg.get("use_pos_embed") or cfg.get("learned_pos_embedding"):
             raise ConfigError("absolute position embeddings in a text config are not supported")
-        hidden = int(cfg.get("n_embd", 768))
-        n_inner = cfg.get("n_inner")
-        n_inner = 4 * hidden if n_inner is None else int(n_inner)
+        hidden = config_int(cfg, "n_embd", 768, high=MAX_HIDDEN)
+        heads = config_int(cfg, "n_head", 12, high=MAX_HIDDEN)
+        layers = config_int(cfg, "n_layer", 12, high=MAX_LAYERS)
+        n_inner = config_int(cfg, "n_inner", 4 * hidden, high=8 * MAX_HIDDEN)
         # The reference gated MLP rounds the hidden size up to a multiple of 256.
         inner = int((n_inner + 255) // 256 * 256)
-        vocab = int(cfg.get("vocab_size", 30528))
-        multiple = int(cfg.get("pad_vocab_size_multiple", 1) or 1)
+        vocab = config_int(cfg, "vocab_size", 30528, high=MAX_VOCAB)
+        type_vocab = config_int(cfg, "type_vocab_size", 2, high=MAX_VOCAB)
+        check_transformer_sizes(hidden, heads, layers, inner, (vocab + type_vocab) * hidden, names=("n_embd", "n_head"))
+        multiple = config_int(cfg, "pad_vocab_size_multiple", 1, high=1 << 16)
         if vocab % multiple:
             vocab += multiple - vocab % multiple
         scaling = cfg.get("rotary_scaling_factor")
         return cls(
             vocab_size=vocab,
             hidden_size=hidden,
-            num_hidden_layers=int(cfg.get("n_layer", 12)),
-            num_attention_heads=int(cfg.get("n_head", 12)),
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
             intermediate_size=inner,
-            type_vocab_size=int(cfg.get("type_vocab_size", 2)),
+            type_vocab_size=type_vocab,
             layer_norm_eps=float(cfg.get("layer_norm_epsilon", 1e-12)),
             rotary_base=float(cfg.get("rotary_emb_base", 1000)),
             rotary_scaling_factor=float(scaling) if scaling else None,
-            max_trained_positions=int(cfg.get("max_trained_positions", 2048)),
-            max_positions=int(cfg.get("n_positions", 8192) or 8192),
+            max_trained_positions=config_int(cfg, "max_trained_positions", 2048, high=MAX_POSITIONS),
+            max_positions=config_int(cfg, "n_positions", 8192, low=0, high=MAX_POSITIONS) or 8192,
             qkv_bias=bool(cfg.get("qkv_proj_bias", False)),
             mlp_fc1_bias=bool(cfg.get("mlp_fc1_bias", False)),
             mlp_fc2_bias=bool(cfg.get("mlp_fc2_bias", False)),
@@ -124,8 +173,14 @@ class NomicBertConfig:
         act = cfg.get("hidden_act", "silu")
         if act != "silu":
             raise ConfigError(f"config key hidden_act={act!r} is not supported; only 'silu' (SwiGLU) is")
-        hidden = int(cfg.get("hidden_size", 768))
-        heads = int(cfg.get("num_attention_heads", 12))
+        hidden = config_int(cfg, "hidden_size", 768, high=MAX_HIDDEN)
+        heads = config_int(cfg, "num_attention_heads", 12, high=MAX_HIDDEN)
+        layers = config_int(cfg, "num_hidden_layers", 12, high=MAX_LAYERS)
+        inner = config_int(cfg, "intermediate_size", 3072, high=8 * MAX_HIDDEN)
+        vocab = config_int(cfg, "vocab_size", 30528, high=MAX_VOCAB)
+        type_vocab = config_int(cfg, "type_vocab_size", 2, high=MAX_VOCAB)
+        positions = config_int(cfg, "max_position_embeddings", 2048, high=MAX_POSITIONS)
+        check_transformer_sizes(hidden, heads, layers, inner, (vocab + type_vocab) * hidden)
         head_dim = cfg.get("head_dim")
         if head_dim is not None and int(head_dim) * heads != hidden:
             raise ConfigError(f"config key head_dim={head_dim} with {heads} heads != hidden size {hidden}")
@@ -137,17 +192,17 @@ class NomicBertConfig:
             raise ConfigError("partial rotary (partial_rotary_factor != 1) is not supported")
         theta = rope.get("rope_theta", cfg.get("rope_theta", 1000.0))
         return cls(
-            vocab_size=int(cfg.get("vocab_size", 30528)),
+            vocab_size=vocab,
             hidden_size=hidden,
-            num_hidden_layers=int(cfg.get("num_hidden_layers", 12)),
+            num_hidden_layers=layers,
             num_attention_heads=heads,
-            intermediate_size=int(cfg.get("intermediate_size", 3072)),
-            type_vocab_size=int(cfg.get("type_vocab_size", 2)),
+            intermediate_size=inner,
+            type_vocab_size=type_vocab,
             layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
             rotary_base=float(theta),
             rotary_scaling_factor=float(rope["factor"]) if rope_type == "dynamic" else None,
-            max_trained_positions=int(cfg.get("max_position_embeddings", 2048)),
-            max_positions=max(8192, int(cfg.get("max_position_embeddings", 2048))),
+            max_trained_positions=positions,
+            max_positions=max(8192, positions),
         )
 
 

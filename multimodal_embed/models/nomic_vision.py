@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .nomic_bert import MAX_HIDDEN, MAX_LAYERS, check_transformer_sizes, config_int
 
 __all__ = ["NomicVisionConfig", "NomicVisionModel", "convert_state_dict"]
 
@@ -40,6 +41,10 @@ _REQUIRED = {
 }
 
 
+MAX_IMG_SIZE = 8192
+MAX_PATCHES = 1 << 16
+
+
 @dataclass(frozen=True)
 class NomicVisionConfig:
     hidden_size: int = 768
@@ -57,6 +62,25 @@ class NomicVisionConfig:
     mlp_fc2_bias: bool = True
     patch_embed_bias: bool = True
     norm_mlp: bool = True
+
+    def __post_init__(self) -> None:
+        for key, value, high in (("hidden_size", self.hidden_size, MAX_HIDDEN),
+                                 ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+                                 ("num_attention_heads", self.num_attention_heads, MAX_HIDDEN),
+                                 ("intermediate_size", self.intermediate_size, 8 * MAX_HIDDEN),
+                                 ("img_size", self.img_size, MAX_IMG_SIZE), ("patch_size", self.patch_size, 1024),
+                                 ("num_channels", self.num_channels, 16)):
+            config_int({key: value}, key, 0, low=1, high=high)
+        if self.img_size % self.patch_size:
+            raise ConfigError(f"config key img_size={self.img_size} is not a multiple of patch_size={self.patch_size}")
+        if self.grid ** 2 > MAX_PATCHES:
+            raise ConfigError(f"config keys img_size={self.img_size} / patch_size={self.patch_size} give "
+                              f"{self.grid ** 2} patches (limit {MAX_PATCHES})")
+        if min(self.ref_feat_shape) < 1 or max(self.ref_feat_shape) > MAX_IMG_SIZE:
+            raise ConfigError(f"config key ref_feat_shape={list(self.ref_feat_shape)} is out of range")
+        other = (self.grid ** 2 + 1) * self.hidden_size + self.num_channels * self.patch_size ** 2 * self.hidden_size
+        check_transformer_sizes(self.hidden_size, self.num_attention_heads, self.num_hidden_layers,
+                                self.intermediate_size, other, names=("n_embd", "n_head"))
 
     @property
     def head_dim(self) -> int:
@@ -78,23 +102,36 @@ class NomicVisionConfig:
                                   f"(only {ok!r})")
         if float(cfg.get("rotary_emb_fraction", 0) or 0) != 0:
             raise ConfigError("config key rotary_emb_fraction != 0 (1-D rotary in a vision model) is not supported")
-        img, patch = int(cfg.get("img_size", 224)), int(cfg.get("patch_size", 16))
+        img = config_int(cfg, "img_size", 224, high=MAX_IMG_SIZE)
+        patch = config_int(cfg, "patch_size", 16, high=1024)
         if img % patch:
-            raise ConfigError(f"img_size {img} is not a multiple of patch_size {patch}")
-        hidden = int(cfg.get("n_embd", 768))
-        n_inner = cfg.get("n_inner")
-        n_inner = 4 * hidden if n_inner is None else int(float(n_inner))
+            raise ConfigError(f"config key img_size={img} is not a multiple of patch_size={patch}")
+        if (img // patch) ** 2 > MAX_PATCHES:
+            raise ConfigError(f"config keys img_size={img} / patch_size={patch} give {(img // patch) ** 2} patches "
+                              f"(limit {MAX_PATCHES})")
+        hidden = config_int(cfg, "n_embd", 768, high=MAX_HIDDEN)
+        heads = config_int(cfg, "n_head", 12, high=MAX_HIDDEN)
+        layers = config_int(cfg, "n_layer", 12, high=MAX_LAYERS)
+        n_inner = config_int(cfg, "n_inner", 4 * hidden, high=8 * MAX_HIDDEN)
+        channels = config_int(cfg, "num_channels", 3, high=16)
+        check_transformer_sizes(hidden, heads, layers, n_inner,
+                                ((img // patch) ** 2 + 1) * hidden + channels * patch * patch * hidden,
+                                names=("n_embd", "n_head"))
         ref = cfg.get("ref_feat_shape") or [img // patch, img // patch]
+        if not isinstance(ref, (list, tuple)) or len(ref) != 2:
+            raise ConfigError(f"config key ref_feat_shape={ref!r} must be a pair of integers")
+        ref_pair = {"ref_feat_shape[0]": ref[0], "ref_feat_shape[1]": ref[1]}
         return cls(
             hidden_size=hidden,
-            num_hidden_layers=int(cfg.get("n_layer", 12)),
-            num_attention_heads=int(cfg.get("n_head", 12)),
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
             intermediate_size=n_inner,
             img_size=img,
             patch_size=patch,
-            num_channels=int(cfg.get("num_channels", 3)),
+            num_channels=channels,
             layer_norm_eps=float(cfg.get("layer_norm_epsilon", 1e-6)),
-            ref_feat_shape=(int(ref[0]), int(ref[1])),
+            ref_feat_shape=(config_int(ref_pair, "ref_feat_shape[0]", 0, high=MAX_IMG_SIZE),
+                            config_int(ref_pair, "ref_feat_shape[1]", 0, high=MAX_IMG_SIZE)),
             qkv_bias=bool(cfg.get("qkv_proj_bias", True)),
             mlp_fc1_bias=bool(cfg.get("mlp_fc1_bias", True)),
             mlp_fc2_bias=bool(cfg.get("mlp_fc2_bias", True)),
