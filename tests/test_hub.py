@@ -120,3 +120,58 @@ def test_download_of_other_families_through_the_hub(family, tmp_path):
     np.testing.assert_array_equal(np.array(a["vec"]), np.array(b["vec"]))
     np.testing.assert_array_equal(np.array(a["img"]), np.array(b["img"]))
     assert a["info"]["family"] == ("hf-clip" if family == "hf" else "open_clip")
+
+
+def _refused_endpoint() -> str:
+    """A local port that refuses connections (bound, then closed: nothing listens there)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_unreachable_hub_is_detected_fast_with_one_actionable_line(tmp_path, monkeypatch, caplog):
+    import time
+
+    from multimodal_embed.errors import HubUnreachableError
+
+    monkeypatch.setenv("HF_ENDPOINT", _refused_endpoint())
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub._probe_cache.clear()
+    start = time.perf_counter()
+    with pytest.raises(HubUnreachableError) as info:
+        hub.fetch(REPO_ID, files=hub.CONFIG_FILES, cache_dir=tmp_path / "empty-cache")
+    elapsed = time.perf_counter() - start
+    msg = str(info.value)
+    assert elapsed < 3.0, f"the hub part took {elapsed:.2f} s"
+    assert "\n" not in msg and "unreachable" in msg and "Connection refused" in msg
+    assert f"hf download {REPO_ID} --revision {PINNED}" in msg and "mmembed download nomic-embed-v1.5" in msg
+    assert "--model minilm-efficientnet-lite0" in msg
+    assert not [r for r in caplog.records if "Retry" in r.getMessage()]
+
+
+def test_cli_without_hub_prints_one_line_and_the_offline_model(tmp_path):
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=_refused_endpoint(), HF_HOME=str(tmp_path / "hf-home"))
+    root = os.path.dirname(os.path.dirname(__file__))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+    # the same interpreter start and imports without the hub part, so that only the hub part is compared to 3 s
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import multimodal_embed.cli, multimodal_embed.index, huggingface_hub"],
+                   check=True, env=env, cwd=root, timeout=300)
+    baseline = time.perf_counter() - start
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "multimodal_embed.cli", "embed", "--text", "a cat"],
+                          capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "hf download nomic-ai/nomic-embed-text-v1.5" in lines[0] and "mmembed download nomic-embed-v1.5" in lines[0]
+    assert "--model minilm-efficientnet-lite0" in lines[0]
+    assert "Retry" not in proc.stderr and "WARNING" not in proc.stderr
+    assert elapsed - baseline < 3.0, f"{elapsed:.2f} s against {baseline:.2f} s for start-up alone"
