@@ -2,7 +2,10 @@
 
 Only the files a model needs are fetched, at a pinned revision for the known nomic repositories. The hub
 cache, ``HF_HUB_CACHE``/``HF_HOME``, ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE=1`` are honoured because all
-downloads go through ``huggingface_hub.hf_hub_download``. No code from the hub is ever executed.
+downloads go through ``huggingface_hub.hf_hub_download``. No code from the hub is ever executed. The cache is
+looked up first; a file it lacks is downloaded only after one quick probe shows the hub is reachable, otherwise
+:class:`HubUnreachableError` says in one line what to run (``hf download``, ``mmembed download``, or the
+built-in offline model).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -59,9 +63,10 @@ def _uses_proxy(url: str) -> bool:
 def hub_unreachable_reason(endpoint: str | None = None, *, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """Why the hub cannot be reached (DNS failure, refused or timed-out TCP connect), or None if it can.
 
-    One TCP connect of at most ``timeout`` seconds, remembered for 60 s per endpoint, so that a missing network
-    costs seconds once instead of ``huggingface_hub``'s retries for every file. Behind an HTTP proxy the check is
-    skipped (the proxy decides) and None is returned.
+    One name look-up and TCP connect, given at most ``timeout`` seconds in all (in a daemon thread, since a
+    look-up with no DNS server can hang far longer than a connect timeout), remembered for 60 s per endpoint,
+    so that a missing network costs seconds once instead of ``huggingface_hub``'s retries for every file.
+    Behind an HTTP proxy the check is skipped (the proxy decides) and None is returned.
     """
     endpoint = endpoint or hub_endpoint()
     cached = _probe_cache.get(endpoint)
@@ -71,10 +76,19 @@ def hub_unreachable_reason(endpoint: str | None = None, *, timeout: float = PROB
     reason: str | None = None
     if parts.hostname and not _uses_proxy(endpoint):
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            socket.create_connection((parts.hostname, port), timeout=timeout).close()
-        except OSError as exc:
-            reason = f"{type(exc).__name__}: {exc.strerror or exc}"
+        outcome: list[str | None] = []
+
+        def probe() -> None:
+            try:
+                socket.create_connection((parts.hostname, port), timeout=timeout).close()
+                outcome.append(None)
+            except OSError as exc:
+                outcome.append(f"{type(exc).__name__}: {exc.strerror or exc}")
+
+        worker = threading.Thread(target=probe, name="mmembed-hub-probe", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        reason = outcome[0] if outcome else f"no answer from {parts.hostname} within {timeout:g} s"
     _probe_cache[endpoint] = (time.monotonic(), reason)
     return reason
 

@@ -43,11 +43,11 @@ def test_gallery_is_complete_small_and_licensed():
             im.load()
             assert max(im.size) <= 512 and im.format == "JPEG"
     license_rows = {m.group(1) for m in re.finditer(r"^\| (\S+\.jpg) \|", (GALLERY_DIR / "LICENSE.md").read_text(),
-                                                     re.M)}
+                                                     re.MULTILINE)}
     assert license_rows == set(on_disk)
     bad = [line for line in (GALLERY_DIR / "LICENSE.md").read_text().splitlines()
            if line.startswith("| ") and line.split(" | ")[0][2:].endswith(".jpg")
-           and re.search(r"GPL|no license|unknown", line.rsplit("|", 2)[-2], re.I)]
+           and re.search(r"GPL|no license|unknown", line.rsplit("|", 2)[-2], re.IGNORECASE)]
     assert not bad
 
 
@@ -67,7 +67,7 @@ def readme_first_command() -> str:
     """The first ```bash block of the README's Set-up section."""
     text = (REPO / "README.md").read_text()
     setup = text[text.index("## Set-up"):]
-    return re.search(r"```bash\n(.+?)\n```", setup, re.S).group(1).strip()
+    return re.search(r"```bash\n(.+?)\n```", setup, re.DOTALL).group(1).strip()
 
 
 def test_readme_first_command_installs_offline_model_and_runs_the_quickstart():
@@ -93,7 +93,7 @@ def test_readme_first_command_on_a_fresh_clone(tmp_path):
     assert argv[0] == "python"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MMEMBED_"))}
     env.update(PYTHONPATH=str(clone), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "no-hf-cache"))
-    proc = subprocess.run([sys.executable, *argv[1:]], cwd=clone, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, *argv[1:]], check=False, cwd=clone, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
