@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     CheckpointError,
     ConfigError,
+    HubUnreachableError,
     ImageDecodeError,
     IncompatibleModelsError,
     IndexCorruptError,
@@ -36,6 +37,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "Embedder",
+    "HubUnreachableError",
     "ImageDecodeError",
     "ImageIndex",
     "IncompatibleModelsError",

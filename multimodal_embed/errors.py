@@ -54,3 +54,7 @@ class IndexMismatchError(MultimodalEmbedError, ValueError):
 
 class IndexCorruptError(MultimodalEmbedError):
     """An index file failed an integrity check."""
+
+
+class HubUnreachableError(ModelNotFoundError):
+    """A model is not cached and the Hugging Face hub cannot be reached (the message says what to run)."""

@@ -2,17 +2,25 @@
 
 Only the files a model needs are fetched, at a pinned revision for the known nomic repositories. The hub
 cache, ``HF_HUB_CACHE``/``HF_HOME``, ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE=1`` are honoured because all
-downloads go through ``huggingface_hub.hf_hub_download``. No code from the hub is ever executed.
+downloads go through ``huggingface_hub.hf_hub_download``. No code from the hub is ever executed. The cache is
+looked up first; a file it lacks is downloaded only after one quick probe shows the hub is reachable, otherwise
+:class:`HubUnreachableError` says in one line what to run (``hf download``, ``mmembed download``, or the
+built-in offline model).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import ModelNotFoundError
+from .errors import HubUnreachableError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +30,91 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
 IMAGE_FILES = ("preprocessor_config.json",)
 
+OFFLINE_MODEL = "minilm-efficientnet-lite0"
+PROBE_TIMEOUT_S = 1.5
+_DEFAULT_ENDPOINT = "https://huggingface.co"
+_probe_cache: dict[str, tuple[float, str | None]] = {}  # endpoint -> (when, reason it is unreachable or None)
+
 
 def offline_mode() -> bool:
     """Whether ``HF_HUB_OFFLINE`` asks for cache-only operation."""
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def hub_endpoint() -> str:
+    """The hub URL ``huggingface_hub`` uses (``HF_ENDPOINT``, read now rather than at its import)."""
+    return (os.environ.get("HF_ENDPOINT") or _DEFAULT_ENDPOINT).rstrip("/")
+
+
+def _uses_proxy(url: str) -> bool:
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname or "")
+
+
+def hub_unreachable_reason(endpoint: str | None = None, *, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the hub cannot be reached (DNS failure, refused or timed-out TCP connect), or None if it can.
+
+    One name look-up and TCP connect, given at most ``timeout`` seconds in all (in a daemon thread, since a
+    look-up with no DNS server can hang far longer than a connect timeout), remembered for 60 s per endpoint,
+    so that a missing network costs seconds once instead of ``huggingface_hub``'s retries for every file.
+    Behind an HTTP proxy the check is skipped (the proxy decides) and None is returned.
+    """
+    endpoint = endpoint or hub_endpoint()
+    cached = _probe_cache.get(endpoint)
+    if cached and time.monotonic() - cached[0] < 60:
+        return cached[1]
+    parts = urllib.parse.urlsplit(endpoint)
+    reason: str | None = None
+    if parts.hostname and not _uses_proxy(endpoint):
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        outcome: list[str | None] = []
+
+        def probe() -> None:
+            try:
+                socket.create_connection((parts.hostname, port), timeout=timeout).close()
+                outcome.append(None)
+            except OSError as exc:
+                outcome.append(f"{type(exc).__name__}: {exc.strerror or exc}")
+
+        worker = threading.Thread(target=probe, name="mmembed-hub-probe", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        reason = outcome[0] if outcome else f"no answer from {parts.hostname} within {timeout:g} s"
+    _probe_cache[endpoint] = (time.monotonic(), reason)
+    return reason
+
+
+def _registry_name(repo_id: str) -> str | None:
+    from .registry import MODELS
+
+    for spec in MODELS:
+        if repo_id in (spec.text, spec.vision, spec.ref, f"hf-hub:{repo_id}" if spec.ref else None):
+            return spec.name
+    return None
+
+
+def unreachable_message(repo_id: str, revision: str, reason: str) -> str:
+    """The one line telling a user without the hub what to run."""
+    name = _registry_name(repo_id)
+    fetch_cmd = f"`mmembed download {name}` or `hf download {repo_id} --revision {revision}`" if name else \
+        f"`hf download {repo_id} --revision {revision}`"
+    return (f"{repo_id!r} is not in the Hugging Face cache and the hub ({hub_endpoint()}) is unreachable "
+            f"({reason}): run {fetch_cmd} where the hub is reachable, pass a local folder, or use the built-in "
+            f"offline model (--model {OFFLINE_MODEL})")
+
+
+@contextmanager
+def _quiet_hub_retries() -> Iterator[None]:
+    """Keep huggingface_hub's per-retry WARNING lines out of the user's terminal (our error says it all)."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
 
 
 def looks_like_repo_id(name: str) -> bool:
@@ -59,10 +148,22 @@ def fetch(
     revision = revision or default_revision(repo_id)
     folder: Path | None = None
     for name in list(files) + list(optional):
+        kwargs = {"revision": revision, "cache_dir": str(cache_dir) if cache_dir else None}
         try:
-            path = huggingface_hub.hf_hub_download(
-                repo_id, name, revision=revision, cache_dir=str(cache_dir) if cache_dir else None
-            )
+            try:  # the cache first: no network at all for a model that is already here
+                path = huggingface_hub.hf_hub_download(repo_id, name, local_files_only=True, **kwargs)
+            except (LocalEntryNotFoundError, EntryNotFoundError, OSError, ValueError):
+                if offline_mode():
+                    raise
+                reason = hub_unreachable_reason()
+                if reason is not None:
+                    if name in optional:
+                        continue
+                    raise HubUnreachableError(unreachable_message(repo_id, revision, reason)) from None
+                with _quiet_hub_retries():
+                    path = huggingface_hub.hf_hub_download(repo_id, name, **kwargs)
+        except HubUnreachableError:
+            raise
         except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
             if name in optional:
                 logger.debug("optional file %s of %s not available: %s", name, repo_id, exc)
@@ -73,8 +174,8 @@ def fetch(
             raise ModelNotFoundError(
                 f"model {repo_id!r} (revision {revision}) is not available: {name} is not in the Hugging Face "
                 f"cache and could not be downloaded ({reason}). Download it once where the hub is reachable "
-                f"(`huggingface-cli download {repo_id} --revision {revision}`), point HF_HOME at a cache that "
-                f"has it, or pass a local folder instead of a hub id."
+                f"(`hf download {repo_id} --revision {revision}`), point HF_HOME at a cache that has it, pass a "
+                f"local folder instead of a hub id, or use the built-in offline model (--model {OFFLINE_MODEL})."
             ) from None
         folder = Path(path).parents[len(Path(name).parts) - 1]
     assert folder is not None
@@ -94,6 +195,8 @@ def fetch_first(
     for name in names:
         try:
             return fetch(repo_id, revision=revision, files=(name,), cache_dir=cache_dir)
+        except HubUnreachableError:
+            raise
         except ModelNotFoundError as exc:
             last = exc
     raise ModelNotFoundError(f"{repo_id!r} has none of {', '.join(names)} in the cache or on the hub; last: {last}"

@@ -123,3 +123,61 @@ def test_download_of_other_families_through_the_hub(family, tmp_path):
     np.testing.assert_array_equal(np.array(a["vec"]), np.array(b["vec"]))
     np.testing.assert_array_equal(np.array(a["img"]), np.array(b["img"]))
     assert a["info"]["family"] == ("hf-clip" if family == "hf" else "open_clip")
+
+
+def _refused_endpoint() -> str:
+    """A local port that refuses connections (bound, then closed: nothing listens there)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_unreachable_hub_is_detected_fast_with_one_actionable_line(tmp_path, monkeypatch, caplog):
+    import time
+
+    from multimodal_embed.errors import HubUnreachableError
+
+    monkeypatch.setenv("HF_ENDPOINT", _refused_endpoint())
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub._probe_cache.clear()
+    start = time.perf_counter()
+    with pytest.raises(HubUnreachableError) as info:
+        hub.fetch(REPO_ID, files=hub.CONFIG_FILES, cache_dir=tmp_path / "empty-cache")
+    elapsed = time.perf_counter() - start
+    msg = str(info.value)
+    assert elapsed < 3.0, f"the hub part took {elapsed:.2f} s"
+    assert "\n" not in msg and "unreachable" in msg and "Connection refused" in msg
+    assert f"hf download {REPO_ID} --revision {PINNED}" in msg and "mmembed download nomic-embed-v1.5" in msg
+    assert "--model minilm-efficientnet-lite0" in msg
+    assert not [r for r in caplog.records if "Retry" in r.getMessage()]
+
+
+CLI_TIMED = """
+import sys, time
+import huggingface_hub, multimodal_embed.cli, multimodal_embed.embedder, multimodal_embed.index  # start-up, untimed
+start = time.perf_counter()
+code = multimodal_embed.cli.main(["embed", "--text", "a cat"])  # what `mmembed embed --text "a cat"` runs
+print(f"hub-part-seconds {time.perf_counter() - start:.3f}")
+sys.exit(code)
+"""
+
+
+def test_cli_without_hub_prints_one_line_and_the_offline_model(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=_refused_endpoint(), HF_HOME=str(tmp_path / "hf-home"))
+    root = os.path.dirname(os.path.dirname(__file__))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+    proc = subprocess.run([sys.executable, "-c", CLI_TIMED], check=False, capture_output=True, text=True, env=env,
+                          cwd=root, timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("mmembed: ") and "unreachable" in lines[0]
+    assert "hf download nomic-ai/nomic-embed-text-v1.5" in lines[0] and "mmembed download nomic-embed-v1.5" in lines[0]
+    assert "--model minilm-efficientnet-lite0" in lines[0]
+    assert "Retry" not in proc.stderr and "WARNING" not in proc.stderr
+    seconds = float(proc.stdout.split("hub-part-seconds")[1])
+    assert seconds < 3.0, f"the CLI took {seconds:.2f} s to report the unreachable hub"
