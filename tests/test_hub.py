@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from multimodal_embed import registry
+from multimodal_embed import hub, registry
 from tests.hubserver import FakeHub
 
 REPO_ID = "nomic-ai/nomic-embed-text-v1.5"
