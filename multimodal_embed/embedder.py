@@ -134,6 +134,15 @@ def _classify(name: str, revision: Any, cache_dir: str | Path | None) -> tuple[s
     return "text", name, rev
 
 
+def _set_gpu_decode(vision_encoder: Any, gpu_decode: bool | None) -> None:
+    """Pass ``gpu_decode`` to an image encoder that supports it; asking others for it is an error."""
+    if hasattr(vision_encoder, "jpeg_decoder"):
+        vision_encoder.gpu_decode = gpu_decode
+    elif gpu_decode:
+        raise InvalidInputError(f"gpu_decode=True applies to nomic and aligned models, not to "
+                                f"{type(vision_encoder).__name__}")
+
+
 class Embedder:
     """Text (and, with a vision tower, images) in one embedding space.
 
@@ -162,6 +171,7 @@ class Embedder:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         jpeg_draft: bool = True,
         allow_mismatched_towers: bool = False,
+        gpu_decode: bool | None = None,
         **text_options: Any,
     ) -> Embedder:
         """Load a model by name.
@@ -185,6 +195,9 @@ class Embedder:
                 size (pixels within 0.14 in normalised units, cosine >= 0.9999 to the exact path). ``False`` for
                 exact parity.
             allow_mismatched_towers: pair a nomic vision tower with a text tower it was not trained against.
+            gpu_decode: nomic and aligned models: decode JPEGs and resize/crop on the model's device (nvJPEG on
+                CUDA; other files still go through the CPU loader). ``None`` (default) turns it on when the
+                image tower runs on CUDA; ``False`` keeps all decoding on the CPU.
             **text_options: passed to the nomic text encoder (e.g. ``matryoshka=True``,
                 ``rotary_scaling_factor=None``, ``max_length=2048``).
         """
@@ -209,8 +222,10 @@ class Embedder:
                 if vision is not None or text_options:
                     raise InvalidInputError(f"{name} is a {family} model with both towers; vision= and text "
                                             f"options ({sorted(text_options)}) do not apply")
-                return cls._from_backend(family, ref, name, revision=rev, cache_dir=cache_dir, device=dev,
-                                         dtype=dt, max_pixels=max_pixels)
+                out = cls._from_backend(family, ref, name, revision=rev, cache_dir=cache_dir, device=dev,
+                                        dtype=dt, max_pixels=max_pixels)
+                _set_gpu_decode(out.vision_encoder, gpu_decode)
+                return out
             elif family == "vision":
                 if vision is not None:
                     raise InvalidInputError(f"{name} is an image tower; pass a text model with text=")
@@ -250,6 +265,7 @@ class Embedder:
             vision_encoder = load_vision_encoder(vision, revision=revisions.get("vision"), cache_dir=cache_dir,
                                                  device=dev, dtype=dt, preprocessing=image_preprocessing,
                                                  max_pixels=max_pixels, jpeg_draft=jpeg_draft)
+            _set_gpu_decode(vision_encoder, gpu_decode)
             if encoder is not None and vision_encoder.dim != encoder.dim:
                 raise InvalidInputError(f"text ({encoder.dim}) and vision ({vision_encoder.dim}) dimensions differ")
             info["modalities"].append("image")
