@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import struct
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -333,6 +334,9 @@ class JpegDeviceDecoder:
     def __init__(self, preprocessor: ImagePreprocessor, device: torch.device, *, max_pixels: int | None):
         if not torchvision_available():
             raise MissingDependencyError("gpu_decode needs torchvision (pip install torchvision)")
+        # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they are what we use here
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                                category=DeprecationWarning)
         self.device = torch.device(device)
         self.max_pixels = max_pixels
         self.resize = DevicePreprocessor(preprocessor)
