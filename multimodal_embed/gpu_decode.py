@@ -167,7 +167,7 @@ def device_reason(header: JpegHeader | None, data: bytes, max_pixels: int | None
         return "no frame size"
     if max_pixels is not None and header.width * header.height > max_pixels:
         return "over the pixel limit"
-    if not data.rstrip(b"\x00")[-2:] == b"\xff\xd9":
+    if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
         return "no EOI marker at the end (truncated or trailing data)"
     return None
 

@@ -9,7 +9,7 @@ with Pillow's fixed-point coefficients vs Pillow's integer loops: at most one ui
 from __future__ import annotations
 
 import glob
-import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,14 +61,14 @@ def large_jpegs(tmp_path_factory):
 def test_header_parse_matches_pillow(odd_jpegs, data_dir):
     files = odd_jpegs + sorted(glob.glob(str(data_dir / "cifar10-test" / "*" / "*.jpg")))[:50]
     for f in files:
-        data = open(f, "rb").read()
+        data = Path(f).read_bytes()
         head = gd.parse_jpeg_header(data)
         im = Image.open(f)
         assert head is not None, f
         assert (head.width, head.height) == im.size, f
         assert len(head.component_ids) == len(im.getbands()), f
         assert head.orientation == _pil_orientation(f), f
-    assert gd.parse_jpeg_header(open(data_dir / "images-odd" / "webp" / "hopper.webp", "rb").read()) is None
+    assert gd.parse_jpeg_header(Path(data_dir / "images-odd" / "webp" / "hopper.webp").read_bytes()) is None
     assert gd.parse_jpeg_header(b"\xff\xd8\xff\xe0\x00") is None
 
 
@@ -80,8 +80,8 @@ def test_header_parse_matches_pillow(odd_jpegs, data_dir):
 def test_routing_per_item(data_dir, rel, routed):
     path = data_dir / "images-odd" / rel
     if path.is_dir():
-        path = sorted(path.iterdir())[0]
-    data = open(path, "rb").read()
+        path = min(path.iterdir())
+    data = Path(path).read_bytes()
     reason = gd.device_reason(gd.parse_jpeg_header(data), data, max_pixels=None)
     assert (reason is None) == routed, reason
     if routed:  # the pixel limit is honoured by routing such files to the CPU loader, which reports them
@@ -181,10 +181,10 @@ def _mixed(odd_jpegs, large_jpegs, data_dir, full: bool):
         large_jpegs = large_jpegs[:1] + large_jpegs[-3:]
     others = [data_dir / "images-odd" / p for p in ("webp/hopper.webp", "corrupt_cannot_open/broken.png",
                                                     "png_16bit", "other_modes/hopper.bmp")]
-    others = [sorted(p.iterdir())[0] if p.is_dir() else p for p in others]
+    others = [min(p.iterdir()) if p.is_dir() else p for p in others]
     cifar = sorted(glob.glob(str(data_dir / "cifar10-test" / "*" / "*.jpg")))[::100][:40 if full else 16]
     pil = Image.open(odd_jpegs[5])  # not bytes or a path: always the CPU loader
-    raw = open(large_jpegs[0], "rb").read()
+    raw = Path(large_jpegs[0]).read_bytes()
     items = odd_jpegs + large_jpegs + cifar + [str(p) for p in others] + [pil, raw, raw[: len(raw) // 2]]
     n_device = len(odd_jpegs) - 3 + len(large_jpegs) + len(cifar) + 1  # not CMYK, gray, truncated; + bytes
     return items, n_device
@@ -208,7 +208,7 @@ def test_builtin_aligned_model_device_path_matches_cpu(odd_jpegs, large_jpegs, d
 
 def test_device_decode_failure_falls_back(large_jpegs):
     """A file that passes the header checks but does not decode goes to the CPU loader: nothing is lost."""
-    raw = open(large_jpegs[0], "rb").read()
+    raw = Path(large_jpegs[0]).read_bytes()
     sos = raw.index(b"\xff\xda")
     broken = raw[: sos + 200] + b"\xff\xd9"  # the scan cut short, an EOI appended
     pre = ImagePreprocessor.from_dict({"size": {"shortest_edge": 64}, "crop_size": 64})

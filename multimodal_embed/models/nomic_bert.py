@@ -206,7 +206,7 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing:
             out = varlen_attn(q, k, v, cu, cu, packing.max_len, packing.max_len)
             _varlen_ok = True
             return out
-        except Exception as exc:  # noqa: BLE001 - older torch, or no flash kernel for this GPU
+        except Exception as exc:
             if _varlen_ok:
                 raise
             _varlen_ok = False

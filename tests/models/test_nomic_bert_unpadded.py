@@ -56,7 +56,7 @@ def test_packed_is_independent_of_batch_neighbours(fixtures_dir):
     model, ref = _load(fixtures_dir / "text-v1.5-tiny")
     ids, mask = ref["input_ids"], ref["attention_mask"]
     with torch.inference_mode():
-        packed, keep = _packed(model, ids, mask)
+        packed, _ = _packed(model, ids, mask)
         n0 = int(mask[0].sum())
         # the second sequence alone, with the batch's rotary length (no NTK scaling here: any length is equal)
         alone = model.forward_packed(ids[1, : int(mask[1].sum())], torch.tensor([0, int(mask[1].sum())]))
