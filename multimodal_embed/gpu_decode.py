@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ImageDecodeError, MissingDependencyError
+from .errors import ImageDecodeError, InvalidInputError, MissingDependencyError
 from .images import ImagePreprocessor
 
 logger = logging.getLogger(__name__)
@@ -264,7 +264,8 @@ class DevicePreprocessor:
 
     def __init__(self, preprocessor: ImagePreprocessor):
         if preprocessor.do_resize and preprocessor.resample != _PIL_BICUBIC:
-            raise ValueError("the device path reproduces bicubic resizing only")
+            raise InvalidInputError(f"gpu_decode reproduces bicubic resizing only; this model's preprocessing "
+                                    f"uses PIL resample={preprocessor.resample} (pass gpu_decode=False)")
         self.pre = preprocessor
         self._axes: dict[tuple[int, int, int, str], _Axis | None] = {}
 
@@ -331,6 +332,8 @@ class DevicePreprocessor:
 class JpegDeviceDecoder:
     """Per-item routing (worker threads) and batched device decode (one decode thread) for one encoder."""
 
+    chunk = 32  # images resized together (same size): 32 x 1024x768 is ~300 MB of float32 work space
+
     def __init__(self, preprocessor: ImagePreprocessor, device: torch.device, *, max_pixels: int | None):
         if not torchvision_available():
             raise MissingDependencyError("gpu_decode needs torchvision (pip install torchvision)")
@@ -391,11 +394,13 @@ class JpegDeviceDecoder:
                     continue
                 img = orient(img, job.orientation)
                 groups.setdefault(tuple(img.shape[-2:]), []).append((k, img))
-            for members in groups.values():
-                crops = self.resize(torch.stack([img for _, img in members]))
-                for (k, _), crop in zip(members, crops):
-                    out[k] = (batch[k][0], crop)
-                    self.n_device += 1
+            for group in groups.values():
+                for start in range(0, len(group), self.chunk):  # bounds the float32 working set
+                    members = group[start:start + self.chunk]
+                    crops = self.resize(torch.stack([img for _, img in members]))
+                    for (k, _), crop in zip(members, crops):
+                        out[k] = (batch[k][0], crop)
+                        self.n_device += 1
         return out
 
     def _fallback(self, items: Any, index: int, fallback: Callable[[Any, int], Any]) -> Any:
