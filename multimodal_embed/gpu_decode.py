@@ -7,9 +7,10 @@ extended or progressive 3-component JPEGs that end in an EOI marker become a :cl
 URLs...) goes through the robust CPU loader in the same thread, exactly as without this module. A single
 decode thread then decodes each batch's jobs with ``torchvision.io.decode_jpeg(list, device=...)``, applies
 the EXIF orientation and runs the resize + crop on the device with Pillow's own bicubic (antialiased)
-coefficients and its two-pass integer rounding, so the uint8 crops match ``ImagePreprocessor.to_uint8`` up to
-decoder differences (none on CPU, where torchvision and Pillow share libjpeg-turbo). Any job the device cannot
-decode falls back to the CPU loader: nothing is lost.
+coefficients and its two-pass rounding, so the uint8 crops match ``ImagePreprocessor.to_uint8`` (float32
+sums vs Pillow's integers: ~1e-4 of the values differ by 1-2 levels) up to decoder differences (none on CPU,
+where torchvision and Pillow share libjpeg-turbo). Any job the device cannot decode falls back to the CPU
+loader: nothing is lost.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 On CPU, ``gpu_decode=True`` runs the same code as on CUDA with torchvision's libjpeg-turbo decoder, which
 decodes exactly as Pillow does: what differs from the PIL path is the resize arithmetic only (float32 matmuls
-with Pillow's fixed-point coefficients vs Pillow's integer loops: at most one uint8 level on a few pixels in
-10^4). The CUDA tests (skipped without a GPU) add nvJPEG's own decoder differences.
+with Pillow's fixed-point coefficients vs Pillow's integer loops: ~1e-4 of the uint8 values differ, by one
+level, rarely two where a first-pass difference passes through the second pass; measured on 233 shared
+JPEGs). The CUDA tests (skipped without a GPU) add nvJPEG's own decoder differences.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def _encoder_crops(enc, items, gpu: bool):
 
 
 def _compare(enc, items, device_expected: int):
-    """Device path vs CPU path: same failures, pixels within one level, cosine >= 0.9999, fallbacks exact.
+    """Device path vs CPU path: same failures, pixels within two levels, cosine >= 0.9999, fallbacks exact.
 
     The CPU reference decodes at full size (``jpeg_draft=False``), as the device path does."""
     enc.jpeg_draft = False
@@ -156,7 +157,7 @@ def _compare(enc, items, device_expected: int):
         if i not in routed:
             assert torch.equal(cpu[i], dev[i]), items[i]  # fallback: the CPU loader itself
         worst = max(worst, float((a - b).abs().max()))
-    assert worst <= 1 / 255 / min(enc.preprocessor.image_std) + 1e-6  # one uint8 level, in normalised units
+    assert worst <= 2 / 255 / min(enc.preprocessor.image_std) + 1e-6  # two uint8 levels, in normalised units
     emb = Embedder(vision_encoder=enc)
     enc.gpu_decode = False
     want = emb.embed_images_with_errors(items, batch_size=8)
