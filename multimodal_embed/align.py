@@ -172,8 +172,8 @@ def retrieval_metrics(image_vecs: np.ndarray, captions: list[str], caption_vecs:
 class _Trainer:
     def __init__(self, config: AlignConfig):
         from .embedder import Embedder
-        from .loading import load_text_encoder
         from .images import ImagePreprocessor
+        from .loading import load_text_encoder
         from .models.aligned import AlignedVisionModel, load_trunk_weights, resolve_packaged
         from .utils import resolve_device
 

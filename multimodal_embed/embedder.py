@@ -14,7 +14,7 @@ import torch
 from .encoders import ImageEncoder, Scoring, TextEncoder
 from .errors import InvalidInputError
 from .images import DEFAULT_MAX_PIXELS, ImageInput
-from .loading import LoadOptions, detect_family, load, parse_model_name
+from .loading import LoadOptions, apply_gpu_decode, detect_family, load, parse_model_name
 from .utils import resolve_device, resolve_dtype
 from .vision import ImageEmbeddings
 
@@ -51,6 +51,7 @@ class Embedder:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         jpeg_draft: bool = True,
         allow_mismatched_towers: bool = False,
+        gpu_decode: bool | None = None,
         **text_options: Any,
     ) -> Embedder:
         """Load a model by name.
@@ -74,6 +75,9 @@ class Embedder:
                 size (pixels within 0.14 in normalised units, cosine >= 0.9999 to the exact path). ``False`` for
                 exact parity.
             allow_mismatched_towers: pair a nomic vision tower with a text tower it was not trained against.
+            gpu_decode: nomic and aligned models: decode JPEGs and resize/crop on the model's device (nvJPEG on
+                CUDA; other files still go through the CPU loader). ``None`` (default) turns it on when the
+                image tower runs on CUDA; ``False`` keeps all decoding on the CPU.
             **text_options: passed to the nomic text encoder (e.g. ``matryoshka=True``,
                 ``rotary_scaling_factor=None``, ``max_length=2048``).
         """
@@ -82,10 +86,12 @@ class Embedder:
         dev = resolve_device(device)
         options = LoadOptions(device=dev, dtype=resolve_dtype(dtype, dev), cache_dir=cache_dir,
                               max_pixels=max_pixels, image_preprocessing=image_preprocessing, jpeg_draft=jpeg_draft,
-                              allow_mismatched_towers=allow_mismatched_towers, text_options=text_options)
+                              allow_mismatched_towers=allow_mismatched_towers, gpu_decode=gpu_decode,
+                              text_options=text_options)
         parsed = None if model is None else detect_family(parse_model_name(os.fspath(model), revision), cache_dir)
         loaded = load(parsed, options, text=None if text is None else os.fspath(text),
                       vision=None if vision is None else os.fspath(vision), revision=revision)
+        apply_gpu_decode(loaded.image, options.gpu_decode)
         return cls(loaded.text, loaded.image, scoring=loaded.scoring, info=loaded.info)
 
     @property

@@ -31,8 +31,16 @@ import numpy as np
 from .errors import IndexCorruptError, IndexMismatchError, InvalidInputError, MissingDependencyError
 from .imagefiles import IMAGE_EXTENSIONS, inside
 from .scanning import KnownFile, PendingFile, file_dims, scan_changes, sha256_file
-from .search import (SEARCH_CHUNK_ROWS, AnnCache, combine, duplicate_groups, exact_search, mix_terms, parse_query,
-                     use_ann)
+from .search import (
+    SEARCH_CHUNK_ROWS,
+    AnnCache,
+    combine,
+    duplicate_groups,
+    exact_search,
+    mix_terms,
+    parse_query,
+    use_ann,
+)
 from .utils import progress
 
 logger = logging.getLogger(__name__)

@@ -86,6 +86,7 @@ class LoadOptions:
     image_preprocessing: str | None = None
     jpeg_draft: bool = True
     allow_mismatched_towers: bool = False
+    gpu_decode: bool | None = None
     text_options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -310,3 +311,13 @@ def check_pairing(text_name: str, text_encoder: Any, vision_name: str) -> None:
             f"the vision model {vision_name} ({want}) was trained against nomic-embed-text-{want}, but the text "
             f"model {text_name} is {have}: their embeddings do not share a space. Load nomic-embed-text-{want}, "
             f"or pass allow_mismatched_towers=True")
+
+
+def apply_gpu_decode(image: Any, gpu_decode: bool | None) -> None:
+    """Pass ``gpu_decode`` to an image tower that supports it; asking another tower for it is an error."""
+    if image is None:
+        return
+    if hasattr(image, "jpeg_decoder"):
+        image.gpu_decode = gpu_decode
+    elif gpu_decode:
+        raise InvalidInputError(f"gpu_decode=True applies to nomic and aligned models, not to {type(image).__name__}")

@@ -218,8 +218,10 @@ class NomicTextEncoder(TokenTextEncoder):
 
     prefixes = NOMIC_TASK_PREFIXES
 
-    def __init__(self, model: NomicBertModel, tokenizer: Any, *, matryoshka: bool, max_length: int = 8192):
+    def __init__(self, model: NomicBertModel, tokenizer: Any, *, matryoshka: bool, max_length: int = 8192,
+                 unpadded: bool | None = None):
         self.model = model.eval()
+        self.unpadded = unpadded
         self.tokenizer = tokenizer
         self.config = model.config
         self.max_length = max_length
@@ -238,6 +240,7 @@ class NomicTextEncoder(TokenTextEncoder):
         matryoshka: bool | None = None,
         rotary_scaling_factor: float | None = 2.0,
         max_length: int = 8192,
+        unpadded: bool | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> NomicTextEncoder:
@@ -246,6 +249,7 @@ class NomicTextEncoder(TokenTextEncoder):
         ``matryoshka`` selects the v1.5 recipe; ``None`` infers it from the model name (``...-v1.5``).
         ``rotary_scaling_factor`` enables dynamic-NTK scaling past 2048 tokens (the model cards use 2);
         the config's own value wins when it sets one. ``None`` keeps the config's value.
+        ``unpadded`` runs each batch as packed sequences (no compute on padding); ``None``: on CUDA only.
         """
         from transformers import AutoTokenizer
 
@@ -262,14 +266,24 @@ class NomicTextEncoder(TokenTextEncoder):
         model.to(device=device, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         tokenizer.model_max_length = 1 << 30
-        return cls(model, tokenizer, matryoshka=matryoshka, max_length=max_length)
+        return cls(model, tokenizer, matryoshka=matryoshka, max_length=max_length, unpadded=unpadded)
 
     def _solo_length(self, n: int) -> bool:
         # Past max_trained_positions the rotary base depends on the padded length: never pad such a text.
         return bool(self.config.rotary_scaling_factor) and n > self.config.max_trained_positions
 
     def _hidden(self, input_ids, attention_mask):
-        return self.model(input_ids, attention_mask)
+        unpadded = self.unpadded if self.unpadded is not None else input_ids.device.type == "cuda"
+        keep = attention_mask.bool()
+        if not unpadded or bool(keep.all()):
+            return self.model(input_ids, attention_mask)
+        # unpadded: the right-padded batch packed end to end, run, and put back in place for pooling
+        lengths = keep.sum(1)
+        cu = F.pad(lengths.cumsum(0), (1, 0))
+        packed = self.model.forward_packed(input_ids[keep], cu, rotary_length=input_ids.shape[1])
+        hidden = packed.new_zeros(*input_ids.shape, packed.shape[-1])
+        hidden[keep] = packed
+        return hidden
 
     def _finish(self, pooled: torch.Tensor, dimensionality: int | None) -> torch.Tensor:
         if self.matryoshka:

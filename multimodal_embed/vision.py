@@ -82,6 +82,11 @@ class ImageEncoder(ModelHolder):
     def draft_size(self) -> tuple[int, int] | None:
         return None
 
+    def device_stage(self, batches: Iterator[list[tuple[int, Any]]], images: Sequence[ImageInput]
+                     ) -> Iterator[list[tuple[int, Any]]]:
+        """A stage between the decode workers and the model (GPU JPEG decode); none by default."""
+        return batches
+
     # -- shared ------------------------------------------------------------------------------------------
     def prepare(self, item: ImageInput, index: int) -> np.ndarray | dict[str, np.ndarray]:
         """Decode and preprocess one input (runs in worker threads; PIL releases the GIL)."""
@@ -154,7 +159,7 @@ class ImageEncoder(ModelHolder):
         indices: list[int] = []
         failures: list[ImageFailure] = []
         n_batches = (len(images) + batch_size - 1) // batch_size
-        batches = self._prepared(images, batch_size, workers)
+        batches = self.device_stage(self._prepared(images, batch_size, workers), images)
         with torch.inference_mode():
             for batch in progress(batches, show_progress, desc="embed images", unit="batch", total=n_batches):
                 good = []
@@ -192,11 +197,42 @@ class PreprocessorImageEncoder(ImageEncoder):
     max_aspect_ratio = None
 
     def __init__(self, model: torch.nn.Module, preprocessor: ImagePreprocessor, dim: int, *,
-                 max_pixels: int | None, jpeg_draft: bool = True):
+                 max_pixels: int | None, jpeg_draft: bool = True, gpu_decode: bool | None = None):
         super().__init__(max_pixels=max_pixels, jpeg_draft=jpeg_draft)
         self.model = model.eval()
         self.preprocessor = preprocessor
         self.dim = int(dim)
+        self.gpu_decode = gpu_decode
+        self._jpeg = None
+
+    # -- JPEG decode on the model's device (multimodal_embed/gpu_decode.py) ---------------------------------
+    def jpeg_decoder(self):
+        """The device JPEG decoder when ``gpu_decode`` is on (``None``: on when the model is on CUDA), else None."""
+        from . import gpu_decode
+
+        on = self.gpu_decode
+        if on is None:
+            on = self.device.type == "cuda" and self.preprocessor.resample == 3 and gpu_decode.torchvision_available()
+        if not on:
+            return None
+        if self._jpeg is None or self._jpeg.device != self.device:
+            self._jpeg = gpu_decode.JpegDeviceDecoder(self.preprocessor, self.device, max_pixels=self.max_pixels)
+        return self._jpeg
+
+    def prepare(self, item: ImageInput, index: int) -> Any:
+        decoder = self.jpeg_decoder()
+        if decoder is None:
+            return super().prepare(item, index)
+        return decoder.route(item, index, super().prepare)
+
+    def device_stage(self, batches, images):
+        decoder = self.jpeg_decoder()
+        return batches if decoder is None else decoder.stage(batches, images, super().prepare)
+
+    def collate(self, items: list[Any]) -> torch.Tensor:
+        if not any(isinstance(x, torch.Tensor) for x in items):
+            return super().collate(items)
+        return torch.stack([torch.as_tensor(x).to(self.device) for x in items])
 
     def draft_size(self) -> tuple[int, int] | None:
         return self.preprocessor.draft_size() if self.preprocessor.do_resize else None
@@ -212,9 +248,9 @@ class NomicVisionEncoder(PreprocessorImageEncoder):
     """nomic-embed-vision v1 / v1.5 with its preprocessing."""
 
     def __init__(self, model: NomicVisionModel, preprocessor: ImagePreprocessor, *, max_pixels: int | None,
-                 jpeg_draft: bool = True):
+                 jpeg_draft: bool = True, gpu_decode: bool | None = None):
         super().__init__(model, preprocessor, model.config.hidden_size, max_pixels=max_pixels,
-                         jpeg_draft=jpeg_draft)
+                         jpeg_draft=jpeg_draft, gpu_decode=gpu_decode)
 
     @classmethod
     def from_folder(
@@ -225,6 +261,7 @@ class NomicVisionEncoder(PreprocessorImageEncoder):
         preprocessing: str | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         jpeg_draft: bool = True,
+        gpu_decode: bool | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> NomicVisionEncoder:
@@ -232,6 +269,7 @@ class NomicVisionEncoder(PreprocessorImageEncoder):
 
         ``jpeg_draft`` decodes large JPEGs at a reduced DCT scale that keeps 2x the resize target (pixel values
         within 0.14 of the exact path, in normalised units; see benchmarks/RESULTS.md); pass ``False`` for parity.
+        ``gpu_decode`` decodes JPEGs on the model's device (``None``: when it is CUDA; see gpu_decode.py).
         """
         folder = Path(folder)
         config = NomicVisionConfig.from_hf_dict(json.loads((folder / "config.json").read_text()))
@@ -239,7 +277,7 @@ class NomicVisionEncoder(PreprocessorImageEncoder):
         load_converted(model, convert_state_dict(load_safetensors(folder)), what=str(name or folder))
         model.to(device=device, dtype=dtype)
         return cls(model, ImagePreprocessor.from_folder(folder, preprocessing), max_pixels=max_pixels,
-                   jpeg_draft=jpeg_draft)
+                   jpeg_draft=jpeg_draft, gpu_decode=gpu_decode)
 
 def nomic_tower_version(name: str) -> str | None:
     """'v1.5', 'v1' or None, from a model name such as nomic-ai/nomic-embed-vision-v1.5."""

@@ -92,9 +92,9 @@ def load_hf_contrastive(
 
 
 class HFTextEncoder(ContextTextEncoder):
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, family: str, *, scoring: Scoring = Scoring()):
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, family: str, *, scoring: Scoring | None = None):
         self.model = model
-        self.scoring = scoring
+        self.scoring = scoring or Scoring()
         self.tokenizer = tokenizer
         self.family = family
         text_cfg = model.config.text_config

@@ -124,10 +124,10 @@ def load_open_clip(
 
 
 class OpenClipTextEncoder(ContextTextEncoder):
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, scoring: Scoring = Scoring()):
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, scoring: Scoring | None = None):
         self.model = model
         self.tokenizer = tokenizer
-        self.scoring = scoring
+        self.scoring = scoring or Scoring()
         self.max_length = int(getattr(tokenizer, "context_length", None) or 77)
         with torch.inference_mode():
             probe = model.encode_text(tokenizer(["probe"]).to(next(model.parameters()).device))
