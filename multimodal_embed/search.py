@@ -135,7 +135,7 @@ class AnnCache:
         return ivf
 
 
-DUP_CHUNK_PAIRS = 1 << 22  # similarity entries per chunk in duplicate_groups: bounded memory (16 MiB of float32)
+DUP_CHUNK_PAIRS = 1 << 20  # similarity entries per chunk in duplicate_groups: bounded memory (~50 MiB at most)
 
 
 def duplicate_groups(paths: list[str], mat: np.ndarray, threshold: float) -> list[list[str]]:
@@ -148,7 +148,7 @@ def duplicate_groups(paths: list[str], mat: np.ndarray, threshold: float) -> lis
     label = np.arange(n, dtype=np.int64)
     if n < 2:
         return []
-    step = max(1, DUP_CHUNK_PAIRS // n)
+    step = max(16, DUP_CHUNK_PAIRS // n)
     for start in range(0, n, step):
         stop = min(n, start + step)
         label = _flatten(label)

@@ -13,7 +13,7 @@ from multimodal_embed.errors import InvalidInputError
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # a Ray instance
-from multimodal_embed.distributed import embed_dataset, read_shards  # noqa: E402
+from multimodal_embed.distributed import embed_dataset, read_shards
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from multimodal_embed import Embedder, ImageIndex
-from multimodal_embed.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, main
+from multimodal_embed.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
 from multimodal_embed.errors import IndexCorruptError
 from multimodal_embed.imagefiles import list_images, printable
 from multimodal_embed.index import query_kind
@@ -67,7 +67,7 @@ def test_bad_name_and_vanished_files_do_not_stop_the_rest(emb, tmp_path, monkeyp
     shutil.copy(SAMPLE / "cat.jpg", raw)
     vanishing = folder / "vanishing.jpg"
     shutil.copy(SAMPLE / "cat.jpg", vanishing)
-    import multimodal_embed.scanning as scanning
+    from multimodal_embed import scanning
 
     real_hash = scanning.sha256_file
 
@@ -147,10 +147,9 @@ def test_damaged_index_is_index_corrupt_error(index_file, how, capsys):
     conn.execute("PRAGMA journal_mode=DELETE")  # everything in the main file
     conn.close()
     _damage(index_file, how)
-    with pytest.raises(IndexCorruptError, match=str(index_file)):
-        with ImageIndex.open(index_file) as idx:
-            idx.vectors()
-            idx.roots  # noqa: B018
+    with pytest.raises(IndexCorruptError, match=str(index_file)), ImageIndex.open(index_file) as idx:
+        idx.vectors()
+        idx.roots  # noqa: B018
     assert main(["search", str(index_file), "a cat"]) == EXIT_ERROR
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(index_file) in err and "Traceback" not in err
@@ -217,7 +216,7 @@ def test_output_is_replaced_atomically(fixtures_dir, tmp_path, monkeypatch, caps
     out = tmp_path / f"out{suffix}"
     assert main(["embed", "--model", model, "--text", "a cat", "-o", str(out)]) == EXIT_OK
     old = out.read_bytes()
-    import multimodal_embed.cli as cli
+    from multimodal_embed import cli
 
     real_fsync = os.fsync
 
@@ -300,7 +299,7 @@ def _naive_groups(paths, mat, threshold):
 
 @pytest.mark.parametrize("chunk", [1, 7, 1 << 22])
 def test_duplicate_groups_match_the_pairwise_definition(monkeypatch, chunk):
-    import multimodal_embed.search as search
+    from multimodal_embed import search
 
     monkeypatch.setattr(search, "DUP_CHUNK_PAIRS", chunk)
     rng = np.random.default_rng(0)
