@@ -85,10 +85,12 @@ def _load(name: str, args: argparse.Namespace) -> Any:
     return Embedder.from_pretrained(name, **kwargs)
 
 
-def _image_paths(items: Sequence[str]) -> list[str]:
+def _image_paths(items: Sequence[str], skipped: list[tuple[str, str]] | None = None) -> list[str]:
+    """Files and folders' images; files a folder holds but that are not read (special files, names that are
+    not UTF-8) go to ``skipped`` when given, else to a logged warning."""
     from .imagefiles import list_image_paths
 
-    return list_image_paths(items)
+    return list_image_paths(items, on_skip=None if skipped is None else (lambda p, r: skipped.append((p, r))))
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
@@ -140,12 +142,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
         return _embed_on_ray(args)
     if args.output and args.output != "-" and not args.output.endswith((".jsonl", ".npy", ".parquet")):
         raise UsageError(f"unknown output format for {args.output!r}: use .npy, .jsonl or .parquet")
-    texts, images = _read_texts(args), _image_paths(args.images or [])
-    if not texts and not images:
+    skipped: list[tuple[str, str]] = []
+    texts, images = _read_texts(args), _image_paths(args.images or [], skipped)
+    for path, reason in skipped:
+        print(f"mmembed: failed: {printable(path)}: {reason}", file=sys.stderr)
+    if not texts and not images and not skipped:
         raise UsageError("mmembed embed: give --text, --text-file (- for stdin) or --images")
     emb = _load(args.model, args)
     _check_dim(emb, args.dim)
-    rows, vecs, status = [], [], EXIT_OK
+    rows, vecs, status = [], [], (EXIT_PARTIAL if skipped else EXIT_OK)
     if texts:
         v = emb.embed_text(texts, task=args.task, dimensionality=args.dim, long_text=args.long_text)
         rows += [{"kind": "text", "text": t} for t in texts]
@@ -157,7 +162,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
                     if args.dim else res.vectors)
         for f in res.failures:
             print(f"mmembed: failed: {printable(f.item)}: {printable(f.reason)}", file=sys.stderr)
-        status = EXIT_PARTIAL if res.failures else EXIT_OK
+        status = EXIT_PARTIAL if res.failures or skipped else EXIT_OK
     _write_rows(rows, np.concatenate(vecs) if vecs else np.zeros((0, emb.dim), np.float32), args.output)
     return status
 

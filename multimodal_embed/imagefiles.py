@@ -116,29 +116,32 @@ def iter_images(
             yield path, st
 
 
-def list_images(root: str | os.PathLike, *, recursive: bool = True) -> list[str]:
+def list_images(root: str | os.PathLike, *, recursive: bool = True,
+                on_skip: Callable[[str, str], None] | None = None) -> list[str]:
     """Every regular image file under ``root`` (``~`` expanded; linked folders not entered), sorted by path:
-    a stable order, so row ``i`` of a listing is the same file on every run."""
-    return [str(p) for p in list_image_files(root, recursive=recursive)]
+    a stable order, so row ``i`` of a listing is the same file on every run. Special files and names that are
+    not UTF-8 go to ``on_skip(path, reason)`` (default: a logged warning)."""
+    return [str(p) for p in list_image_files(root, recursive=recursive, on_skip=on_skip)]
 
 
-def list_image_files(root: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
+def list_image_files(root: str | os.PathLike, *, recursive: bool = True,
+                     on_skip: Callable[[str, str], None] | None = None) -> list[Path]:
     """:func:`list_images` as :class:`~pathlib.Path` objects, sorted part by part (the order ``align.load_pairs``
     uses for its folders of captioned or class-sorted images)."""
     top = os.path.expanduser(os.fspath(root))
-    return sorted(Path(path) for path, _ in iter_images(top, recursive=recursive, on_skip=_log_skip))
+    return sorted(Path(path) for path, _ in iter_images(top, recursive=recursive, on_skip=on_skip or _log_skip))
 
 
 def _log_skip(path: str, reason: str) -> None:
     logger.warning("skipped %s: %s", printable(path), reason)
 
 
-def list_image_paths(items: Sequence[str]) -> list[str]:
+def list_image_paths(items: Sequence[str], on_skip: Callable[[str, str], None] | None = None) -> list[str]:
     """Folders expanded to their images (:func:`list_images`); anything else kept as given, in order."""
     out: list[str] = []
     for item in items:
         if Path(item).expanduser().is_dir():
-            out += list_images(item)
+            out += list_images(item, on_skip=on_skip)
         else:
             out.append(item)
     return out

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from multimodal_embed import Embedder, ImageIndex
-from multimodal_embed.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
+from multimodal_embed.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, main
 from multimodal_embed.errors import IndexCorruptError
 from multimodal_embed.imagefiles import list_images, printable
 from multimodal_embed.index import query_kind
@@ -324,3 +324,14 @@ def test_duplicate_groups_of_8k_near_identical_vectors_finish():
 def test_printable_escapes_controls():
     assert printable("a\nb\r\x1b\\\udcff") == "a\\nb\\r\\x1b\\\\\\udcff"
     assert json.dumps(printable("é")) == '"\\u00e9"'
+
+
+def test_embed_folder_reports_bad_names_and_fifos_and_keeps_the_rest(fixtures_dir, tmp_path, capsys):
+    folder = _gallery(tmp_path, 2)
+    shutil.copy(SAMPLE / "cat.jpg", os.path.join(os.fsencode(folder), b"bad\xffname.jpg"))
+    os.mkfifo(folder / "pipe.png")
+    code = main(["embed", "--model", str(fixtures_dir / "vision-v1.5-tiny"), "--images", str(folder)])
+    captured = capsys.readouterr()
+    assert code == EXIT_PARTIAL
+    assert len(captured.out.splitlines()) == 2
+    assert "bad\\udcffname.jpg" in captured.err and "pipe.png" in captured.err
