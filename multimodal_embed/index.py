@@ -428,8 +428,13 @@ class ImageIndex:
                         report.skipped_outside.append(path)
                         continue
                     ok = status[i] == "ok" and vectors[i] is not None and len(vectors[i]) == self.dim
-                    self._record(path, root_real, os.stat(path), sha256_file(path), file_dims(path),
-                                 vectors[i] if ok else None, errors[i] or "no vector", report)
+                    try:
+                        st, sha = os.stat(path), sha256_file(path)  # only regular files are read
+                    except OSError as exc:
+                        report.failed.append((path, f"cannot read: {exc.strerror or exc}"))
+                        continue
+                    self._record(path, root_real, st, sha, file_dims(path), vectors[i] if ok else None,
+                                 errors[i] or "no vector", report)
             self._cache = None
         return report
 
