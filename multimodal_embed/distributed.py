@@ -7,8 +7,14 @@ The input (a folder or glob of images, or a Parquet/JSONL of image paths/URLs or
 into shards of ``shard_rows`` consecutive rows. Ray Data maps the shards over a pool of actors
 (``map_batches`` with a class: one model load per actor, CPU/GPU resources per actor); each actor decodes with
 this project's robust loader, embeds, and writes ``part-NNNNN.parquet`` atomically with the columns
-(id, path or text, vector, status, error). Bad items are rows with their error, never a failed job. A re-run skips
-shards already written, so a killed job loses at most the shards in flight. ``ImageIndex.add_embeddings`` ingests
+(id, path or text, vector, status, error). Bad items are rows with their error, never a failed job.
+
+Resuming: each shard records (in its Parquet schema) a digest of the items it was made from and of the settings
+(model, kind, task, first row); ``manifest.json`` in the output folder records the model request and the
+listing. A re-run skips only shards whose recorded digest matches the current listing, recomputes the others
+(a file added that sorts first shifts every shard: all are recomputed), removes shards past the new end, and
+refuses an output folder made with another model, kind or task, or holding shards without a manifest. A
+killed job loses at most the shards in flight. ``ImageIndex.add_embeddings`` ingests
 the shards without re-embedding. Nothing here imports Ray until it is used (``pip install
 'multimodal-embed[distributed]'``).
 """
@@ -27,7 +33,17 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError, MissingDependencyError
-from .shards import read_shards, shard_path, shard_table, write_parquet
+from .shards import (
+    SHARD_INPUT_KEY,
+    read_shards,
+    shard_input_digest,
+    shard_input_of,
+    shard_path,
+    shard_table,
+    write_parquet,
+)
+
+MANIFEST = "manifest.json"
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +57,8 @@ class DistributedReport:
     errors: int
     seconds: float
     files: list[str] = field(default_factory=list)
+    shards_recomputed: int = 0  # existing shards whose input changed
+    shards_removed: int = 0  # shards past the end of a shorter listing
 
 
 def list_inputs(source: str | os.PathLike, kind: str = "auto") -> tuple[str, list[str]]:
@@ -98,15 +116,15 @@ class _ShardActor:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, list] = {"shard": [], "rows": [], "errors": []}
-        for shard, start, items_json in zip(batch["shard"], batch["start"], batch["items"]):
+        for shard, start, items_json, digest in zip(batch["shard"], batch["start"], batch["items"], batch["input"]):
             items = json.loads(items_json)
-            rows, errors = self.write_shard(int(shard), int(start), items)
+            rows, errors = self.write_shard(int(shard), int(start), items, str(digest))
             out["shard"].append(int(shard))
             out["rows"].append(rows)
             out["errors"].append(errors)
         return {k: np.asarray(v) for k, v in out.items()}
 
-    def write_shard(self, shard: int, start: int, items: list[str]) -> tuple[int, int]:
+    def write_shard(self, shard: int, start: int, items: list[str], digest: str) -> tuple[int, int]:
         vectors = np.zeros((len(items), self.embedder.dim), dtype=np.float32)
         status = ["ok"] * len(items)
         error: list[str | None] = [None] * len(items)
@@ -119,7 +137,7 @@ class _ShardActor:
             for f in res.failures:
                 status[f.index], error[f.index] = "error", f.reason
         write_parquet(shard_table(start, self.kind, items, vectors, status, error), shard_path(self.out_dir, shard),
-                      identity=self.identity)
+                      identity=self.identity, metadata={SHARD_INPUT_KEY: digest})
         return len(items), status.count("error")
 
 
@@ -151,16 +169,34 @@ def embed_dataset(
     kind, items = list_inputs(source, kind)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    text_task = task if task is not None else ("search_document" if kind == "texts" else None)
+    request = {"model": model, "model_kwargs": model_kwargs or {}, "kind": kind, "task": text_task}
+    _check_manifest(out, request)
     starts = list(range(0, len(items), shard_rows))
-    todo = [(k, s) for k, s in enumerate(starts) if not shard_path(out, k).is_file()]
-    report = DistributedReport(len(starts), 0, len(starts) - len(todo), 0, 0, 0.0)
+    digests = [shard_input_digest(items[s:s + shard_rows], {**request, "start": s}) for s in starts]
+    todo, recomputed = [], 0
+    for k, s in enumerate(starts):
+        path = shard_path(out, k)
+        if path.is_file() and shard_input_of(path) == digests[k]:
+            continue
+        recomputed += path.is_file()
+        todo.append((k, s))
+    stale = [p for p in out.glob("part-*.parquet") if (_shard_number(p) or 0) >= len(starts)]
+    _write_manifest(out, request, shard_rows, starts, digests, len(items))
+    for p in stale:  # past the end of a shorter listing: their rows would be read twice
+        p.unlink()
+    report = DistributedReport(len(starts), 0, len(starts) - len(todo), 0, 0, 0.0, shards_recomputed=recomputed,
+                               shards_removed=len(stale))
+    if recomputed or stale:
+        logger.warning("%s: the input listing changed since the last run: recomputing %d shards, removing %d",
+                       out, recomputed, len(stale))
     if todo:
         if not ray.is_initialized():
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
                      include_dashboard=False, configure_logging=False)
-        rows = [{"shard": k, "start": s, "items": json.dumps(items[s:s + shard_rows])} for k, s in todo]
+        rows = [{"shard": k, "start": s, "items": json.dumps(items[s:s + shard_rows]), "input": digests[k]}
+                for k, s in todo]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        text_task = task if task is not None else ("search_document" if kind == "texts" else None)
         results = ds.map_batches(
             _ShardActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=num_cpus_per_actor,
             num_gpus=num_gpus_per_actor or None,
@@ -175,6 +211,50 @@ def embed_dataset(
     report.seconds = round(time.perf_counter() - t0, 2)
     logger.info("embed_dataset: %s", report)
     return report
+
+
+def _shard_number(path: Path) -> int | None:
+    try:
+        return int(path.stem.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _check_manifest(out: Path, request: dict[str, Any]) -> None:
+    """Refuse an output folder made with other settings, or holding shards this module cannot vouch for."""
+    manifest = out / MANIFEST
+    has_shards = any(out.glob("part-*.parquet"))
+    if not manifest.is_file():
+        if has_shards:
+            raise InvalidInputError(f"{out} holds shards but no {MANIFEST}, so what they were made from is unknown; "
+                                    f"use an empty output folder (or remove the shards)")
+        return
+    try:
+        recorded = json.loads(manifest.read_text(encoding="utf-8"))["request"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidInputError(f"{manifest} is damaged ({exc}); use an empty output folder") from None
+    diff = sorted(k for k in request if recorded.get(k) != request[k])
+    if diff and has_shards:
+        raise InvalidInputError(
+            f"{out} holds shards made with {', '.join(f'{k}={recorded.get(k)!r}' for k in diff)}; this run asks "
+            f"for {', '.join(f'{k}={request[k]!r}' for k in diff)}. Use another output folder, or remove it")
+
+
+def _write_manifest(out: Path, request: dict[str, Any], shard_rows: int, starts: list[int], digests: list[str],
+                    rows: int) -> None:
+    import tempfile
+
+    body = {"version": 1, "request": request, "rows": rows, "shard_rows": shard_rows,
+            "shards": [{"file": shard_path(out, k).name, "start": s, "input": d}
+                       for k, (s, d) in enumerate(zip(starts, digests))]}
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=str(out))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(body, fh, indent=1, sort_keys=True)
+        os.replace(tmp, out / MANIFEST)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 __all__ = ["DistributedReport", "embed_dataset", "list_inputs", "read_shards"]

@@ -7,12 +7,17 @@ lister, ``ZeroShotClassifier.evaluate``) goes through :func:`list_images`, so a 
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["IMAGE_EXTENSIONS", "is_image_name", "iter_images", "list_image_files", "list_image_paths", "list_images"]
+__all__ = ["IMAGE_EXTENSIONS", "is_image_name", "iter_images", "list_image_files", "list_image_paths", "list_images",
+           "printable", "utf8_name"]
+
+logger = logging.getLogger(__name__)
+NOT_REGULAR = "not a regular file (FIFO, device, socket or a link to one)"
 
 # what Pillow (with pillow-avif / pillow-heif where installed) can open; lower case, with the dot
 IMAGE_EXTENSIONS = frozenset({
@@ -27,6 +32,33 @@ def is_image_name(name: str | os.PathLike) -> bool:
     return os.path.splitext(os.fspath(name))[1].lower() in IMAGE_EXTENSIONS
 
 
+def printable(path: str | os.PathLike) -> str:
+    """A file name safe to print on one line: control characters (newlines included), backslashes and bytes that
+    are not UTF-8 are escaped (``\\n``, ``\\x1b``, ``\\udcff``), so a name cannot forge output lines."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0 or 0xD800 <= code < 0xE000 or ch in "\u2028\u2029":
+            out.append(ch.encode("unicode_escape").decode("ascii") if code < 0xD800 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def utf8_name(path: str) -> bool:
+    """Whether a path (as ``os`` returns it, undecodable bytes as surrogates) is valid UTF-8 text."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def inside(path: str, root: str) -> bool:
     """Whether ``path`` (already resolved) lies in ``root`` (already resolved)."""
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
@@ -39,12 +71,15 @@ def iter_images(
     follow_symlinks: bool = False,
     contain: bool = False,
     on_outside: Callable[[str], None] | None = None,
+    on_skip: Callable[[str, str], None] | None = None,
 ) -> Iterator[tuple[str, os.stat_result]]:
-    """``(path, stat)`` of each image file under ``root``, folder by folder in sorted name order.
+    """``(path, stat)`` of each regular image file under ``root``, folder by folder in sorted name order.
 
     ``follow_symlinks`` enters linked folders. ``contain=True`` keeps the walk inside ``root``'s real path:
     linked folders leaving it are not entered, and linked files leaving it go to ``on_outside`` instead of
-    being yielded. Entries that vanish or cannot be stat-ed while walking are left out.
+    being yielded. Only regular files are yielded (after following a link): FIFOs, devices, sockets (and links
+    to them, e.g. to ``/dev/zero``) go to ``on_skip(path, reason)``, as do names that are not valid UTF-8 and
+    entries that cannot be stat-ed; entries that vanish while walking are left out silently.
     """
     top = os.fspath(root)
     real_root = os.path.realpath(top)
@@ -64,30 +99,49 @@ def iter_images(
                 continue
             try:
                 st = os.stat(path)
-            except OSError:
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if on_skip is not None:
+                    on_skip(path, f"cannot stat: {exc.strerror or exc}")
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                if on_skip is not None:
+                    on_skip(path, NOT_REGULAR)
+                continue
+            if not utf8_name(path):
+                if on_skip is not None:
+                    on_skip(path, "the file name is not valid UTF-8")
                 continue
             yield path, st
 
 
-def list_images(root: str | os.PathLike, *, recursive: bool = True) -> list[str]:
+def list_images(root: str | os.PathLike, *, recursive: bool = True,
+                on_skip: Callable[[str, str], None] | None = None) -> list[str]:
     """Every regular image file under ``root`` (``~`` expanded; linked folders not entered), sorted by path:
-    a stable order, so row ``i`` of a listing is the same file on every run."""
-    return [str(p) for p in list_image_files(root, recursive=recursive)]
+    a stable order, so row ``i`` of a listing is the same file on every run. Special files and names that are
+    not UTF-8 go to ``on_skip(path, reason)`` (default: a logged warning)."""
+    return [str(p) for p in list_image_files(root, recursive=recursive, on_skip=on_skip)]
 
 
-def list_image_files(root: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
+def list_image_files(root: str | os.PathLike, *, recursive: bool = True,
+                     on_skip: Callable[[str, str], None] | None = None) -> list[Path]:
     """:func:`list_images` as :class:`~pathlib.Path` objects, sorted part by part (the order ``align.load_pairs``
     uses for its folders of captioned or class-sorted images)."""
     top = os.path.expanduser(os.fspath(root))
-    return sorted(Path(path) for path, st in iter_images(top, recursive=recursive) if stat.S_ISREG(st.st_mode))
+    return sorted(Path(path) for path, _ in iter_images(top, recursive=recursive, on_skip=on_skip or _log_skip))
 
 
-def list_image_paths(items: Sequence[str]) -> list[str]:
+def _log_skip(path: str, reason: str) -> None:
+    logger.warning("skipped %s: %s", printable(path), reason)
+
+
+def list_image_paths(items: Sequence[str], on_skip: Callable[[str, str], None] | None = None) -> list[str]:
     """Folders expanded to their images (:func:`list_images`); anything else kept as given, in order."""
     out: list[str] = []
     for item in items:
         if Path(item).expanduser().is_dir():
-            out += list_images(item)
+            out += list_images(item, on_skip=on_skip)
         else:
             out.append(item)
     return out

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import IndexCorruptError, IndexMismatchError, InvalidInputError, MissingDependencyError
-from .imagefiles import IMAGE_EXTENSIONS, inside
+from .imagefiles import IMAGE_EXTENSIONS, inside, is_image_name
 from .scanning import KnownFile, PendingFile, file_dims, scan_changes, sha256_file
 from .search import (
     SEARCH_CHUNK_ROWS,
@@ -82,10 +82,12 @@ class IndexReport:
     removed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), this run
     skipped_outside: list[str] = field(default_factory=list)  # symlinks leaving the folder
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): FIFOs, devices: never read
 
     def __str__(self) -> str:
         return (f"embedded {self.embedded}, unchanged {self.unchanged}, moved {self.moved}, copied {self.copied}, "
-                f"removed {self.removed}, failed {len(self.failed)}")
+                f"removed {self.removed}, failed {len(self.failed)}"
+                + (f", skipped {len(self.skipped)}" if self.skipped else ""))
 
 
 @dataclass(frozen=True)
@@ -99,13 +101,52 @@ class SearchHit:
     sha256: str
 
 
+PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
+
+
+def query_kind(term: str) -> str:
+    """What a string query term is: ``"url"``, ``"path"`` or ``"text"``; the one rule :meth:`ImageIndex.search` uses.
+
+    * ``http://`` / ``https://`` (any case) is a URL (fetched as an image); another ``scheme://`` raises
+      :class:`InvalidInputError` (see :func:`multimodal_embed.images.source_kind`);
+    * a path is *marked*: it starts with ``/``, ``./``, ``../`` or ``~``, or ends with an image extension, and it
+      names an existing file: then it is an image;
+    * everything else is text, even when a file of that name exists (``red`` is the word red). Write ``./red``
+      to search by such a file.
+    """
+    from .images import source_kind
+
+    if source_kind(term) == "url":
+        return "url"
+    marked = term.startswith(PATH_PREFIXES) or is_image_name(term)
+    if marked and os.path.isfile(os.path.expanduser(term)):
+        return "path"
+    return "text"
+
+
 def _locked(method: Callable) -> Callable:
+    """Serialise on the index's lock, and report a damaged file as :class:`IndexCorruptError` naming it."""
     @wraps(method)
     def wrapper(self: ImageIndex, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                raise _corrupt(self.path, exc) from None
 
     return wrapper
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _corrupt(path: Path, exc: BaseException) -> Exception:
+    """A SQLite error while reading ``path``: corruption, unless it is a lock or a full disk (raised as is)."""
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.OperationalError) and any(w in text for w in ("locked", "busy", "disk is full",
+                                                                             "readonly", "unable to open")):
+        return exc
+    return IndexCorruptError(f"{path} is damaged or not an image index: {exc}")
 
 
 class ImageIndex:
@@ -158,20 +199,33 @@ class ImageIndex:
     @classmethod
     def open(cls, path: str | os.PathLike, embedder: Any = None) -> ImageIndex:
         """Open an index. Without ``embedder`` the recorded model is loaded when a text or image query needs it;
-        with one, it must be the model that built the index."""
+        with one, it must be the model that built the index.
+
+        The file is checked before anything is written to it: a file that is not SQLite, a SQLite file that is
+        not an image index (left untouched, not even switched to WAL), a damaged header, meta table or model
+        record raise :class:`IndexCorruptError` naming the file."""
         path = Path(path).expanduser()
         if not path.is_file():
             raise InvalidInputError(f"{path} is not an image index (no such file)")
-        conn = cls._connect(path)
         try:
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            with open(path, "rb") as fh:
+                head = fh.read(len(_SQLITE_MAGIC))
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if head != _SQLITE_MAGIC:
+            raise IndexCorruptError(f"{path} is not an image index (not a SQLite file, or its header is damaged)")
+        meta = cls._read_meta(path)
+        try:
+            identity = json.loads(meta["model"])
+            json.loads(meta["roots"])
+            if not isinstance(identity, dict) or int(identity["dim"]) < 1:
+                raise ValueError("no model dimension")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexCorruptError(f"{path}: the model record in its meta table is damaged ({exc!r})") from None
+        try:
+            conn = cls._connect(path)
         except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise IndexCorruptError(f"{path} is not a readable image index: {exc}") from None
-        if int(meta.get("schema_version", -1)) != SCHEMA_VERSION:
-            conn.close()
-            raise IndexCorruptError(f"{path}: unsupported schema version {meta.get('schema_version')}")
-        identity = json.loads(meta["model"])
+            raise _corrupt(path, exc) from None
         if embedder is not None:
             mine = embedder.identity()
             if mine != identity:
@@ -182,6 +236,27 @@ class ImageIndex:
                     f"{identity.get('dim')}); the given model differs in {diff}. Open it without a model to load "
                     f"the recorded one, or build a new index.")
         return cls(path, conn, identity, embedder)
+
+    @staticmethod
+    def _read_meta(path: Path) -> dict[str, str]:
+        """The meta table, read through a read-only connection (nothing is written to a foreign file)."""
+        try:
+            ro = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+        except sqlite3.DatabaseError as exc:
+            raise _corrupt(path, exc) from None
+        try:
+            tables = {r[0] for r in ro.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"meta", "files", "vectors"} <= tables:
+                raise IndexCorruptError(f"{path} is a SQLite file but not an image index (tables: "
+                                        f"{', '.join(sorted(tables)) or 'none'}); it was not modified")
+            meta = dict(ro.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise _corrupt(path, exc) from None
+        finally:
+            ro.close()
+        if str(meta.get("schema_version")) != str(SCHEMA_VERSION):
+            raise IndexCorruptError(f"{path}: unsupported or missing schema version {meta.get('schema_version')!r}")
+        return meta
 
     def close(self) -> None:
         self.conn.close()
@@ -203,7 +278,14 @@ class ImageIndex:
 
     @property
     def roots(self) -> list[str]:
-        return json.loads(self.conn.execute("SELECT value FROM meta WHERE key = 'roots'").fetchone()[0])
+        """The real paths of the folders added to this index (as recorded in the file)."""
+        try:
+            roots = json.loads(self.conn.execute("SELECT value FROM meta WHERE key = 'roots'").fetchone()[0])
+            if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
+                raise ValueError("not a list of paths")
+        except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
+            raise IndexCorruptError(f"{self.path}: the folder list in its meta table is damaged ({exc})") from None
+        return roots
 
     @_locked
     def __len__(self) -> int:
@@ -228,6 +310,9 @@ class ImageIndex:
         changes = scan_changes(root, self._known(root), follow_symlinks=follow_symlinks,
                                on_outside=report.skipped_outside.append)
         report.unchanged += changes.unchanged
+        report.skipped += changes.skipped
+        report.failed += changes.failed
+        self._record_unreadable(root, changes.unreadable, report)
         self._refresh_stats(changes.touched)
         to_embed = self._reuse_vectors(root, changes.pending, changes.gone, report)
         self._remove(changes.gone, report)
@@ -240,6 +325,17 @@ class ImageIndex:
     def _known(self, root: str) -> dict[str, KnownFile]:
         return {row[0]: KnownFile(*row[1:]) for row in self.conn.execute(
             "SELECT path, id, size, mtime_ns, sha256 FROM files WHERE root = ?", (root,))}
+
+    def _record_unreadable(self, root: str, unreadable: list[tuple[str, os.stat_result, str]],
+                           report: IndexReport) -> None:
+        """Files that could not be read: recorded as failed with an empty hash, so the next run retries them."""
+        if not unreadable:
+            return
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for path, st, reason in unreadable:
+                self._record(path, root, st, "", (None, None), None, reason, report)
+        self._cache = None
 
     def _refresh_stats(self, touched: list[tuple[int, os.stat_result]]) -> None:
         """Touched files (same content): record the new size and mtime, keep the result."""
@@ -332,8 +428,13 @@ class ImageIndex:
                         report.skipped_outside.append(path)
                         continue
                     ok = status[i] == "ok" and vectors[i] is not None and len(vectors[i]) == self.dim
-                    self._record(path, root_real, os.stat(path), sha256_file(path), file_dims(path),
-                                 vectors[i] if ok else None, errors[i] or "no vector", report)
+                    try:
+                        st, sha = os.stat(path), sha256_file(path)  # only regular files are read
+                    except OSError as exc:
+                        report.failed.append((path, f"cannot read: {exc.strerror or exc}"))
+                        continue
+                    self._record(path, root_real, st, sha, file_dims(path), vectors[i] if ok else None,
+                                 errors[i] or "no vector", report)
             self._cache = None
         return report
 
@@ -389,30 +490,32 @@ class ImageIndex:
         self._cache = (version, ids, paths, mat)
         return ids, paths, mat
 
-    def _term_vector(self, item: Any) -> np.ndarray:
+    def _term_vector(self, item: Any, texts_only: bool = False) -> np.ndarray:
         if isinstance(item, np.ndarray):
             v = item.astype(np.float32).reshape(-1)
             if v.shape[0] != self.dim:
                 raise InvalidInputError(f"query vector has dimension {v.shape[0]}, the index {self.dim}")
             return v
-        if isinstance(item, str) and not (os.path.isfile(os.path.expanduser(item))
-                                          or item.startswith(("http://", "https://"))):
+        if isinstance(item, str) and (texts_only or query_kind(item) == "text"):
             emb = self.embedder
             return emb.embed_text([item], task=emb.query_task, show_progress=False)[0]
-        return self.embedder.embed_images([os.path.expanduser(item) if isinstance(item, str) else item],
-                                          show_progress=False)[0]
+        if isinstance(item, str) and query_kind(item) == "path":
+            item = os.path.expanduser(item)
+        return self.embedder.embed_images([item], show_progress=False)[0]
 
     @_locked
-    def query_vector(self, query: Any) -> np.ndarray:
+    def query_vector(self, query: Any, *, texts_only: bool = False) -> np.ndarray:
         """The unit query vector: text (with the model's query prefix), an image (path, PIL, bytes), a vector,
         a list of ``(weight, item)`` pairs, or an rclip-style mix string (``"2:dog + ./pool.jpg - fruit"``):
-        the normalised weighted sum of the terms' unit vectors."""
-        return combine(mix_terms(query), self._term_vector)
+        the normalised weighted sum of the terms' unit vectors. Which strings are images: see
+        :func:`query_kind`; ``texts_only=True`` makes every string text (what a server taking untrusted text
+        should use: nothing is read or fetched)."""
+        return combine(mix_terms(query), lambda item: self._term_vector(item, texts_only))
 
     @_locked
     def search(self, query: Any, k: int = 10, *, min_score: float | None = None,
                path_filter: str | Callable[[str], bool] | None = None, ann: bool | None = False,
-               nprobe: int = 32) -> list[SearchHit]:
+               nprobe: int = 32, texts_only: bool = False) -> list[SearchHit]:
         """The ``k`` best files for ``query`` (see :meth:`query_vector`), best first, with their metadata.
 
         ``min_score`` drops weaker hits; ``path_filter`` is a glob (``"*/animals/*"``) or a predicate on the path.
@@ -421,7 +524,7 @@ class ImageIndex:
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidInputError(f"k must be a positive int, got {k!r}")
-        q = self.query_vector(query)
+        q = self.query_vector(query, texts_only=texts_only)
         ids, paths, mat = self.vectors()
         mask = None
         if path_filter is not None:
@@ -470,4 +573,4 @@ class ImageIndex:
 
 
 __all__ = ["IMAGE_EXTENSIONS", "SEARCH_CHUNK_ROWS", "ImageIndex", "IndexReport", "SearchHit", "exact_search",
-           "parse_query"]
+           "parse_query", "query_kind"]

@@ -6,13 +6,15 @@ SHA-256); :meth:`ImageIndex.add_folder <multimodal_embed.ImageIndex.add_folder>`
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .imagefiles import iter_images
+from .imagefiles import NOT_REGULAR, iter_images
 
 __all__ = ["Changes", "KnownFile", "PendingFile", "file_dims", "scan_changes", "sha256_file"]
 
@@ -43,12 +45,19 @@ class Changes:
     touched: list[tuple[int, os.stat_result]] = field(default_factory=list)  # (file id, new stat): same content
     gone: set[str] = field(default_factory=set)  # known paths no longer present
     unchanged: int = 0  # same size and mtime, or touched
+    unreadable: list[tuple[str, os.stat_result, str]] = field(default_factory=list)  # (path, stat, reason): record
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): special files, not read
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): bad names, vanished, not stat-able
 
 
 def sha256_file(path: str) -> str:
-    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    """The SHA-256 of a regular file's bytes, read in 1 MiB blocks. The file is opened without blocking and must
+    still be a regular file once open (a FIFO or device swapped in after the scan raises ``OSError``)."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -68,17 +77,29 @@ def file_dims(path: str) -> tuple[int | None, int | None]:
 def scan_changes(root: str, known: Mapping[str, KnownFile], *, follow_symlinks: bool = False,
                  on_outside: Callable[[str], None] | None = None) -> Changes:
     """Compare the image files under ``root`` (a real path) with ``known``. Files with the recorded size and
-    mtime are unchanged without being read; others are hashed, and count as touched when the hash matches."""
+    mtime are unchanged without being read; others are hashed, and count as touched when the hash matches.
+
+    One bad file never stops the scan: special files and names that are not UTF-8 go to ``skipped``, files that
+    cannot be read (permissions) to ``unreadable`` (recorded as failed, retried on the next run), files deleted
+    between the listing and the hash to ``skipped``."""
     changes = Changes()
     seen: set[str] = set()
     for path, st in iter_images(root, follow_symlinks=follow_symlinks, contain=not follow_symlinks,
-                                on_outside=on_outside):
+                                on_outside=on_outside, on_skip=lambda p, r: (changes.skipped if r == NOT_REGULAR else changes.failed).append((p, r))):
         seen.add(path)
         row = known.get(path)
-        if row is not None and row.size == st.st_size and row.mtime_ns == st.st_mtime_ns:
+        if (row is not None and row.sha256 and row.size == st.st_size and row.mtime_ns == st.st_mtime_ns):
             changes.unchanged += 1
             continue
-        sha = sha256_file(path)
+        try:
+            sha = sha256_file(path)
+        except FileNotFoundError:
+            seen.discard(path)
+            changes.failed.append((path, "deleted while indexing"))
+            continue
+        except OSError as exc:
+            changes.unreadable.append((path, st, f"cannot read: {exc.strerror or exc}"))
+            continue
         if row is not None and row.sha256 == sha:  # touched, same content: refresh the stat, keep the result
             changes.touched.append((row.id, st))
             changes.unchanged += 1

@@ -135,23 +135,56 @@ class AnnCache:
         return ivf
 
 
+DUP_CHUNK_PAIRS = 1 << 20  # similarity entries per chunk in duplicate_groups: bounded memory (~50 MiB at most)
+
+
 def duplicate_groups(paths: list[str], mat: np.ndarray, threshold: float) -> list[list[str]]:
-    """Groups (size >= 2) of paths whose vectors have cosine >= ``threshold`` (transitively), sorted."""
-    parent = list(range(len(paths)))
+    """Groups (size >= 2) of paths whose vectors have cosine >= ``threshold`` (transitively), sorted.
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for start in range(0, len(paths), 4096):
-        sims = mat[start:start + 4096] @ mat.T
+    Chunked and vectorised: each block of rows is compared with the rows after it, and the edges found merge
+    component labels with numpy (min-label propagation plus pointer jumping), so memory stays bounded by
+    :data:`DUP_CHUNK_PAIRS` and nothing loops over pairs in Python."""
+    n = len(paths)
+    label = np.arange(n, dtype=np.int64)
+    if n < 2:
+        return []
+    step = max(16, DUP_CHUNK_PAIRS // n)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        label = _flatten(label)
+        if (label[start:] == label[start]).all():  # these rows and columns are one group already
+            break
+        sims = mat[start:stop] @ mat[start:].T  # rows start..stop against columns start..n
         rows, cols = np.nonzero(sims >= threshold)
-        for a, b in zip(rows + start, cols):
-            if a < b:
-                parent[find(a)] = find(b)
+        del sims
+        keep = cols + start > rows + start
+        a, b = rows[keep] + start, cols[keep] + start
+        if len(a):
+            label = _merge(label, a, b)
+    roots = _flatten(label)
     groups: dict[int, list[str]] = {}
-    for i, p in enumerate(paths):
-        groups.setdefault(find(i), []).append(p)
-    return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+    for r in np.flatnonzero(np.bincount(roots, minlength=n)[roots] > 1):
+        groups.setdefault(int(roots[r]), []).append(paths[r])
+    return sorted((sorted(g) for g in groups.values()), key=lambda g: g[0])
+
+
+def _flatten(label: np.ndarray) -> np.ndarray:
+    """Pointer jumping until every entry points at its component's root."""
+    while True:
+        nxt = label[label]
+        if np.array_equal(nxt, label):
+            return label
+        label = nxt
+
+
+def _merge(label: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Union the components of each edge ``(a[i], b[i])``: roots point to the smallest root they touch."""
+    while True:
+        label = _flatten(label)
+        ra, rb = label[a], label[b]
+        diff = ra != rb
+        if not diff.any():
+            return label
+        ra, rb = ra[diff], rb[diff]
+        lo, hi = np.minimum(ra, rb), np.maximum(ra, rb)
+        np.minimum.at(label, hi, lo)

@@ -7,6 +7,7 @@ Used by :func:`multimodal_embed.distributed.embed_dataset` (shards), :meth:`Imag
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -32,16 +33,20 @@ def arrow_vectors(mat: Any, dim: int, valid: Any = None) -> Any:
     return pa.FixedSizeListArray.from_arrays(flat, dim, mask=mask)
 
 
-def write_parquet(table: Any, path: str | os.PathLike, *, identity: Mapping[str, Any] | None = None) -> Path:
+def write_parquet(table: Any, path: str | os.PathLike, *, identity: Mapping[str, Any] | None = None,
+                  metadata: Mapping[str, str] | None = None) -> Path:
     """Write a pyarrow table (or a dict of columns) to ``path`` atomically (temporary file, then rename), with
-    the model ``identity`` in the schema metadata when given; returns the path."""
+    the model ``identity`` (and any extra ``metadata``) in the schema metadata when given; returns the path."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not isinstance(table, pa.Table):
         table = pa.table(dict(table))
-    if identity is not None:
-        table = table.replace_schema_metadata({PARQUET_MODEL_KEY: json.dumps(dict(identity), sort_keys=True)})
+    if identity is not None or metadata:
+        meta = dict(metadata or {})
+        if identity is not None:
+            meta[PARQUET_MODEL_KEY] = json.dumps(dict(identity), sort_keys=True)
+        table = table.replace_schema_metadata(meta)
     out = Path(path)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
@@ -50,6 +55,30 @@ def write_parquet(table: Any, path: str | os.PathLike, *, identity: Mapping[str,
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+SHARD_INPUT_KEY = "multimodal_embed.shard_input"  # schema metadata: SHA-256 of the shard's input rows + settings
+
+
+def shard_input_digest(items: Sequence[str], settings: Mapping[str, Any]) -> str:
+    """What a shard was made from: its input items (in order) and the settings that change vectors (model
+    request, kind, task, first row id)."""
+    h = hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode("utf-8"))
+    for item in items:
+        h.update(b"\x00" + item.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def shard_input_of(path: str | os.PathLike) -> str | None:
+    """The input digest recorded in a shard's schema (``None`` if absent or unreadable)."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(str(path)).metadata or {}
+    except Exception:  # noqa: BLE001 - a damaged shard is recomputed
+        return None
+    value = meta.get(SHARD_INPUT_KEY.encode())
+    return value.decode() if value else None
 
 
 def shard_path(folder: str | os.PathLike, shard: int) -> Path:

@@ -191,9 +191,16 @@ class ZeroShotClassifier:
             cache = _MEMORY_CACHE.setdefault(self.cache_key, {})
             path = self._cache_file()
             if path is not None and path.is_file():
-                with np.load(path, allow_pickle=False) as data:
-                    for label, vec in zip(data["labels"].tolist(), data["vectors"]):
-                        cache.setdefault(label, vec)
+                try:
+                    with np.load(path, allow_pickle=False) as data:
+                        labels, vectors = data["labels"].tolist(), np.asarray(data["vectors"], dtype=np.float32)
+                    if vectors.ndim != 2 or len(labels) != len(vectors) or not all(isinstance(x, str) for x in labels):
+                        raise ValueError("labels and vectors do not match")
+                except Exception as exc:  # noqa: BLE001 - any damage: the cache is rebuilt, never trusted
+                    logger.warning("ignoring the damaged label cache %s (%s); it will be rewritten", path, exc)
+                    return cache
+                for label, vec in zip(labels, vectors):
+                    cache.setdefault(label, vec)
             return cache
 
     def _save_cache(self, cache: dict[str, np.ndarray]) -> None:
