@@ -194,7 +194,8 @@ def build_app(embedder: Any, index: Any, notice: str | None = None) -> Any:
         return _heatmap(names, names, sims), pd.DataFrame(rows, columns=["", *_unique(names)])
 
     with gr.Blocks(title="multimodal_embed demo") as app:
-        gr.Markdown(f"# multimodal_embed\nModel: `{embedder.info.get('name') or embedder.info.get('text', {}).get('name')}`")
+        model_name = embedder.info.get("name") or embedder.info.get("text", {}).get("name")
+        gr.Markdown(f"# multimodal_embed\nModel: `{model_name}`")
         if notice:
             gr.Markdown(notice, elem_id="model-notice")
         gr.Markdown(_status_line(index), elem_id="index-status")
