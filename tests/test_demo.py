@@ -140,6 +140,11 @@ def test_browser_search_zero_shot_and_compare(server):
 
         # before any query the gallery previews the index: whole images, the 32x32 one upscaled
         page.locator("#search-results img").nth(5).wait_for(timeout=30_000)
+        for img in page.locator("#search-results img").all():
+            img.scroll_into_view_if_needed()  # thumbnails may load lazily
+        page.wait_for_function("() => [...document.querySelectorAll('#search-results img')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+        page.evaluate("window.scrollTo(0, 0)")
         thumbs = page.eval_on_selector_all("#search-results img", """imgs => imgs.map(i => ({
             fit: getComputedStyle(i).objectFit, w: i.naturalWidth, h: i.naturalHeight, cw: i.clientWidth}))""")
         assert len(thumbs) == 6 and all(t["fit"] == "contain" for t in thumbs), thumbs
