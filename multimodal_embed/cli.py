@@ -10,7 +10,9 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,14 +96,22 @@ def _image_paths(items: Sequence[str], skipped: list[tuple[str, str]] | None = N
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
+    """``--text`` items, then every ``--text-file`` line (``-`` is stdin). Blank lines are left out (an empty text
+    embeds to nothing useful and would shift the rows); how many were dropped is said on stderr."""
     texts = list(args.text or [])
     for f in args.text_file or []:
         stream = sys.stdin if f == "-" else open(f, encoding="utf-8")  # noqa: SIM115 - closed below unless stdin
         try:
-            texts += [line.rstrip("\n") for line in stream if line.strip()]
+            lines = [line.rstrip("\r\n") for line in stream]
         finally:
             if stream is not sys.stdin:
                 stream.close()
+        kept = [line for line in lines if line.strip()]
+        if len(kept) < len(lines):
+            blank = len(lines) - len(kept)
+            print(f"mmembed: {'stdin' if f == '-' else f}: skipped {blank} blank line{'s' if blank != 1 else ''} "
+                  f"({len(kept)} texts kept)", file=sys.stderr)
+        texts += kept
     return texts
 
 
@@ -181,6 +191,34 @@ def _embed_on_ray(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if report.errors else EXIT_OK
 
 
+def _open_index_for(path: Path, model: str | None, args: argparse.Namespace) -> Any:
+    """Open an existing index; ``--model``, when given, must be the model that built it (else IndexMismatchError).
+    Without ``--model`` the recorded model is used."""
+    from .errors import IndexMismatchError
+    from .index import ImageIndex
+    from .registry import is_known
+
+    index = ImageIndex.open(path)
+    recorded = index.identity
+    if model is None or model == recorded.get("name"):
+        return index
+    index.close()
+    if is_known(model):  # another registry model: refused without loading it
+        given = f"--model {model}"
+    else:  # a path or a hub id: it may be the recorded model under another spelling
+        emb = _load(model, args)
+        if emb.identity() == recorded:
+            return ImageIndex.open(path, emb)
+        given = f"--model {model} ({_model_label(emb.identity())})"
+    raise IndexMismatchError(f"{path} was built with {_model_label(recorded)}, not {given}: drop --model to use "
+                             f"the recorded model, or index into a new file")
+
+
+def _model_label(identity: dict[str, Any]) -> str:
+    name = identity.get("name") or "/".join(str((identity.get(t) or {}).get("name")) for t in ("text", "vision"))
+    return f"{name}, dim {identity.get('dim')}"
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from .index import ImageIndex
 
@@ -188,7 +226,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     missing = [f for f in args.folders if not Path(f).expanduser().is_dir()]
     if missing:  # checked before the index file is created or touched
         raise UsageError(f"mmembed index: not a folder: {', '.join(printable(f) for f in missing)}")
-    index = ImageIndex.open(path) if path.exists() else ImageIndex.create(path, _load(args.model, args))
+    if path.exists():
+        index = _open_index_for(path, args.model, args)
+    else:
+        index = ImageIndex.create(path, _load(args.model or DEFAULT_MODEL, args))
     status = EXIT_OK
     with index:
         for folder in args.folders:
@@ -223,12 +264,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
     labels = _read_labels(args)
     images = _image_paths(args.images)
     clf = ZeroShotClassifier(_load(args.model, args), labels, templates=args.templates, cache_dir=args.cache_dir)
-    rows = _prediction_rows(images, clf.predict(images, top_k=args.top_k, on_error="skip"))
+    res = clf.embedder.embed_images_with_errors(images)
+    by_index = dict(zip(res.indices, clf.predict_embeddings(res.vectors, top_k=args.top_k)))
+    reasons = {f.index: f.reason for f in res.failures}
+    rows = _prediction_rows(images, [by_index.get(i) for i in range(len(images))], reasons)
     _print_predictions(rows, as_json=args.json)
-    failed = [r["path"] for r in rows if r["predictions"] is None]
-    for p in failed:
-        print(f"mmembed: failed: {p}", file=sys.stderr)
-    return EXIT_PARTIAL if failed else EXIT_OK
+    for f in res.failures:
+        print(f"mmembed: failed: {images[f.index]}: {f.reason}", file=sys.stderr)
+    return EXIT_PARTIAL if res.failures else EXIT_OK
 
 
 def _read_labels(args: argparse.Namespace) -> list[str]:
@@ -241,10 +284,16 @@ def _read_labels(args: argparse.Namespace) -> list[str]:
     return labels
 
 
-def _prediction_rows(images: list[str], preds: list[Any]) -> list[dict[str, Any]]:
-    return [{"path": path, "predictions": None if pred is None else
-             [{"label": p.label, "probability": p.probability, "cosine": p.cosine} for p in pred]}
-            for path, pred in zip(images, preds)]
+def _prediction_rows(images: list[str], preds: list[Any], reasons: dict[int, str]) -> list[dict[str, Any]]:
+    """One row per image: its predictions, or ``None`` and the reason it failed."""
+    rows: list[dict[str, Any]] = []
+    for i, (path, pred) in enumerate(zip(images, preds)):
+        if pred is None:
+            rows.append({"path": path, "predictions": None, "error": reasons.get(i, "not embedded")})
+        else:
+            rows.append({"path": path, "predictions": [{"label": p.label, "probability": p.probability,
+                                                        "cosine": p.cosine} for p in pred]})
+    return rows
 
 
 def _print_predictions(rows: list[dict[str, Any]], *, as_json: bool) -> None:
@@ -253,7 +302,7 @@ def _print_predictions(rows: list[dict[str, Any]], *, as_json: bool) -> None:
         return
     for row in rows:
         best = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in row["predictions"] or [])
-        print(f"{row['path']}\t{best or 'FAILED'}")
+        print(f"{row['path']}\t{best or 'FAILED: ' + row['error']}")
 
 
 def cmd_dedupe(args: argparse.Namespace) -> int:
@@ -287,11 +336,34 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{'name':30} {'family':10} {'dim':>5} {'license':12} cached  uri")
-        for r in rows:
-            print(f"{r['name']:30} {r['family']:10} {r['dim']:>5} {r['license']:12} {'yes' if r['cached'] else 'no':6}"
-                  f"  {r['uri']}")
+        for line in _model_table(rows, shutil.get_terminal_size((120, 24)).columns):
+            print(line)
     return EXIT_OK
+
+
+def _model_table(rows: list[dict[str, Any]], width: int) -> list[str]:
+    """``mmembed models`` as lines at most ``width`` wide where possible: a long license is wrapped in its column
+    (narrow terminals), and the URI moves to its own indented line when it does not fit beside the row."""
+    cells = [[r["name"], r["family"], str(r["dim"]), "yes" if r["cached"] else "no", str(r["license"]), r["uri"]]
+             for r in rows]
+    head = ["name", "family", "dim", "cached", "license", "uri"]
+    w = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+    fixed = sum(w[:4]) + 2 * 4  # the first four columns and their gaps
+    lic = w[4] if fixed + w[4] + 2 + w[5] <= width else max(len("license"), min(w[4], width - fixed - 2, 12))
+    inline_uri = fixed + lic + 2 + w[5] <= width
+
+    def line(parts: list[str]) -> str:
+        return "  ".join([parts[0].ljust(w[0]), parts[1].ljust(w[1]), parts[2].rjust(w[2]), parts[3].ljust(w[3]),
+                          parts[4].ljust(lic), *parts[5:]]).rstrip()
+
+    out = [line(head if inline_uri else head[:5])]
+    for c in cells:
+        wrapped = textwrap.wrap(c[4], lic, break_on_hyphens=False) or [""]
+        out.append(line([*c[:4], wrapped[0], *([c[5]] if inline_uri else [])]))
+        out += [line(["", "", "", "", more]) for more in wrapped[1:]]
+        if not inline_uri:
+            out.append(f"    {c[5]}")
+    return out
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -342,12 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("embed", "embed texts and/or images; rows to stdout (.jsonl) or --output", cmd_embed)
     p.add_argument("--text", nargs="*", help="texts to embed")
-    p.add_argument("--text-file", action="append", help="a file with one text per line (- for stdin)")
+    p.add_argument("--text-file", action="append",
+                   help="a file with one text per line (- for stdin); blank lines are skipped, with a count on stderr")
     p.add_argument("--images", nargs="*", help="image files or folders")
     p.add_argument("--task", default="search_document", help="nomic task prefix (default search_document)")
     p.add_argument("--dim", type=int, help="Matryoshka dimension (nomic v1.5)")
     p.add_argument("--long-text", default="truncate", choices=["truncate", "mean"])
-    p.add_argument("-o", "--output", help="out.npy, out.jsonl or out.parquet (default: jsonl on stdout); "
+    p.add_argument("-o", "--output", help="out.npy, out.jsonl or out.parquet (default: jsonl on stdout); x.npy also "
+                                          "writes x.npy.meta.jsonl (one row per vector: kind, text or path); "
                                           "with --ray: a folder for the Parquet shards")
     p.add_argument("--input", help="with --ray: a folder, glob, or .parquet/.jsonl of paths, URLs or texts")
     p.add_argument("--ray", action="store_true", help="run on Ray (pip install 'multimodal-embed[distributed]')")
@@ -356,7 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-actor", type=float, default=0, help="GPU share per actor (--ray)")
     p.add_argument("--shard-rows", type=_positive_int, default=1000, help="rows per output shard (--ray)")
 
-    p = add("index", "create or update an image index from folders (incremental)", cmd_index)
+    p = add("index", "create or update an image index from folders (incremental)", cmd_index, model=False)
+    p.add_argument("--model", help=f"for a new index: the model (default {DEFAULT_MODEL}); for an existing one it "
+                                   f"must be the recorded model (else IndexMismatchError, exit 4), and may be omitted")
+    p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     p.add_argument("index", help="index file (created if missing)")
     p.add_argument("folders", nargs="+")
     p.add_argument("--follow-symlinks", action="store_true")

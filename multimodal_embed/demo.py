@@ -28,6 +28,9 @@ DEFAULT_MODEL = "nomic-embed-v1.5"
 FALLBACK_MODEL = "minilm-efficientnet-lite0"
 MAX_UPLOAD = "10mb"
 TEMPLATE_SETS = ["simple", "openai-imagenet", "none"]
+DISPLAY_MIN_SIDE = 192  # smaller images (e.g. 32x32 CIFAR) are upscaled for display only
+GENERIC_LABELS = ["cat", "dog", "car", "person", "landscape"]
+MAX_DEFAULT_LABELS = 20
 
 
 def load_model(name: str | None) -> tuple[Any, str | None]:
@@ -89,7 +92,9 @@ def open_index(embedder: Any, index: str | None, images: str | None) -> Any:
     if path.exists() or path.is_symlink():
         _check_private(path, folder=False)
     idx = ImageIndex.create(path, embedder, exist_ok=True)
-    idx.add_folder(folder, show_progress=False)
+    logger.info("indexing %s (cached in %s)", folder, cache)
+    report = idx.add_folder(folder, show_progress=True)  # a tqdm bar on the console
+    logger.info("%s: %s; %d images", folder, report, len(idx))
     return idx
 
 
@@ -144,6 +149,73 @@ def _heatmap(rows: list[str], cols: list[str], sims: np.ndarray) -> str:
     return f'<table id="similarity-heatmap"><tr><th></th>{head}</tr>{body}</table>'
 
 
+def _display(path: str, width: int | None = None, height: int | None = None) -> Any:
+    """What the gallery shows for ``path``: the path itself, or for a tiny image (under ``DISPLAY_MIN_SIDE``) an
+    upscaled copy so it is not a speck. Display only: the index and the embeddings are unchanged."""
+    from PIL import Image
+
+    try:
+        if width is None or height is None:
+            with Image.open(path) as im:
+                width, height = im.size
+        if min(width, height) >= DISPLAY_MIN_SIDE:
+            return path
+        factor = -(-DISPLAY_MIN_SIDE // max(1, min(width, height)))
+        with Image.open(path) as im:
+            rgba = im.convert("RGBA")  # transparent parts on white, as the gallery shows them
+        flat = Image.new("RGBA", rgba.size, "white")
+        flat.alpha_composite(rgba)
+        return flat.convert("RGB").resize((rgba.width * factor, rgba.height * factor), Image.Resampling.BICUBIC)
+    except (OSError, ValueError) as exc:  # the gallery shows its own broken-image mark
+        logger.debug("no display copy of %s: %s", path, exc)
+        return path
+
+
+def _sample_labels() -> list[str]:
+    import json
+
+    entries = json.loads((SAMPLE_DIR / "gallery.json").read_text(encoding="utf-8"))
+    return list(dict.fromkeys(e["label"] for e in entries.values()))
+
+
+def default_labels(paths: list[str], roots: list[str]) -> tuple[list[str], str]:
+    """Zero-shot labels to offer for an index, and where they come from: the sample gallery's labels
+    (gallery.json), else the folder names under the index's roots, else file names that read as words, else a
+    generic list."""
+    real = [os.path.realpath(r) for r in roots]
+    if real and all(r == os.path.realpath(SAMPLE_DIR) for r in real):
+        return _sample_labels(), "the sample gallery's labels"
+    top = {r.rstrip(os.sep) for r in real}
+    folders = sorted({Path(p).parent.name for p in paths if os.path.realpath(Path(p).parent) not in top})
+    if len(folders) >= 2:
+        return [f.replace("_", " ") for f in folders][:MAX_DEFAULT_LABELS], "the index's folder names"
+    words = sorted({Path(p).stem.replace("_", " ").replace("-", " ").strip() for p in paths})
+    words = [w for w in words if w and all(part.isalpha() for part in w.split())]
+    if len(words) >= 2:
+        return words[:MAX_DEFAULT_LABELS], "the index's file names"
+    return list(GENERIC_LABELS), "a generic list (the index has no class folders)"
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Column headers: the names, with ``(2)``, ``(3)``... added to repeats."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
+    return out
+
+
+def _status_line(index: Any) -> str:
+    roots = ", ".join(f"`{Path(r).name or r}`" for r in index.roots) or "no folder"
+    line = f"Index: **{len(index)} images** from {roots}"
+    failed = index.failures()
+    if failed:
+        path, reason = failed[0]
+        line += f" · {len(failed)} could not be read (first: {Path(path).name}: {reason})"
+    return line
+
+
 def build_app(embedder: Any, index: Any, notice: str | None = None, served: list[str] | None = None) -> Any:
     """The Gradio Blocks app (not launched). ``served``: the files results may show (default: the indexed
     images under the index's folders, see :func:`served_files`)."""
@@ -166,7 +238,7 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
             logger.info("demo search failed: %s", exc)
             raise gr.Error("The search failed: the query could not be used.") from None
         hits = [h for h in hits if h.path in allowed]  # only files the demo serves
-        gallery = [(h.path, f"{h.score:.3f}  {Path(h.path).name}") for h in hits]
+        gallery = [(_display(h.path, h.width, h.height), f"{h.score:.3f}  {Path(h.path).name}") for h in hits]
         return gallery, "\n".join(f"{i + 1}. {Path(h.path).name}  {h.score:.4f}" for i, h in enumerate(hits))
 
     def zero_shot(image: Any, labels: str, templates: str) -> dict[str, float]:
@@ -180,7 +252,7 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
         probs = clf.probabilities([image])[0]
         return {name: float(p) for name, p in zip(names, probs)}
 
-    def compare(texts: str, files: list[Any] | None) -> tuple[str, list[list[Any]]]:
+    def compare(texts: str, files: list[Any] | None) -> tuple[str, Any]:
         lines = [t.strip() for t in (texts or "").splitlines() if t.strip()]
         paths = [getattr(f, "name", f) for f in (files or [])]
         if not lines and not paths:
@@ -195,13 +267,17 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
             names += [Path(paths[i]).name for i in res.indices]
         mat = np.concatenate(vecs)
         sims = mat @ mat.T
-        return _heatmap(names, names, sims), [[n, *[round(float(v), 4) for v in row]] for n, row in zip(names, sims)]
+        rows = [[n, *[round(float(v), 4) for v in row]] for n, row in zip(names, sims)]
+        import pandas as pd  # a gradio dependency
+
+        return _heatmap(names, names, sims), pd.DataFrame(rows, columns=["", *_unique(names)])
 
     with gr.Blocks(title="multimodal_embed demo") as app:
-        gr.Markdown(f"# multimodal_embed\nModel: `{embedder.info.get('name') or embedder.info.get('text', {}).get('name')}`"
-                    f" · index: {len(index)} images")
+        model_name = embedder.info.get("name") or embedder.info.get("text", {}).get("name")
+        gr.Markdown(f"# multimodal_embed\nModel: `{model_name}`")
         if notice:
             gr.Markdown(notice, elem_id="model-notice")
+        gr.Markdown(_status_line(index), elem_id="index-status")
         with gr.Tab("Search"):
             with gr.Row():
                 query = gr.Textbox(label="Text query", elem_id="search-query", placeholder="a cup of coffee")
@@ -209,8 +285,9 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
                 k = gr.Slider(1, 50, value=8, step=1, label="k")
             go = gr.Button("Search", elem_id="search-button", variant="primary")
             _, paths, _ = index.vectors()  # before any query: show what the index holds
-            preview = [(p, Path(p).name) for p in paths if p in allowed][:12]
-            gallery = gr.Gallery(value=preview, label="Results", elem_id="search-results", columns=4, height="auto")
+            preview = [(_display(p), Path(p).name) for p in [p for p in paths if p in allowed][:12]]
+            gallery = gr.Gallery(value=preview, label="Results", elem_id="search-results", columns=4, height="auto",
+                                 object_fit="contain")
             ranking = gr.Textbox(label="Ranking", elem_id="search-ranking", lines=4)
             go.click(search, [query, qimage, k], [gallery, ranking], api_name="search")
             query.submit(search, [query, qimage, k], [gallery, ranking])
@@ -218,8 +295,9 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
             with gr.Row():
                 zimage = gr.Image(label="Image", type="pil", elem_id="zs-image")
                 with gr.Column():
-                    labels = gr.Textbox(label="Labels (comma-separated)", value="cat, astronaut, rocket, coffee, horse",
-                                        elem_id="zs-labels")
+                    offered, source = default_labels(paths, index.roots)
+                    labels = gr.Textbox(label="Labels (comma-separated)", value=", ".join(offered),
+                                        info=f"Default: {source}", elem_id="zs-labels")
                     templates = gr.Dropdown(TEMPLATE_SETS, value="simple", label="Templates")
                     zgo = gr.Button("Classify", elem_id="zs-button", variant="primary")
             bars = gr.Label(label="Probabilities", num_top_classes=10, elem_id="zs-result")
@@ -229,7 +307,7 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
             files = gr.File(label="Images", file_count="multiple", file_types=["image"])
             cgo = gr.Button("Compare", elem_id="compare-button")
             heat = gr.HTML(elem_id="compare-heatmap")
-            table = gr.Dataframe(label="Cosine similarity")
+            table = gr.Dataframe(label="Cosine similarity", elem_id="compare-table")
             cgo.click(compare, [texts, files], [heat, table], api_name="compare")
     return app
 

@@ -25,7 +25,6 @@ from .errors import InvalidInputError
 from .imagefiles import list_image_files
 from .images import ImageInput
 from .templates import NAMED_TEMPLATES
-from .utils import progress
 from .vision import ImageFailure
 
 logger = logging.getLogger(__name__)
@@ -274,14 +273,20 @@ class ZeroShotClassifier:
         else:
             res = self.embedder.embed_images_with_errors(images, batch_size=batch_size)
             vectors, indices = res.vectors, res.indices
-        cos = self.cosine(vectors)
-        probs = self.probabilities_from_cosine(cos)
         out: list[list[Prediction] | None] = [None] * len(images)
-        k = min(top_k, len(self.labels))
-        for row, i in enumerate(indices):
-            best = np.argsort(-cos[row], kind="stable")[:k]
-            out[i] = [Prediction(self.labels[j], float(probs[row, j]), float(cos[row, j])) for j in best]
+        for i, pred in zip(indices, self.predict_embeddings(vectors, top_k)):
+            out[i] = pred
         return out
+
+    def predict_embeddings(self, image_embeddings: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
+        """:meth:`predict` for image embeddings already computed (unit rows from the same model)."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise InvalidInputError(f"top_k must be a positive int, got {top_k!r}")
+        cos = self.cosine(image_embeddings)
+        probs = self.probabilities_from_cosine(cos)
+        k = min(top_k, len(self.labels))
+        return [[Prediction(self.labels[j], float(probs[row, j]), float(cos[row, j]))
+                 for j in np.argsort(-cos[row], kind="stable")[:k]] for row in range(len(cos))]
 
     # -- calibration ---------------------------------------------------------------------------------------
     def calibrate(self, images: Sequence[ImageInput] | np.ndarray, true_labels: Sequence[str]) -> float:
@@ -338,16 +343,13 @@ class ZeroShotClassifier:
 
     def _cosines(self, files: list[Path], batch_size: int, show_progress: bool | None
                  ) -> tuple[np.ndarray, list[int], list[ImageFailure]]:
-        """Cosines to the labels for every file that decodes, the positions of those files, and the failures."""
-        chunks = [range(s, min(s + batch_size * 8, len(files))) for s in range(0, len(files), batch_size * 8)]
-        cos_rows, kept, failures = [], [], []
-        for chunk in progress(chunks, show_progress, desc="evaluate", unit="chunk"):
-            res = self.embedder.embed_images_with_errors([files[i] for i in chunk], batch_size=batch_size,
-                                                         show_progress=False)
-            cos_rows.append(self.cosine(res.vectors))
-            kept += [chunk[i] for i in res.indices]
-            failures += [ImageFailure(chunk[f.index], str(files[chunk[f.index]]), f.reason) for f in res.failures]
-        cos = np.concatenate(cos_rows) if cos_rows else np.zeros((0, len(self.labels)), np.float32)
+        """Cosines to the labels for every file that decodes, the positions of those files, and the failures.
+
+        One pass over all files, so decoding overlaps the model and the progress bar moves once per batch."""
+        res = self.embedder.embed_images_with_errors(files, batch_size=batch_size, show_progress=show_progress)
+        failures = [ImageFailure(f.index, str(files[f.index]), f.reason) for f in res.failures]
+        cos = self.cosine(res.vectors) if len(res.indices) else np.zeros((0, len(self.labels)), np.float32)
+        kept = list(res.indices)
         return cos, kept, failures
 
 

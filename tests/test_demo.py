@@ -7,6 +7,7 @@ otherwise. Screenshots go to test-artifacts/ (or $MMEMBED_ARTIFACTS).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,17 +44,27 @@ def _pick(data_dir: Path, words: list[str]) -> list[Path]:
     return out
 
 
+STAMPS = ["frog", "dog", "apple_red", "carrot", "tree"]
+TINY = "truck"  # a 32x32 CIFAR-10 image
+
+
 @pytest.fixture(scope="module")
 def server(data_dir, tmp_path_factory):
+    """The demo on a folder with one class subfolder per image (the Zero-shot tab offers their names)."""
     gallery = tmp_path_factory.mktemp("gallery")
-    for p in _pick(data_dir, ["frog", "dog", "apple_red", "carrot", "tree"]):
-        shutil.copy(p, gallery / p.name)
+    for p in _pick(data_dir, STAMPS):
+        (gallery / p.stem).mkdir()
+        shutil.copy(p, gallery / p.stem / p.name)
+    (gallery / TINY).mkdir()
+    shutil.copy(data_dir / "cifar10-test" / "truck" / "0000.jpg", gallery / TINY / "truck.jpg")
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MMEMBED_DEMO_DIR": str(tmp_path_factory.mktemp("demo")),
-           "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, "-m", "multimodal_embed.cli", "demo", "--model",
-                             "minilm-efficientnet-lite0", "--images", str(gallery), "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           "GRADIO_ANALYTICS_ENABLED": "False", "TQDM_MININTERVAL": "0"}
+    log = tmp_path_factory.mktemp("log") / "demo.log"
+    with open(log, "w", encoding="utf-8") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "multimodal_embed.cli", "-v", "demo", "--model",
+                                 "minilm-efficientnet-lite0", "--images", str(gallery), "--port", str(port)],
+                                env=env, stdout=sink, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -61,12 +73,12 @@ def server(data_dir, tmp_path_factory):
             break
         except OSError:
             if proc.poll() is not None:
-                pytest.fail(f"demo exited: {proc.stdout.read()[-2000:]}")
+                pytest.fail(f"demo exited: {log.read_text(encoding='utf-8')[-2000:]}")
             time.sleep(0.5)
     else:
         proc.kill()
         pytest.fail("demo did not start in time")
-    yield url, gallery
+    yield url, gallery, log
     proc.terminate()
     proc.wait(timeout=30)
 
@@ -74,28 +86,72 @@ def server(data_dir, tmp_path_factory):
 def test_gradio_client_api(server):
     from gradio_client import Client
 
-    url, _ = server
+    url, _, _ = server
     client = Client(url, verbose=False)
     gallery, ranking = client.predict("a frog", None, 3, api_name="/search")
     assert ranking.splitlines()[0].startswith("1. frog.png"), ranking
     assert len(gallery) == 3
     heatmap, table = client.predict("a frog\na dog\na frog", None, api_name="/compare")
     assert 'id="similarity-heatmap"' in heatmap
+    assert table["headers"] == ["", "a frog", "a dog", "a frog (2)"]  # the texts, not 1 2 3
     rows = table["data"]
     assert [r[0] for r in rows] == ["a frog", "a dog", "a frog"]
     assert rows[0][1] == pytest.approx(1.0, abs=1e-3) and rows[0][3] == pytest.approx(1.0, abs=1e-3)
 
 
+def test_indexing_at_start_shows_progress(server):
+    _, gallery, log = server
+    text = log.read_text(encoding="utf-8")
+    assert f"indexing {gallery}" in text, text[-3000:]  # the log line (-v)
+    assert re.search(r"index images: +100%", text), text[-3000:]  # and the tqdm bar, on the console
+    assert "6 images" in text
+
+
+def _shot(page: Any, name: str, *, full_page: bool = True) -> Path:
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+def _update_readme_screenshot(shot: Path) -> None:
+    """With MMEMBED_UPDATE_SCREENSHOT=1, demos/screenshot.png becomes ``shot`` as a 256-colour PNG."""
+    if os.environ.get("MMEMBED_UPDATE_SCREENSHOT") != "1":
+        return
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        im.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(
+            ROOT / "demos" / "screenshot.png", optimize=True)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
-def test_browser_search_and_zero_shot(server, data_dir):
+def test_browser_search_zero_shot_and_compare(server):
     from playwright.sync_api import sync_playwright
 
-    url, gallery = server
+    url, gallery, _ = server
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless=new"])
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url)
+        status = page.locator("#index-status")
+        status.wait_for(timeout=30_000)
+        assert "6 images" in status.inner_text() and gallery.name in status.inner_text()
+
+        # before any query the gallery previews the index: whole images, the 32x32 one upscaled
+        page.locator("#search-results img").nth(5).wait_for(timeout=30_000)
+        for img in page.locator("#search-results img").all():
+            img.scroll_into_view_if_needed()  # thumbnails may load lazily
+        page.wait_for_function("() => [...document.querySelectorAll('#search-results img')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+        page.evaluate("window.scrollTo(0, 0)")
+        thumbs = page.eval_on_selector_all("#search-results img", """imgs => imgs.map(i => ({
+            fit: getComputedStyle(i).objectFit, w: i.naturalWidth, h: i.naturalHeight, cw: i.clientWidth}))""")
+        assert len(thumbs) == 6 and all(t["fit"] == "contain" for t in thumbs), thumbs
+        assert all(min(t["w"], t["h"]) >= 192 for t in thumbs), thumbs  # none is a speck
+        assert all(t["cw"] >= 150 for t in thumbs), thumbs
+        _shot(page, "demo-start.png")
+
         page.locator("#search-query textarea").fill("a frog")
         page.locator("#search-button").click()
         ranking = page.locator("#search-ranking textarea")
@@ -104,10 +160,15 @@ def test_browser_search_and_zero_shot(server, data_dir):
         first = ranking.input_value().splitlines()[0]
         assert first.startswith("1. frog.png"), ranking.input_value()
         page.locator("#search-results img").first.wait_for(timeout=30_000)
-        page.screenshot(path=str(ARTIFACTS / "demo-search.png"), full_page=True)
+        fits = page.eval_on_selector_all("#search-results img", "imgs => imgs.map(i => getComputedStyle(i).objectFit)")
+        assert fits and set(fits) == {"contain"}, fits
+        page.wait_for_timeout(500)
+        _update_readme_screenshot(_shot(page, "demo-search.png", full_page=False))
 
         page.get_by_role("tab", name="Zero-shot").click()
-        page.locator("#zs-image input[type=file]").set_input_files(str(gallery / "frog.png"))
+        offered = page.locator("#zs-labels textarea").input_value()
+        assert offered == "apple red, carrot, dog, frog, tree, truck", offered  # the index's folder names
+        page.locator("#zs-image input[type=file]").set_input_files(str(gallery / "frog" / "frog.png"))
         page.locator("#zs-labels textarea").fill("frog, dog, carrot")
         page.locator("#zs-button").click()
         result = page.locator("#zs-result")
@@ -115,7 +176,18 @@ def test_browser_search_and_zero_shot(server, data_dir):
                                timeout=60_000)
         lines = [ln.strip() for ln in result.inner_text().splitlines() if ln.strip()]
         assert lines[0] == "Probabilities" and lines[1] == "frog", lines  # the top class heads the bars
-        page.screenshot(path=str(ARTIFACTS / "demo-zero-shot.png"), full_page=True)
+        _shot(page, "demo-zero-shot.png")
+
+        page.get_by_role("tab", name="Compare").click()
+        page.get_by_label("Texts (one per line)").fill("a frog\na red apple")
+        page.locator("#compare-button").click()
+        page.wait_for_function("() => document.querySelector('#similarity-heatmap') !== null", timeout=60_000)
+        page.wait_for_function("() => [...document.querySelectorAll('#compare-table th')]"
+                               ".some(th => th.innerText.includes('a red apple'))", timeout=30_000)
+        headers = [h.strip() for h in page.eval_on_selector_all("#compare-table thead th",
+                                                                "ths => ths.map(th => th.innerText)")]
+        assert "a frog" in headers and "a red apple" in headers and "1" not in headers, headers
+        _shot(page, "demo-compare.png")
         browser.close()
 
 
@@ -133,3 +205,36 @@ def test_falls_back_to_the_offline_model_with_a_notice(tmp_path):
                          timeout=300).stdout.splitlines()
     assert out[0] == "minilm-efficientnet-lite0"
     assert "neither cached nor downloadable" in out[1] and "offline model" in out[1]
+
+
+def test_default_labels_come_from_the_index(tmp_path):
+    import json
+
+    from multimodal_embed.demo import GENERIC_LABELS, SAMPLE_DIR, default_labels
+
+    sample = json.loads((SAMPLE_DIR / "gallery.json").read_text(encoding="utf-8"))
+    labels, source = default_labels([str(SAMPLE_DIR / f) for f in sample], [str(SAMPLE_DIR)])
+    assert labels == list(dict.fromkeys(e["label"] for e in sample.values())) and "sample" in source
+    root = str(tmp_path)
+    nested = [f"{root}/red_fox/1.jpg", f"{root}/owl/2.jpg", f"{root}/owl/3.jpg", f"{root}/loose.jpg"]
+    assert default_labels(nested, [root]) == (["owl", "red fox"], "the index's folder names")
+    assert default_labels([f"{root}/golden_retriever.png", f"{root}/tabby-cat.jpg"], [root])[0] == [
+        "golden retriever", "tabby cat"]
+    assert default_labels([f"{root}/IMG_0001.jpg", f"{root}/IMG_0002.jpg"], [root])[0] == GENERIC_LABELS
+
+
+def test_tiny_images_are_upscaled_for_display_only(tmp_path):
+    from PIL import Image
+
+    from multimodal_embed.demo import DISPLAY_MIN_SIDE, SAMPLE_DIR, _display
+
+    tiny = Image.new("RGBA", (32, 24), (255, 0, 0, 255))
+    tiny.putpixel((0, 0), (0, 0, 0, 0))  # transparent: shown on white, not black
+    tiny.save(tmp_path / "tiny.png")
+    shown = _display(str(tmp_path / "tiny.png"))
+    assert min(shown.size) >= DISPLAY_MIN_SIDE and shown.size[0] * 24 == shown.size[1] * 32  # same aspect
+    assert shown.getpixel((0, 0)) == (255, 255, 255) and shown.getpixel((shown.width // 2, shown.height // 2)) == (
+        255, 0, 0)
+    assert Image.open(tmp_path / "tiny.png").size == (32, 24)  # the file (and so its embedding) is untouched
+    big = str(SAMPLE_DIR / "cat.jpg")
+    assert _display(big) == big

@@ -181,3 +181,33 @@ def test_validation_errors(nomic):
         with pytest.raises(InvalidInputError, match=match):
             ZeroShotClassifier(nomic, labels, templates="simple")
     assert len(zs.NAMED_TEMPLATES["openai-imagenet"]) == 80
+
+
+EVALUATE_PROGRESS = """
+import sys
+from multimodal_embed import Embedder
+from multimodal_embed.zeroshot import ZeroShotClassifier
+emb = Embedder.from_pretrained(text=sys.argv[1], vision=sys.argv[2])
+clf = ZeroShotClassifier(emb, ["cat", "dog", "car"], templates="simple", show_progress=False)
+print(clf.evaluate(sys.argv[3], label_map={"automobile": "car"}, batch_size=3).n_images)
+"""
+
+
+def test_evaluate_progress_moves_per_batch(fixtures_dir, data_dir, tmp_path):
+    """12 images in batches of 3: the bar shows 1/4, 2/4, 3/4 and 4/4 (not one step per 8 batches)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for c in ("cat", "dog", "automobile"):
+        (tmp_path / c).mkdir()
+        for f in sorted((data_dir / "cifar10-test" / c).glob("*.jpg"))[:4]:
+            os.symlink(f, tmp_path / c / f.name)
+    env = {**os.environ, "PYTHONPATH": str(root), "TQDM_MININTERVAL": "0", "TQDM_MINITERS": "1"}
+    proc = subprocess.run([sys.executable, "-c", EVALUATE_PROGRESS, str(fixtures_dir / "text-v1.5-tiny"),
+                           str(fixtures_dir / "vision-v1.5-tiny"), str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300, check=True)
+    assert proc.stdout.strip() == "12"
+    states = [s for s in proc.stderr.replace("\r", "\n").splitlines() if "/4 " in s]
+    assert {f"{n}/4" for n in range(5)} <= {s.split("|")[-1].split()[0] for s in states}, proc.stderr[-2000:]
