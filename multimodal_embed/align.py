@@ -54,7 +54,7 @@ class AlignConfig:
     class_prior: str | None = None  # "imagenet": add the trunk's ImageNet classifier, class names in text space
     prior_temperature: float = 1.0  # softmax temperature of the class prior (the bridge)
     max_residual: float | None = 0.6  # with a prior: the trained residual's norm bound (None: first-edition mix)
-    distill_weight: float = 1.0  # with a prior: weight of the loss keeping zero-shot over the class names
+    distill_weight: float = 3.0  # with a prior: weight of the loss keeping zero-shot over the class names
     distill_scale: float = 50.0  # ... agreeing with the trunk's own classifier (logit scale of that zero-shot)
     image_size: int = 224
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
