@@ -270,7 +270,7 @@ def write_card(r: dict, train_log: dict) -> None:
                   f"with decoding and preprocessing {sp['embed_images (decode+preprocess+forward)']:.1f} "
                   f"({sp['embed_images / bare']:.2f}x).") if sp else ""
     wall, cpu = train_log.get("wall_s"), train_log.get("cpu_s")
-    timing = (f"{wall / 60:.1f} minutes wall, {cpu / 60:.1f} minutes CPU (user+sys) on 2 shared CPU cores"
+    timing = train_log.get("timing") or (f"{wall / 60:.1f} minutes wall, {cpu / 60:.1f} minutes CPU (user+sys) on 2 shared CPU cores"
               if wall and cpu else "see report.json")
     data_args = " ".join(f"--data {d}" for d in t["data"])
     card = f"""# minilm-efficientnet-lite0 (offline aligned model, second edition)
