@@ -96,7 +96,7 @@ def test_shipped_offline_model_meets_its_card(data_dir):
     txt = emb.embed_text(unique)
     order = np.argsort(-(txt @ img.T), axis=1)[:, :10]
     r10 = float((np.array(captions)[order] == np.array(unique)[:, None]).any(1).mean())
-    assert r10 >= claimed - 1e-9, (r10, claimed)
+    assert r10 >= claimed - 5e-4, (r10, claimed)  # the card rounds to 3 decimals
     frogs = [i for i, (p, _) in enumerate(held) if "frog" in Path(p).name]
     if frogs:
         best = int(np.argmax(img @ emb.embed_text(["a frog"])[0]))
