@@ -162,6 +162,7 @@ class Embedder:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         jpeg_draft: bool = True,
         allow_mismatched_towers: bool = False,
+        precision: str | None = None,
         **text_options: Any,
     ) -> Embedder:
         """Load a model by name.
@@ -174,7 +175,8 @@ class Embedder:
             vision: a nomic-embed-vision tower (hub id or folder) to pair with the text model.
             text: the text tower, by keyword (same as ``model`` for a text model).
             device: ``None`` picks CUDA, then MPS, then CPU.
-            dtype: ``None`` picks bf16/fp16 on CUDA and fp32 elsewhere; ``"bfloat16"`` is the fast CPU path.
+            dtype: ``None`` picks bf16/fp16 on CUDA and fp32 (exact) elsewhere. ``"bfloat16"`` is fast only on CPUs
+                with native bf16 (AVX512_BF16/AMX); elsewhere it is emulated, several times slower, and warns.
             revision: a hub revision, or ``{"text": ..., "vision": ...}``; known models default to pinned
                 commits.
             cache_dir: the Hugging Face cache to use (default: the hub's own).
@@ -185,11 +187,21 @@ class Embedder:
                 size (pixels within 0.14 in normalised units, cosine >= 0.9999 to the exact path). ``False`` for
                 exact parity.
             allow_mismatched_towers: pair a nomic vision tower with a text tower it was not trained against.
+            precision: ``None``/``"exact"`` (default) or ``"fast"``: what is fast on this CPU (bf16 with native bf16,
+                else int8 weights through OpenVINO); ``info["precision"]`` says what was chosen and why. See
+                :mod:`multimodal_embed.precision`.
             **text_options: passed to the nomic text encoder (e.g. ``matryoshka=True``,
                 ``rotary_scaling_factor=None``, ``max_length=2048``).
         """
         from . import registry
 
+        if precision is not None:  # load exactly, then let the precision policy swap/quantise the towers
+            from .precision import apply_precision
+
+            return apply_precision(cls.from_pretrained(
+                model, vision, text=text, device=device, dtype=dtype, revision=revision, cache_dir=cache_dir,
+                image_preprocessing=image_preprocessing, max_pixels=max_pixels, jpeg_draft=jpeg_draft,
+                allow_mismatched_towers=allow_mismatched_towers, **text_options), precision)
         if model is not None and text is not None:
             raise InvalidInputError("give the model positionally or as text=, not both")
         dev = resolve_device(device)
