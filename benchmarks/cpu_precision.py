@@ -212,7 +212,6 @@ def minilm(args, cache: str | None) -> None:
 
 def nomic_text(args, cache: str | None) -> None:
     from benchmarks.text_throughput import build
-
     from multimodal_embed import Embedder
 
     encoder, _native, tok = build()
@@ -240,7 +239,6 @@ def photos(n: int) -> list[str]:
 
 def aligned(args, cache: str | None) -> None:
     from benchmarks.aligned_eval import held_out, recall, zero_shot_top1
-
     from multimodal_embed import Embedder
 
     ours = Embedder.from_pretrained("minilm-efficientnet-lite0")
@@ -250,6 +248,8 @@ def aligned(args, cache: str | None) -> None:
     cifar = held_out(DATA / "cifar10-test")
     tux = held_out(DATA / "tuxpaint-stamps")
     cifar_paths = [p for p, _ in cifar]
+    if args.quality_cifar:  # an evenly spaced sample of the held-out split (all ten classes)
+        cifar_paths = cifar_paths[::max(1, len(cifar_paths) // args.quality_cifar)][:args.quality_cifar]
     timed_cifar = cifar_paths[:args.cifar] if args.cifar else cifar_paths
     jpegs = photos(args.jpegs)
     engines = {"ours fp32": ours, "ours fast": fast, "ONNX Runtime fp32": ort}
@@ -316,6 +316,8 @@ def main() -> None:
                                                                 "quality is always over the whole collection")
     ap.add_argument("--cifar", type=int, default=0, help="CIFAR-10 held-out images timed (0: all); quality is "
                                                          "always over the whole held-out split")
+    ap.add_argument("--quality-cifar", type=int, default=0, help="CIFAR-10 held-out images for the quality "
+                                                                 "figures (0: the whole held-out split)")
     ap.add_argument("--jpegs", type=int, default=32)
     ap.add_argument("--nomic-photos", type=int, default=16)
     ap.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {list(WORKLOADS)}")

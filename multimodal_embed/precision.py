@@ -18,19 +18,15 @@ exported once per model into a cache folder (``MMEMBED_CACHE`` or ``~/.cache/mul
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
-import os
 import platform
-import shutil
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInputError, MissingDependencyError
+from .errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ real weights (MiniLM on Cranfield, the built-in aligned model on CIFAR-10 / Tux 
 from __future__ import annotations
 
 import importlib.util
-import os
 import warnings
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from multimodal_embed import Embedder
 from multimodal_embed import precision as prec
 from multimodal_embed.errors import InvalidInputError
 from multimodal_embed.precision import CpuCapability, apply_precision, choose_precision, cpu_capability
+
+from .conftest import need
 
 AVX2 = CpuCapability(isa="AVX2", native_bf16=False, model="an AVX2 CPU")
 AMX = CpuCapability(isa="AVX512", native_bf16=True, model="an AMX CPU", flags=frozenset({"amx_bf16"}))
@@ -110,6 +111,7 @@ def test_int8_nomic_text_matches_exact_across_lengths(fixtures_dir):
 
 
 @needs_openvino
+@pytest.mark.slow  # ~60 s on 2 busy cores (trace + export of the tiny tower)
 def test_int8_nomic_vision_matches_exact(fixtures_dir, data_dir):
     folder = str(fixtures_dir / "vision-v1.5-tiny")
     images = [str(fixtures_dir / "vision-v1.5-tiny" / "synthetic_300x200.png")] + \
@@ -120,18 +122,19 @@ def test_int8_nomic_vision_matches_exact(fixtures_dir, data_dir):
 
 
 @needs_openvino
-def test_export_is_cached_once_per_model_and_atomic(fixtures_dir, tmp_path):
-    from multimodal_embed.engines.openvino import export_tower
+def test_export_is_cached_once_per_model_and_atomic(fixtures_dir):
+    from multimodal_embed.engines.openvino import cache_root, export_tower, weights_key
 
-    emb = Embedder.from_pretrained(text=str(fixtures_dir / "text-v1.5-tiny"))
-    model = emb.text_encoder.model
-    first = export_tower(model, "nomic", cache_dir=tmp_path)
+    model = Embedder.from_pretrained(text=str(fixtures_dir / "text-v1.5-tiny")).text_encoder.model
+    first = export_tower(model, "nomic")  # the same weights as the test above: read back, not exported again
     stamp = first.stat().st_mtime_ns
-    assert export_tower(model, "nomic", cache_dir=tmp_path) == first and first.stat().st_mtime_ns == stamp
-    assert sorted(p.name for p in (tmp_path / "openvino").iterdir()) == [first.parent.name]  # no temp leftovers
+    assert first.parent.parent == cache_root() / "openvino"
+    assert export_tower(model, "nomic") == first and first.stat().st_mtime_ns == stamp
+    assert not [p for p in first.parent.parent.iterdir() if p.name.startswith(".tmp-")]  # no temp leftovers
+    key = weights_key(model, "nomic")
     with torch.no_grad():
-        model.emb_ln.bias.add_(0.01)  # other weights: another export
-    assert export_tower(model, "nomic", cache_dir=tmp_path).parent != first.parent
+        model.emb_ln.bias.add_(0.01)  # other weights: another key, so another export
+    assert weights_key(model, "nomic") != key and first.parent.name == f"nomic-{key}"
 
 
 @needs_openvino
@@ -147,22 +150,16 @@ def test_cli_fast_flag(fixtures_dir, capsys):
 
 
 # -- quality on real weights (small samples; benchmarks/cpu_precision.py prints the full numbers) -----------------
-def _records(path: Path) -> list[str]:
-    import re
-
-    return [" ".join(r.split("\n.W\n", 1)[-1].split()) for r in re.split(r"^\.I ", path.read_text(), flags=re.M)[1:]]
-
-
 @needs_openvino
 @pytest.mark.slow
 def test_int8_minilm_cranfield_sample_within_tolerance(minilm_dir, data_dir):
-    from benchmarks.cpu_precision import cranfield_qrels, ndcg_at_10
+    from benchmarks.cpu_precision import cranfield_qrels, cranfield_records, ndcg_at_10
 
-    cran = data_dir / "ir" / "cranfield"
+    need(data_dir / "ir" / "cranfield")
     qrels = cranfield_qrels()
-    docs = _records(cran / "cran.all.1400")[:300]
+    docs = cranfield_records("cran.all.1400")[:300]
     query_ids = [q for q, rel in sorted(qrels.items()) if any(d < 300 for d in rel)][:40]
-    queries = [_records(cran / "cran.qry")[q] for q in query_ids]
+    queries = [cranfield_records("cran.qry")[q] for q in query_ids]
     exact = Embedder.from_pretrained(text=str(minilm_dir))
     fast = apply_precision(Embedder.from_pretrained(text=str(minilm_dir)), "fast", capability=AVX2)
     a, b = exact.embed_text(docs + queries), fast.embed_text(docs + queries)
