@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -109,10 +110,12 @@ class OpenVINOTower(nn.Module):
         self.path = path
         self.config = getattr(original, "config", None)
         self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()  # one infer request: callers in several threads take turns
 
     def _run(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        out = self._request.infer([t.detach().cpu().numpy() for t in inputs], share_inputs=True)
-        return torch.from_numpy(out[0].copy())
+        with self._lock:
+            out = self._request.infer([t.detach().cpu().numpy() for t in inputs], share_inputs=True)
+            return torch.from_numpy(out[0].copy())  # the request reuses its output buffer
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.kind == "bert":
