@@ -84,6 +84,8 @@ def _load(name: str, args: argparse.Namespace) -> Any:
         kwargs["device"] = args.device
     if getattr(args, "revision", None):
         kwargs["revision"] = args.revision
+    if getattr(args, "fast", False):
+        kwargs["precision"] = "fast"
     return Embedder.from_pretrained(name, **kwargs)
 
 
@@ -410,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL}; see "
                                                                     f"`mmembed models`)")
             p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
+            p.add_argument("--fast", action="store_true", help="the fast precision for this CPU (bf16 with native "
+                                                               "bf16, else int8 via OpenVINO); default exact fp32")
         return p
 
     p = add("embed", "embed texts and/or images; rows to stdout (.jsonl) or --output", cmd_embed)

@@ -52,6 +52,7 @@ class Embedder:
         jpeg_draft: bool = True,
         allow_mismatched_towers: bool = False,
         gpu_decode: bool | None = None,
+        precision: str | None = None,
         **text_options: Any,
     ) -> Embedder:
         """Load a model by name.
@@ -64,7 +65,8 @@ class Embedder:
             vision: a nomic-embed-vision tower (hub id or folder) to pair with the text model.
             text: the text tower, by keyword (same as ``model`` for a text model).
             device: ``None`` picks CUDA, then MPS, then CPU.
-            dtype: ``None`` picks bf16/fp16 on CUDA and fp32 elsewhere; ``"bfloat16"`` is the fast CPU path.
+            dtype: ``None`` picks bf16/fp16 on CUDA and fp32 (exact) elsewhere. ``"bfloat16"`` is fast only on CPUs
+                with native bf16 (AVX512_BF16/AMX); elsewhere it is emulated, several times slower, and warns.
             revision: a hub revision, or ``{"text": ..., "vision": ...}``; known models default to pinned
                 commits.
             cache_dir: the Hugging Face cache to use (default: the hub's own).
@@ -78,6 +80,9 @@ class Embedder:
             gpu_decode: nomic and aligned models: decode JPEGs and resize/crop on the model's device (nvJPEG on
                 CUDA; other files still go through the CPU loader). ``None`` (default) turns it on when the
                 image tower runs on CUDA; ``False`` keeps all decoding on the CPU.
+            precision: ``None``/``"exact"`` (default) or ``"fast"``: what is fast on this CPU (bf16 with native bf16,
+                else int8 weights through OpenVINO); ``info["precision"]`` says what was chosen and why. See
+                :mod:`multimodal_embed.precision`.
             **text_options: passed to the nomic text encoder (e.g. ``matryoshka=True``,
                 ``rotary_scaling_factor=None``, ``max_length=2048``).
         """
@@ -92,7 +97,12 @@ class Embedder:
         loaded = load(parsed, options, text=None if text is None else os.fspath(text),
                       vision=None if vision is None else os.fspath(vision), revision=revision)
         apply_gpu_decode(loaded.image, options.gpu_decode)
-        return cls(loaded.text, loaded.image, scoring=loaded.scoring, info=loaded.info)
+        embedder = cls(loaded.text, loaded.image, scoring=loaded.scoring, info=loaded.info)
+        if precision is not None:  # loaded exactly; the precision policy swaps/quantises the towers
+            from .precision import apply_precision
+
+            embedder = apply_precision(embedder, precision)
+        return embedder
 
     @property
     def dim(self) -> int:

@@ -217,6 +217,7 @@ class NomicTextEncoder(TokenTextEncoder):
     """nomic-embed-text v1 / v1.5: task prefixes, mean pooling, (v1.5) LayerNorm + Matryoshka truncation."""
 
     prefixes = NOMIC_TASK_PREFIXES
+    export_recipe = "nomic"
 
     def __init__(self, model: NomicBertModel, tokenizer: Any, *, matryoshka: bool, max_length: int = 8192,
                  unpadded: bool | None = None):
@@ -297,6 +298,8 @@ class SentenceTransformerTextEncoder(TokenTextEncoder):
 
     No task prefixes (``task`` is accepted and adds nothing); output rows are always L2-normalised.
     """
+
+    export_recipe = "bert"
 
     prefixes: ClassVar[dict[str, str]] = {}
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import torch
 
 from .errors import CheckpointError, InvalidInputError
+from .precision import warn_if_slow_dtype
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,13 +76,13 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """``None`` gives bf16 on CUDA devices that support it, fp16 on other CUDA devices, fp32 elsewhere."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
     if dtype is not None:
         try:
-            return _DTYPES[str(dtype).lower()]
+            dtype = dtype if isinstance(dtype, torch.dtype) else _DTYPES[str(dtype).lower()]
         except KeyError:
             raise InvalidInputError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+        warn_if_slow_dtype(dtype, device.type)  # bf16 on a CPU that only emulates it: warn once, with the reason
+        return dtype
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
@@ -109,6 +110,8 @@ class ModelHolder:
     """Mixin for encoders that wrap one ``torch.nn.Module`` in ``self.model``: where and in what dtype it runs."""
 
     model: Any
+    # which int8 export recipe of multimodal_embed.engines fits the model ("nomic", "bert", "image"; None: none)
+    export_recipe: str | None = None
 
     @property
     def device(self) -> torch.device:

@@ -194,6 +194,8 @@ class PreprocessorImageEncoder(ImageEncoder):
     copy). Used by nomic-embed-vision and by aligned models. Any aspect ratio is accepted: the preprocessor
     resizes only what survives its center crop."""
 
+    export_recipe = "image"
+
     max_aspect_ratio = None
 
     def __init__(self, model: torch.nn.Module, preprocessor: ImagePreprocessor, dim: int, *,

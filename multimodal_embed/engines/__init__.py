@@ -1,0 +1,1 @@
+"""Alternative inference engines for the towers (loaded lazily; see :mod:`multimodal_embed.precision`)."""
