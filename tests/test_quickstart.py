@@ -57,7 +57,6 @@ def test_every_gallery_photo_embeds(builtin):
     assert res.failures == [] and res.vectors.shape == (len(items), builtin.dim)
 
 
-@pytest.mark.xfail(strict=False, reason="today's built-in model ranks coffee.jpg 5th; issue 16 retrains it")
 def test_demo_placeholder_query_ranks_coffee_first(builtin):
     hits = search_gallery(builtin, "a cup of coffee", k=3)
     assert hits[0][1].name == "coffee.jpg", hits
