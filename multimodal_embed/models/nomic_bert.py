@@ -473,7 +473,3 @@ def load_converted(model: nn.Module, state: Mapping[str, torch.Tensor], *, what:
             parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})")
         raise CheckpointError(f"weights of {what} do not match its config: " + "; ".join(parts))
     model.load_state_dict(state, strict=True, assign=any(p.is_meta for p in model.parameters()))
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in model.parameters())
