@@ -387,7 +387,8 @@ def cmd_align(args: argparse.Namespace) -> int:
 
     config = AlignConfig(text=args.text, vision=args.vision, data=args.data, out=args.out,
                          vision_weights=args.vision_weights, freeze_trunk=args.freeze_trunk,
-                         class_prior=args.class_prior,
+                         class_prior=args.class_prior, max_residual=args.max_residual,
+                         distill_weight=args.distill_weight,
                          image_size=args.image_size, epochs=args.epochs, max_steps=args.max_steps,
                          batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, seed=args.seed,
                          val_percent=args.val_percent, checkpoint_every=args.checkpoint_every,
@@ -494,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-trunk", action="store_true", help="train only the projection")
     p.add_argument("--class-prior", choices=["imagenet"],
                    help="add the trunk's ImageNet classifier with class names embedded by the text model")
+    p.add_argument("--max-residual", type=float, default=0.6,
+                   help="with --class-prior: norm bound of the trained residual added to the fixed bridge, in (0, 1)")
+    p.add_argument("--distill-weight", type=float, default=3.0,
+                   help="with --class-prior: weight of the loss keeping zero-shot over the class names on the trunk's")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--max-steps", type=int)
