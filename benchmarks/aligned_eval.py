@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from multimodal_embed.precision import cpu_capability
+
 DATA = ROOT.parent / "shared" / "data"
 CARD = ROOT / "multimodal_embed" / "weights" / "minilm-efficientnet-lite0"
 
@@ -186,7 +187,7 @@ def speed(emb, trunk: Trunk, paths: list[str], repeats: int = 3) -> dict:
     return {"images": len(paths), "bare timm forward": bare, "aligned forward": aligned,
             "embed_images (decode+preprocess+forward)": end_to_end, "aligned / bare": aligned / bare,
             "embed_images / bare": end_to_end / bare, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu": _cpu_model(), "threads": 2}
+            "cpu": cpu_capability().model, "threads": 2}
 
 
 def _load(p: str):
@@ -194,15 +195,6 @@ def _load(p: str):
 
     return load_image(p)
 
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:

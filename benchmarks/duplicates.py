@@ -10,7 +10,6 @@ the ratio and peak extra memory (tracemalloc) for each size, with the CPU model 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 import tracemalloc
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from multimodal_embed.precision import cpu_capability
 from multimodal_embed.search import duplicate_groups
 
 
@@ -60,15 +59,6 @@ def measure(fn, *args, memory: bool = True) -> tuple[float, float, object]:
     return seconds, peak, out
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -82,7 +72,7 @@ def main() -> None:
         capability = torch.backends.cpu.get_cpu_capability()
     except ImportError:
         capability = "n/a (torch not installed)"
-    print(f"cpu: {cpu_model()}; torch cpu capability: {capability}; numpy {np.__version__}")
+    print(f"cpu: {cpu_capability().model}; torch cpu capability: {capability}; numpy {np.__version__}")
     rng = np.random.default_rng(0)
     for n in args.sizes:
         mat = rng.standard_normal(args.dim).astype(np.float32) + 0.01 * rng.standard_normal(

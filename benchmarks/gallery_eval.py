@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -21,16 +20,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from multimodal_embed.precision import cpu_capability
 
 
 def evaluate(model: str) -> dict:
@@ -56,7 +46,7 @@ def evaluate(model: str) -> dict:
         "misses_text_to_image": {it.query: items[ranks[i][0]].path.name
                                  for i, it in enumerate(items) if rank_of_own[i] > 0},
         "misses_zero_shot": {it.path.name: p for p, it in zip(predicted, items) if p != it.label},
-        "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu": cpu_capability().model, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
 

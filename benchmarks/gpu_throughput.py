@@ -21,7 +21,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import re
 import subprocess
 import threading
@@ -31,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from multimodal_embed.precision import cpu_capability
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("MMEMBED_SHARED", HERE.parent.parent / "shared"))
@@ -52,15 +53,6 @@ def bench(fn, warmup=3, iters=10):
     sync()
     return (time.perf_counter() - t0) / iters, out
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class GpuUtilisation:
@@ -278,7 +270,7 @@ def main() -> None:
     import torchvision
 
     res: dict = {"device": torch.cuda.get_device_name(0) if gpu else "cpu (smoke run)", "torch": torch.__version__,
-                 "torchvision": torchvision.__version__, "cpus": os.cpu_count(), "cpu_model": cpu_model(),
+                 "torchvision": torchvision.__version__, "cpus": os.cpu_count(), "cpu_model": cpu_capability().model,
                  "cpu_capability": torch.backends.cpu.get_cpu_capability(), "batch": B, "images": N}
     torch.backends.cuda.matmul.allow_tf32 = False
     skip = set(filter(None, args.skip.split(",")))
