@@ -157,7 +157,7 @@ def openvino_copy(embedder, cache_dir: str | None, tower: str, kind: str, weight
 
     out = swapped(embedder)
     encoder = out.text_encoder if tower == "text" else out.vision_encoder
-    size = encoder.preprocessor.output_size() if kind == "image" else None
+    size = encoder.preprocessor.output_size() if kind in ("image", "vit") else None
     encoder.model = compile_tower(encoder.model, kind, weights=weights, image_size=size, cache_dir=cache_dir)
     return out
 

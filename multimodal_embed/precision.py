@@ -84,11 +84,11 @@ def cpu_capability() -> CpuCapability:
 # precision="fast" on a CPU without native bf16: which export recipes run as an OpenVINO fp32 graph, and why.
 # Measured on a 2-core AVX2 AMD EPYC, 1 thread, interleaved in one process (benchmarks/cpu_precision.py).
 FAST_GRAPH = {
-    "bert": (True, "measured MiniLM-L6 1.19x torch fp32 (int8 weights 1.01x)"),
-    "image": (True, ("measured EfficientNet-Lite0 2-3x, nomic ViT-B 1.21x torch fp32 "
-                    "(int8 weights 1.03x)")),
-    "nomic": (False, ("fp32 (torch, packed): measured OpenVINO fp32 1.01x, int8 weights 0.83x, "
-                     "int8 weights+activations 0.88x")),
+    "bert": (True, "measured MiniLM-L6 1.12-1.19x torch fp32 (int8 weights 1.00x)"),
+    "image": (True, "measured EfficientNet-Lite0 2.4x torch fp32 (channels-last); int8 weights 2.7x"),
+    "vit": (False, "fp32 (torch): measured OpenVINO fp32 0.84-1.21x, int8 weights 0.77-1.03x (nomic ViT-B)"),
+    "nomic": (False, ("fp32 (torch, packed): measured OpenVINO fp32 0.98-1.01x, int8 weights 0.83-0.92x, "
+                     "int8 weights+activations 0.88-0.94x")),
 }
 
 
@@ -147,7 +147,7 @@ def warn_if_slow_dtype(dtype: Any, device_type: str, capability: CpuCapability |
 
 
 def _tower_kind(encoder: Any) -> str | None:
-    """Which OpenVINO export recipe fits a tower: ``"nomic"``, ``"bert"``, ``"image"``, or ``None``."""
+    """Which OpenVINO export recipe fits a tower: ``"nomic"``, ``"bert"``, ``"image"``, ``"vit"``, or ``None``."""
     return getattr(encoder, "export_recipe", None)  # a ModelHolder attribute; other objects have none
 
 
@@ -187,7 +187,7 @@ def apply_precision(embedder: Any, precision: str | None, *, cache_dir: str | Pa
             if choice.mode == "fp32" and not graph:
                 towers[key] = why
                 continue
-            size = encoder.preprocessor.output_size() if kind == "image" else None
+            size = encoder.preprocessor.output_size() if kind in ("image", "vit") else None
             encoder.model = compile_tower(encoder.model, kind, weights=choice.mode, image_size=size,
                                           cache_dir=cache_dir)
             name = encoder.model.path.name
