@@ -138,15 +138,67 @@ def swapped(embedder, **models):
     return Embedder(text, vision, info=dict(embedder.info))
 
 
-def fast_copy(embedder, cache_dir: str | None):
-    """The fast mode applied to a copy of ``embedder`` (the policy picks bf16 or OpenVINO int8 for this CPU)."""
+def fast_copy(embedder, cache_dir: str | None, precision: str = "fast"):
+    """``precision`` (the policy's choice for this CPU) applied to a copy of ``embedder``."""
     from multimodal_embed.precision import apply_precision
 
     out = swapped(embedder)
     t0 = time.perf_counter()
-    apply_precision(out, "fast", cache_dir=cache_dir)
-    print(f"  fast mode: {out.info['precision']['mode']} via {out.info['precision']['engine']}, "
-          f"prepared in {time.perf_counter() - t0:.1f} s (export is cached per model)")
+    apply_precision(out, precision, cache_dir=cache_dir)
+    info = out.info["precision"]
+    print(f"  {precision}: {info['mode']} via {info['engine']} ({info['towers']}), prepared in "
+          f"{time.perf_counter() - t0:.1f} s (exports are cached per model)")
+    return out
+
+
+def openvino_copy(embedder, cache_dir: str | None, tower: str, kind: str, weights: str):
+    """A copy of ``embedder`` whose ``tower`` runs through OpenVINO with ``weights``, whatever the policy says."""
+    from multimodal_embed.engines.openvino import compile_tower
+
+    out = swapped(embedder)
+    encoder = out.text_encoder if tower == "text" else out.vision_encoder
+    size = encoder.preprocessor.output_size() if kind in ("image", "vit") else None
+    encoder.model = compile_tower(encoder.model, kind, weights=weights, image_size=size, cache_dir=cache_dir)
+    return out
+
+
+def static_int8_copy(embedder, calibration: list[str]):
+    """Diagnostic: the nomic text tower with int8 weights AND activations (NNCF post-training quantisation,
+    ``ModelType.TRANSFORMER``, calibrated on ``calibration`` texts). Not a library path: measured slower than fp32
+    on AVX2 without VNNI."""
+    import nncf
+    import openvino as ov
+
+    from multimodal_embed.engines.openvino import OpenVINOTower, _dynamic_shapes, _examples
+    from multimodal_embed.models.nomic_bert import _rotary_cos_sin
+
+    out = swapped(embedder)
+    enc = out.text_encoder
+    example, traced = _examples("nomic", enc.model.float().eval(), None)
+    with torch.no_grad():
+        graph = ov.convert_model(traced.eval(), example_input=example,
+                                 input=[ov.PartialShape(s) for s in _dynamic_shapes("nomic", example)])
+    tokens = enc.tokenize(enc.apply_prefix(calibration, "search_document"))
+
+    def batches():
+        for i in range(0, len(tokens), 8):
+            chunk = tokens[i:i + 8]
+            n = max(len(t) for t in chunk)
+            ids = torch.zeros(len(chunk), n, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, t in enumerate(chunk):
+                ids[j, :len(t)], mask[j, :len(t)] = torch.tensor(t), 1
+            cos, sin = _rotary_cos_sin(enc.model.config, n, torch.device("cpu"), torch.float32)
+            yield [ids.numpy(), mask.numpy(), cos.numpy(), sin.numpy()]
+
+    graph = nncf.quantize(graph, nncf.Dataset(list(batches())), model_type=nncf.ModelType.TRANSFORMER,
+                          subset_size=len(tokens) // 8)
+    folder = Path(tempfile.mkdtemp())
+    ov.save_model(graph, str(folder / "model.xml"), compress_to_fp16=False)
+    compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU",
+                                       {"INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                                        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    enc.model = OpenVINOTower(enc.model, compiled, "nomic", folder)
     return out
 
 
@@ -189,6 +241,7 @@ def minilm(args, cache: str | None) -> None:
     timed_texts = texts[:args.speed_texts] if args.speed_texts else texts
     ours = Embedder.from_pretrained(text=folder)
     fast = fast_copy(ours, cache)
+    int8 = fast_copy(ours, cache, "int8")
     ort = swapped(ours, text=ORTTower(ours.text_encoder.model, "bert"))
     st = SentenceTransformer(folder, device="cpu")
     n_tokens = sum(min(len(x), ours.text_encoder.max_length) for x in ours.text_encoder.tokenize(timed_texts))
@@ -196,7 +249,7 @@ def minilm(args, cache: str | None) -> None:
     def run(e):
         return lambda warm: e.embed_text(timed_texts[:8] if warm else timed_texts, show_progress=False)
 
-    variants = {"ours fp32": run(ours), "ours fast": run(fast),
+    variants = {"ours fp32": run(ours), "ours fast": run(fast), "ours int8 (OpenVINO int8 weights)": run(int8),
                 "sentence-transformers encode": lambda warm: st.encode(timed_texts[:8] if warm else timed_texts,
                                                                        batch_size=32, normalize_embeddings=True),
                 "ONNX Runtime fp32": run(ort)}
@@ -204,8 +257,8 @@ def minilm(args, cache: str | None) -> None:
     report(f"MiniLM-L6-v2 (real weights), Cranfield: {len(timed_texts)} texts timed, {n_tokens} tokens", med,
            len(timed_texts), "texts", n_tokens)
     if len(timed_texts) < len(texts):  # quality on the whole collection: one more pass of fp32 and fast
-        outs = {name: e.embed_text(texts, show_progress=False) for name, e in (("ours fp32", ours),
-                                                                               ("ours fast", fast))}
+        outs = {name: e.embed_text(texts, show_progress=False)
+                for name, e in (("ours fp32", ours), ("ours fast", fast), ("ours int8", int8))}
     qrels = cranfield_qrels()
     nd = len(docs)
     print(f"  quality over {nd} documents and {len(queries)} queries:")
@@ -222,24 +275,56 @@ def nomic_text(args, cache: str | None) -> None:
     encoder, _native, _tok = build()
     ours = Embedder(encoder, info={"device": "cpu", "dtype": "float32"})
     fast = fast_copy(ours, cache)
-    ort = swapped(ours, text=ORTTower(encoder.model, "nomic"))
+    engines = {"ours fp32": ours, "ours fast": fast, "ours int8 (OpenVINO int8 weights)": fast_copy(ours, cache, "int8"),
+               "OpenVINO fp32 graph": openvino_copy(ours, cache, "text", "nomic", "fp32"),
+               "ONNX Runtime fp32": swapped(ours, text=ORTTower(encoder.model, "nomic"))}
+    if args.static_int8:
+        engines["OpenVINO int8 weights+activations"] = static_int8_copy(
+            ours, cranfield_records("cran.all.1400")[1000:1064])
     texts = cranfield_records("cran.all.1400")[:args.nomic_texts]
     n_tokens = sum(len(x) for x in encoder.tokenize(encoder.apply_prefix(texts, "search_document")))
 
     def run(e):
         return lambda warm: e.embed_text(texts[:4] if warm else texts, show_progress=False)
 
-    med, outs = interleaved({"ours fp32": run(ours), "ours fast": run(fast), "ONNX Runtime fp32": run(ort)},
-                            args.reps)
+    med, outs = interleaved({k: run(e) for k, e in engines.items()}, args.reps)
     report(f"nomic-embed-text-v1.5 full size (random weights): {len(texts)} abstracts, {n_tokens} tokens", med,
            len(texts), "texts", n_tokens)
-    print(f"  min cos to ours fp32: fast {min_cos(outs['ours fast'], outs['ours fp32']):.5f}, "
-          f"ONNX Runtime {min_cos(outs['ONNX Runtime fp32'], outs['ours fp32']):.5f} (random weights: speed only)")
+    print("  min cos to ours fp32 (random weights: speed only): " + ", ".join(
+        f"{k} {min_cos(v, outs['ours fp32']):.5f}" for k, v in outs.items() if k != "ours fp32"))
 
 
 def photos(n: int) -> list[str]:
     found = sorted((DATA / "images-odd" / "exif_orientation_jpeg").glob("*.jpg"))
     return [str(p) for p in (found * (n // max(len(found), 1) + 1))[:n]]
+
+
+def bare_trunk_jobs(embedder, paths: list[str]) -> dict:
+    """Issue 16's reference: timm's forward alone (trunk + head) on the batch already decoded and preprocessed
+    (what ``embed_images`` adds on top is reading, decoding, resizing and normalising), as timm builds it (NCHW)
+    and in the channels-last layout the backend uses on CPU."""
+    from PIL import Image
+
+    from multimodal_embed.backends.aligned import BUILTIN_DIR
+    from multimodal_embed.models.aligned import read_aligned_folder
+
+    pre = embedder.vision_encoder.preprocessor
+    pixels = torch.stack([torch.from_numpy(pre(Image.open(p).convert("RGB"))) for p in paths])
+    folder = BUILTIN_DIR / "minilm-efficientnet-lite0"
+    nchw = read_aligned_folder(folder).build_model(folder).eval()
+    last = read_aligned_folder(folder).build_model(folder).eval().to(memory_format=torch.channels_last)
+
+    def job(model, layout):
+        def run(warm):
+            with torch.inference_mode():
+                x = pixels[:4] if warm else pixels
+                for i in range(0, len(x), 32):  # embed_images' batch size
+                    out = torch.nn.functional.normalize(model(x[i:i + 32].contiguous(memory_format=layout)), dim=-1)
+            return out.numpy()
+        return run
+
+    return {"bare timm forward (NCHW, preprocessed)": job(nchw, torch.contiguous_format),
+            "bare timm forward (channels-last)": job(last, torch.channels_last)}
 
 
 def aligned(args, cache: str | None) -> None:
@@ -257,16 +342,20 @@ def aligned(args, cache: str | None) -> None:
         cifar_paths = cifar_paths[::max(1, len(cifar_paths) // args.quality_cifar)][:args.quality_cifar]
     timed_cifar = cifar_paths[:args.cifar] if args.cifar else cifar_paths
     jpegs = photos(args.jpegs)
-    engines = {"ours fp32": ours, "ours fast": fast, "ONNX Runtime fp32": ort}
+    engines = {"ours fp32": ours, "ours fast": fast, "ours int8": fast_copy(ours, cache, "int8"),
+               "ONNX Runtime fp32": ort}
     for title, paths in ((f"built-in minilm-efficientnet-lite0: {len(timed_cifar)} CIFAR-10 held-out images",
                           timed_cifar), (f"built-in minilm-efficientnet-lite0: {len(jpegs)} 1800x1200 JPEGs", jpegs)):
-        med, outs = interleaved({k: image_job(e, paths, 4) for k, e in engines.items()}, args.reps)
+        jobs = {k: image_job(e, paths, 4) for k, e in engines.items()}
+        jobs.update(bare_trunk_jobs(ours, paths))
+        med, outs = interleaved(jobs, args.reps)
         report(title, med, len(paths), "images")
-        print(f"  min cos to ours fp32: fast {min_cos(outs['ours fast'], outs['ours fp32']):.5f}")
+        print("  min cos to ours fp32: " + ", ".join(f"{k} {min_cos(outs[k], outs['ours fp32']):.5f}"
+                                                    for k in engines if k != "ours fp32"))
     labels = sorted({Path(p).parent.name for p in cifar_paths})
     truth = [Path(p).parent.name for p in cifar_paths]
     print(f"  quality (held-out; {len(cifar_paths)} CIFAR-10 images, {len(tux)} Tux Paint stamps):")
-    for name in ("ours fp32", "ours fast"):
+    for name in ("ours fp32", "ours fast", "ours int8"):
         e = engines[name]
 
         def txt(texts, e=e):
@@ -297,11 +386,13 @@ def nomic_vision(args, cache: str | None) -> None:
     fast = fast_copy(ours, cache)
     ort = swapped(ours, vision=ORTTower(model, "image", pre.output_size()))
     paths = photos(args.nomic_photos)
-    engines = {"ours fp32": ours, "ours fast": fast, "ONNX Runtime fp32": ort}
+    engines = {"ours fp32": ours, "ours fast": fast, "ours int8": fast_copy(ours, cache, "int8"),
+               "ONNX Runtime fp32": ort}
     med, outs = interleaved({k: image_job(e, paths, 2) for k, e in engines.items()}, args.reps)
     report(f"nomic-embed-vision-v1.5 full size (random weights): {len(paths)} 1800x1200 JPEGs", med, len(paths),
            "images")
-    print(f"  min cos to ours fp32: fast {min_cos(outs['ours fast'], outs['ours fp32']):.5f} (random weights)")
+    print("  min cos to ours fp32 (random weights): " + ", ".join(
+        f"{k} {min_cos(outs[k], outs['ours fp32']):.5f}" for k in engines if k != "ours fp32"))
 
 
 WORKLOADS = {"minilm": minilm, "nomic-text": nomic_text, "aligned": aligned, "nomic-vision": nomic_vision}
@@ -322,6 +413,8 @@ def main() -> None:
     ap.add_argument("--jpegs", type=int, default=32)
     ap.add_argument("--nomic-photos", type=int, default=16)
     ap.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {list(WORKLOADS)}")
+    ap.add_argument("--static-int8", action="store_true", help="nomic-text: also time OpenVINO int8 weights AND "
+                                                                "activations (NNCF, calibrated on 64 other abstracts)")
     ap.add_argument("--cache-dir", default=None, help="where the fast mode's exports go (default: MMEMBED_CACHE)")
     args = ap.parse_args()
     from multimodal_embed.precision import choose_precision, cpu_capability

@@ -86,6 +86,8 @@ def _load(name: str, args: argparse.Namespace) -> Any:
         kwargs["revision"] = args.revision
     if getattr(args, "fast", False):
         kwargs["precision"] = "fast"
+    elif getattr(args, "precision", None) not in (None, "exact"):
+        kwargs["precision"] = args.precision
     return Embedder.from_pretrained(name, **kwargs)
 
 
@@ -414,7 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     f"`mmembed models`)")
             p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
             p.add_argument("--fast", action="store_true", help="the fast precision for this CPU (bf16 with native "
-                                                               "bf16, else int8 via OpenVINO); default exact fp32")
+                                                               "bf16, else fp32 through OpenVINO where faster); "
+                                                               "same as --precision fast")
+            p.add_argument("--precision", choices=["exact", "fast", "int8"], default="exact",
+                           help="exact fp32 (default), fast (see --fast) or int8 (OpenVINO int8 weights: smaller, "
+                                "not faster on AVX2)")
         return p
 
     p = add("embed", "embed texts and/or images; rows to stdout (.jsonl) or --output", cmd_embed)

@@ -80,9 +80,10 @@ class Embedder:
             gpu_decode: nomic and aligned models: decode JPEGs and resize/crop on the model's device (nvJPEG on
                 CUDA; other files still go through the CPU loader). ``None`` (default) turns it on when the
                 image tower runs on CUDA; ``False`` keeps all decoding on the CPU.
-            precision: ``None``/``"exact"`` (default) or ``"fast"``: what is fast on this CPU (bf16 with native bf16,
-                else int8 weights through OpenVINO); ``info["precision"]`` says what was chosen and why. See
-                :mod:`multimodal_embed.precision`.
+            precision: ``None``/``"exact"`` (default), ``"fast"``: what is fast on this CPU (bf16 with native bf16,
+                else fp32 through OpenVINO for the towers where that measured faster), or ``"int8"`` (OpenVINO
+                int8 weights: smaller, not faster on AVX2); ``info["precision"]`` says what was chosen and why.
+                See :mod:`multimodal_embed.precision`.
             **text_options: passed to the nomic text encoder (e.g. ``matryoshka=True``,
                 ``rotary_scaling_factor=None``, ``max_length=2048``).
         """

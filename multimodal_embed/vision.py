@@ -249,6 +249,8 @@ class PreprocessorImageEncoder(ImageEncoder):
 class NomicVisionEncoder(PreprocessorImageEncoder):
     """nomic-embed-vision v1 / v1.5 with its preprocessing."""
 
+    export_recipe = "vit"  # exported like any image tower; the precision policy treats ViTs apart
+
     def __init__(self, model: NomicVisionModel, preprocessor: ImagePreprocessor, *, max_pixels: int | None,
                  jpeg_draft: bool = True, gpu_decode: bool | None = None):
         super().__init__(model, preprocessor, model.config.hidden_size, max_pixels=max_pixels,

@@ -1,5 +1,6 @@
-"""The CPU precision policy and the OpenVINO int8 fast path: the choice, the warning, the cache, and quality on
-real weights (MiniLM on Cranfield, the built-in aligned model on CIFAR-10 / Tux Paint held-out samples)."""
+"""The CPU precision policy and the OpenVINO engine (fp32 graph for the fast mode, int8 weights on request): the
+choice, the warning, the cache, and quality on real weights (MiniLM on Cranfield, the built-in aligned model on
+CIFAR-10 / Tux Paint held-out samples)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def test_policy_exact_by_default_and_fast_follows_the_hardware(monkeypatch):
     assert choose_precision(None, "cpu", AVX2).mode == "fp32"
     assert choose_precision("exact", "cpu", AMX).mode == "fp32"
     fast_avx2 = choose_precision("fast", "cpu", AVX2)
-    assert (fast_avx2.mode, fast_avx2.engine) == ("int8", "openvino") and "no native bf16" in fast_avx2.reason
+    assert (fast_avx2.mode, fast_avx2.engine) == ("fp32", "openvino") and "no native bf16" in fast_avx2.reason
+    assert (choose_precision("int8", "cpu", AVX2).mode, choose_precision("int8", "cpu", AMX).mode) == ("int8", "int8")
     fast_amx = choose_precision("fast", "cpu", AMX)
     assert (fast_amx.mode, fast_amx.engine) == ("bf16", "torch") and "AMX" in fast_amx.reason
     assert choose_precision("fast", "cuda", AVX2).mode == "device"
@@ -43,7 +45,7 @@ def test_policy_exact_by_default_and_fast_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(prec, "cpu_capability", lambda: AMX)
     assert choose_precision("fast").mode == "bf16"
     monkeypatch.setattr(prec, "cpu_capability", lambda: AVX2)
-    assert choose_precision("fast").mode == "int8"
+    assert choose_precision("fast").engine == "openvino"
     with pytest.raises(InvalidInputError, match="turbo"):
         choose_precision("turbo")
 
@@ -95,30 +97,55 @@ def test_precision_with_a_dtype_is_refused(fixtures_dir):
                         "fast", capability=AVX2)
 
 
-# -- the OpenVINO int8 engine ----------------------------------------------------------------------------------
+# -- the OpenVINO engine ----------------------------------------------------------------------------------------
 @needs_openvino
-def test_int8_nomic_text_matches_exact_across_lengths(fixtures_dir):
+def test_fast_on_avx2_keeps_the_nomic_text_tower_exact_and_int8_quantises_it(fixtures_dir):
     folder = str(fixtures_dir / "text-v1.5-tiny")
     texts = ["hi", "a somewhat longer sentence about boundary layers " * 3, "x " * 300, ""]
     exact = Embedder.from_pretrained(text=folder).embed_text(texts, dimensionality=None)
     fast = apply_precision(Embedder.from_pretrained(text=folder), "fast", capability=AVX2)
     info = fast.info["precision"]
-    assert (info["requested"], info["mode"], info["engine"]) == ("fast", "int8", "openvino")
-    assert "OpenVINO" in info["towers"]["text"]
-    got = fast.embed_text(texts)
+    assert (info["requested"], info["mode"], info["engine"]) == ("fast", "fp32", "openvino")
+    assert info["towers"]["text"].startswith("fp32 (torch") and "0.83" in info["towers"]["text"]
+    assert np.array_equal(fast.embed_text(texts, dimensionality=None), exact)  # nothing measured faster: unchanged
+    small = apply_precision(Embedder.from_pretrained(text=folder), "int8", capability=AVX2)
+    info = small.info["precision"]
+    assert (info["requested"], info["mode"], info["engine"]) == ("int8", "int8", "openvino")
+    assert info["towers"]["text"].startswith("int8 weights (OpenVINO")
+    got = small.embed_text(texts)
     assert got.dtype == np.float32 and np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
     assert (got * exact).sum(1).min() > 0.99
 
 
 @needs_openvino
-@pytest.mark.slow  # ~60 s on 2 busy cores (trace + export of the tiny tower)
-def test_int8_nomic_vision_matches_exact(fixtures_dir, data_dir):
+def test_fast_on_avx2_runs_bert_as_an_openvino_fp32_graph_with_the_same_numbers(minilm_dir):
+    texts = ["hi", "boundary layer transition on a flat plate " * 10, "x " * 600, ""]
+    exact = Embedder.from_pretrained(text=str(minilm_dir)).embed_text(texts)
+    fast = apply_precision(Embedder.from_pretrained(text=str(minilm_dir)), "fast", capability=AVX2)
+    assert fast.info["precision"]["towers"]["text"].startswith("fp32 graph (OpenVINO")
+    got = fast.embed_text(texts)
+    assert got.dtype == np.float32 and not np.array_equal(got, exact)  # another engine really ran
+    assert np.abs(got - exact).max() < 1e-5 and (got * exact).sum(1).min() > 0.99999
+
+
+@needs_openvino
+@pytest.mark.slow  # ~60 s on 2 busy cores (trace + export of the tiny tower, twice)
+def test_openvino_nomic_vision_matches_exact(fixtures_dir, data_dir):
+    from multimodal_embed.engines.openvino import compile_tower
+
     folder = str(fixtures_dir / "vision-v1.5-tiny")
     images = [str(fixtures_dir / "vision-v1.5-tiny" / "synthetic_300x200.png")] + \
         sorted(str(p) for p in (data_dir / "images-odd" / "exif_orientation_jpeg").glob("*.jpg"))[:3]
     exact = Embedder.from_pretrained(vision=folder).embed_images(images)
     fast = apply_precision(Embedder.from_pretrained(vision=folder), "fast", capability=AVX2)
-    assert (fast.embed_images(images) * exact).sum(1).min() > 0.99
+    assert fast.info["precision"]["towers"]["vision"].startswith("fp32 (torch")  # no engine measured faster
+    assert np.array_equal(fast.embed_images(images), exact)
+    graph = Embedder.from_pretrained(vision=folder)
+    graph.vision_encoder.model = compile_tower(graph.vision_encoder.model, "vit", weights="fp32",
+                                               image_size=graph.vision_encoder.preprocessor.output_size())
+    assert np.abs(graph.embed_images(images) - exact).max() < 1e-5  # the fp32 graph itself is exact
+    small = apply_precision(Embedder.from_pretrained(vision=folder), "int8", capability=AVX2)
+    assert (small.embed_images(images) * exact).sum(1).min() > 0.99
 
 
 @needs_openvino
@@ -126,7 +153,7 @@ def test_export_is_cached_once_per_model_and_atomic(fixtures_dir):
     from multimodal_embed.engines.openvino import cache_root, export_tower, weights_key
 
     model = Embedder.from_pretrained(text=str(fixtures_dir / "text-v1.5-tiny")).text_encoder.model
-    first = export_tower(model, "nomic")  # the same weights as the test above: read back, not exported again
+    first = export_tower(model, "nomic")  # int8: the same weights as the test above: read back, not exported again
     stamp = first.stat().st_mtime_ns
     assert first.parent.parent == cache_root() / "openvino"
     assert export_tower(model, "nomic") == first and first.stat().st_mtime_ns == stamp
@@ -135,6 +162,9 @@ def test_export_is_cached_once_per_model_and_atomic(fixtures_dir):
     with torch.no_grad():
         model.emb_ln.bias.add_(0.01)  # other weights: another key, so another export
     assert weights_key(model, "nomic") != key and first.parent.name == f"nomic-{key}"
+    assert weights_key(model, "nomic", "fp32") != weights_key(model, "nomic")  # another recipe, another export
+    with pytest.raises(ValueError, match="weights"):
+        export_tower(model, "nomic", weights="int4")
 
 
 @needs_openvino
@@ -144,15 +174,20 @@ def test_cli_fast_flag(fixtures_dir, capsys):
     from multimodal_embed.cli import build_parser, main
 
     assert build_parser().parse_args(["embed", "--text", "x"]).fast is False
-    code = main(["embed", "--model", str(fixtures_dir / "text-v1.5-tiny"), "--fast", "--text", "hello", "world"])
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
-    assert code == 0 and len(rows) == 2
+    assert build_parser().parse_args(["embed", "--text", "x"]).precision == "exact"
+    for flags in (["--fast"], ["--precision", "int8"]):
+        code = main(["embed", "--model", str(fixtures_dir / "text-v1.5-tiny"), *flags, "--text", "hello", "world"])
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+        assert code == 0 and len(rows) == 2
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["embed", "--precision", "int4", "--text", "x"])
 
 
 # -- quality on real weights (small samples; benchmarks/cpu_precision.py prints the full numbers) -----------------
 @needs_openvino
 @pytest.mark.slow
-def test_int8_minilm_cranfield_sample_within_tolerance(minilm_dir, data_dir):
+@pytest.mark.parametrize("precision", ["fast", "int8"])
+def test_minilm_cranfield_sample_within_tolerance(minilm_dir, data_dir, precision):
     from benchmarks.cpu_precision import cranfield_qrels, cranfield_records, ndcg_at_10
 
     need(data_dir / "ir" / "cranfield")
@@ -161,7 +196,7 @@ def test_int8_minilm_cranfield_sample_within_tolerance(minilm_dir, data_dir):
     query_ids = [q for q, rel in sorted(qrels.items()) if any(d < 600 for d in rel)]
     queries = [cranfield_records("cran.qry")[q] for q in query_ids]
     exact = Embedder.from_pretrained(text=str(minilm_dir))
-    fast = apply_precision(Embedder.from_pretrained(text=str(minilm_dir)), "fast", capability=AVX2)
+    fast = apply_precision(Embedder.from_pretrained(text=str(minilm_dir)), precision, capability=AVX2)
     a, b = exact.embed_text(docs + queries), fast.embed_text(docs + queries)
     assert (a * b).sum(1).min() > 0.998
     nd = len(docs)
@@ -172,7 +207,8 @@ def test_int8_minilm_cranfield_sample_within_tolerance(minilm_dir, data_dir):
 
 @needs_openvino
 @pytest.mark.slow
-def test_int8_aligned_model_held_out_sample_within_tolerance(data_dir):
+@pytest.mark.parametrize("precision", ["fast", "int8"])
+def test_aligned_model_held_out_sample_within_tolerance(data_dir, precision):
     from benchmarks.aligned_eval import held_out, recall, zero_shot_top1
 
     cifar = held_out(data_dir / "cifar10-test")[::4][:200]
@@ -181,10 +217,10 @@ def test_int8_aligned_model_held_out_sample_within_tolerance(data_dir):
     labels = sorted({Path(p).parent.name for p in paths})
     truth = [Path(p).parent.name for p in paths]
     results = {}
-    for name in ("exact", "fast"):
+    for name in ("exact", precision):
         emb = Embedder.from_pretrained("minilm-efficientnet-lite0")
-        if name == "fast":
-            apply_precision(emb, "fast", capability=AVX2)
+        if name != "exact":
+            apply_precision(emb, precision, capability=AVX2)
 
         def txt(texts, emb=emb):
             return emb.embed_text(texts, task=emb.query_task, show_progress=False)
@@ -192,7 +228,7 @@ def test_int8_aligned_model_held_out_sample_within_tolerance(data_dir):
         img = emb.embed_images(paths)
         results[name] = (img, zero_shot_top1(img, labels, truth, txt),
                          recall(emb.embed_images([p for p, _ in tux]), [c for _, c in tux], txt)["R@10"])
-    (a, top1_a, r10_a), (b, top1_b, r10_b) = results["exact"], results["fast"]
-    assert (a * b).sum(1).min() > 0.99
+    (a, top1_a, r10_a), (b, top1_b, r10_b) = results["exact"], results[precision]
+    assert (a * b).sum(1).min() > (0.99999 if precision == "fast" else 0.99)  # fast: an fp32 graph
     assert abs(top1_a - top1_b) <= 0.005 + 1e-9  # 0.5 points (one image in 200)
     assert abs(r10_a - r10_b) <= 0.01

@@ -1,9 +1,10 @@
-"""OpenVINO int8 engine for the CPU fast mode: export a tower once per model into a cache folder, atomically.
+"""OpenVINO engine for the CPU precisions: export a tower once per model into a cache folder, atomically.
 
 A tower (text transformer or image model) is converted from its torch module (``openvino.convert_model``,
-dynamic batch and sequence axes), its MatMul/Gather weights compressed to int8 with NNCF's data-free
-per-channel weight compression (no calibration data; LayerNorms, convolutions and pooling stay fp32), and saved
-as OpenVINO IR under ``<cache>/openvino/<key>/``. ``key`` hashes the weights, the tower kind and the library
+dynamic batch and sequence axes) and saved as OpenVINO IR under ``<cache>/openvino/<key>/``: as an fp32 graph
+(``weights="fp32"``, the fast mode on CPUs without native bf16: OpenVINO's fused kernels, same numbers within
+1e-6), or with its MatMul/Gather weights compressed to int8 by NNCF's data-free per-channel weight compression
+(``weights="int8"``; no calibration data; LayerNorms, convolutions and pooling stay fp32). ``key`` hashes the weights, the tower kind and the library
 versions, so a changed model is exported again and an unchanged one is read back. The encoder keeps its
 tokenizer, preprocessing and pooling; only ``encoder.model`` is swapped for an :class:`OpenVINOTower` that calls
 the compiled model (the original fp32 module stays attached, for device/dtype queries).
@@ -28,7 +29,7 @@ from ..errors import MissingDependencyError
 
 logger = logging.getLogger(__name__)
 
-RECIPE = "int8w-asym-matmul-v2"  # bump when the export recipe changes
+RECIPES = {"int8": "int8w-asym-matmul-v2", "fp32": "fp32-graph-v1"}  # bump when an export recipe changes
 
 
 def _require() -> tuple[Any, Any]:
@@ -37,7 +38,7 @@ def _require() -> tuple[Any, Any]:
         import openvino as ov
     except ImportError as exc:
         raise MissingDependencyError(
-            f"precision='fast' on a CPU without native bf16 needs OpenVINO and NNCF ({exc.name} is missing): "
+            f"precision='fast'/'int8' on a CPU without native bf16 needs OpenVINO and NNCF ({exc.name} is missing): "
             f"pip install 'multimodal-embed[fast]'") from exc
     return ov, nncf
 
@@ -47,12 +48,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("MMEMBED_CACHE") or Path.home() / ".cache" / "multimodal_embed")
 
 
-def weights_key(module: nn.Module, kind: str) -> str:
-    """A hash of every parameter and buffer (names, shapes, bytes), the tower kind and the library versions."""
+def weights_key(module: nn.Module, kind: str, weights: str = "int8") -> str:
+    """A hash of every parameter and buffer (names, shapes, bytes), the tower kind, the recipe and the library
+    versions."""
     import nncf
     import openvino as ov
 
-    h = hashlib.sha256(f"{RECIPE}|{kind}|{ov.__version__}|{nncf.__version__}|{torch.__version__}".encode())
+    h = hashlib.sha256(f"{RECIPES[weights]}|{kind}|{ov.__version__}|{nncf.__version__}|{torch.__version__}".encode())
     for name, t in list(module.state_dict().items()):
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -166,25 +168,30 @@ def _dynamic_shapes(kind: str, example: tuple[torch.Tensor, ...]) -> list[list[i
     return shapes
 
 
-def export_tower(original: nn.Module, kind: str, *, image_size: tuple[int, int] | None = None,
-                 cache_dir: str | Path | None = None) -> Path:
-    """The IR (``model.xml``) of ``original`` with int8 weights, exported once into the cache (atomically)."""
+def export_tower(original: nn.Module, kind: str, *, weights: str = "int8",
+                 image_size: tuple[int, int] | None = None, cache_dir: str | Path | None = None) -> Path:
+    """The IR (``model.xml``) of ``original`` with ``weights`` ``"int8"`` or ``"fp32"``, exported once into the
+    cache (atomically)."""
+    if weights not in RECIPES:
+        raise ValueError(f"weights must be one of {list(RECIPES)}, got {weights!r}")
     ov, nncf = _require()
     root = Path(cache_dir) if cache_dir is not None else cache_root()
-    final = root / "openvino" / f"{kind}-{weights_key(original, kind)}"
+    suffix = "" if weights == "int8" else f"-{weights}"
+    final = root / "openvino" / f"{kind}{suffix}-{weights_key(original, kind, weights)}"
     xml = final / "model.xml"
     if xml.is_file() and (final / "model.bin").is_file():
         return xml
     root.joinpath("openvino").mkdir(parents=True, exist_ok=True)
     example, traced = _examples(kind, original.float().eval(), image_size)
-    logger.info("exporting the %s tower to OpenVINO int8 (once per model) into %s", kind, final)
+    logger.info("exporting the %s tower to OpenVINO %s (once per model) into %s", kind, weights, final)
     with torch.inference_mode(False), torch.no_grad():
         model = ov.convert_model(traced.eval(), example_input=example,
                                  input=[ov.PartialShape(s) for s in _dynamic_shapes(kind, example)])
     # Convolutions stay fp32: int8 per-channel weights on EfficientNet's depthwise/pointwise convs cost quality
     # (min cosine 0.93 on CIFAR-10) while OpenVINO's fp32 conv kernels already bring the speed.
-    ignored = nncf.IgnoredScope(types=["Convolution", "GroupConvolution"], validate=False)
-    model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
+    if weights == "int8":
+        ignored = nncf.IgnoredScope(types=["Convolution", "GroupConvolution"], validate=False)
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root / "openvino"))
     try:
         ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
@@ -198,12 +205,13 @@ def export_tower(original: nn.Module, kind: str, *, image_size: tuple[int, int] 
     return xml
 
 
-def compile_tower(original: nn.Module, kind: str, *, image_size: tuple[int, int] | None = None,
+def compile_tower(original: nn.Module, kind: str, *, weights: str = "int8", image_size: tuple[int, int] | None = None,
                   cache_dir: str | Path | None = None, threads: int | None = None) -> OpenVINOTower:
     """Export (or read back) and compile ``original`` for this CPU; returns the stand-in module."""
     ov, _ = _require()
-    xml = export_tower(original, kind, image_size=image_size, cache_dir=cache_dir)
+    xml = export_tower(original, kind, weights=weights, image_size=image_size, cache_dir=cache_dir)
+    # f32 inference precision: OpenVINO would otherwise run bf16 on CPUs with native bf16 (AMX/AVX512_BF16)
     config = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
-              "PERFORMANCE_HINT": "LATENCY"}
+              "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     compiled = ov.Core().compile_model(str(xml), "CPU", config)
     return OpenVINOTower(original, compiled, kind, xml.parent)
