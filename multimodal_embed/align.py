@@ -54,6 +54,7 @@ class AlignConfig:
     class_prior: str | None = None  # "imagenet": add the trunk's ImageNet classifier, class names in text space
     prior_temperature: float = 1.0  # softmax temperature of the class prior (the bridge)
     max_residual: float | None = 0.6  # with a prior: the trained residual's norm bound (None: first-edition mix)
+    residual_hidden: int | None = None  # with a prior: hidden width of an MLP residual (None: linear 1280 -> dim)
     distill_weight: float = 3.0  # with a prior: weight of the loss keeping zero-shot over the class names
     distill_scale: float = 50.0  # ... agreeing with the trunk's own classifier (logit scale of that zero-shot)
     image_size: int = 224
@@ -207,7 +208,9 @@ class _Trainer:
         self.text_encoder = load_text_encoder(resolve_packaged(config.text), device=self.device,
                                               dtype=torch.float32)
         self.text_embedder = Embedder(self.text_encoder)
-        self.model = AlignedVisionModel(config.timm_name, self.text_encoder.dim)
+        if config.residual_hidden is not None and (config.residual_hidden < 1 or not config.class_prior):
+            raise InvalidInputError(f"residual_hidden {config.residual_hidden} needs a class prior and a width >= 1")
+        self.model = AlignedVisionModel(config.timm_name, self.text_encoder.dim, hidden=config.residual_hidden)
         if config.vision_weights:
             load_trunk_weights(self.model.trunk, resolve_packaged(config.vision_weights))
         if config.class_prior:

@@ -153,6 +153,28 @@ def test_residual_starts_at_the_bridge_and_stays_within_its_bound(small_data, tm
     assert cos.min() >= float(np.cos(np.arcsin(0.3))) - 1e-5  # at most asin(0.3) away from the bridge
 
 
+def test_mlp_residual_trains_within_its_bound_saves_and_reloads(small_data, tmp_path, toy_trunk_weights):
+    from multimodal_embed.errors import InvalidInputError
+
+    cfg = _config(small_data, tmp_path / "out", max_steps=3, lr=0.1, vision_weights=str(toy_trunk_weights),
+                  class_prior="imagenet", freeze_trunk=True, max_residual=0.4, residual_hidden=16)
+    trainer = _Trainer(cfg)
+    feats, _ = trainer.trunk_features([p for p, _ in trainer.train_pairs], "test")
+    torch.testing.assert_close(trainer.model.embed_features(feats), trainer.model.prior.bridge(feats))
+    trainer.run()
+    with torch.no_grad():
+        residual = trainer.model.embed_features(feats) - trainer.model.prior.bridge(feats)
+    assert 1e-3 < residual.norm(dim=-1).max() <= 0.4 + 1e-5  # the hidden layer trained, the bound holds
+    head = load_file(str(tmp_path / "out" / "projection.safetensors"))
+    assert head["hidden.weight"].shape == (16, trainer.model.feature_dim) and head["proj.weight"].shape == (384, 16)
+    assert json.loads((tmp_path / "out" / "align_config.json").read_text())["training"]["residual_hidden"] == 16
+    images = sorted(str(p) for p in small_data.glob("*.png"))[:3]
+    np.testing.assert_allclose(Embedder.from_pretrained(str(tmp_path / "out")).embed_images(images),
+                               trainer.embed_images(images), atol=1e-5)
+    with pytest.raises(InvalidInputError, match="residual_hidden"):
+        _Trainer(_config(small_data, tmp_path / "bad", residual_hidden=8))  # needs a class prior
+
+
 def test_first_edition_mix_still_trains_and_loads(small_data, tmp_path, toy_trunk_weights):
     cfg = _config(small_data, tmp_path / "out", max_steps=2, vision_weights=str(toy_trunk_weights),
                   class_prior="imagenet", max_residual=None)
