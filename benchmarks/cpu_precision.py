@@ -19,7 +19,6 @@ medians of ``--reps`` interleaved runs, ratios against our fp32 measured side by
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import statistics
@@ -169,15 +168,12 @@ def static_int8_copy(embedder, calibration: list[str]):
     import nncf
     import openvino as ov
 
-    from multimodal_embed.engines.openvino import OpenVINOTower, _dynamic_shapes, _examples
+    from multimodal_embed.engines.openvino import OpenVINOTower, compile_ir, convert_tower
     from multimodal_embed.models.nomic_bert import _rotary_cos_sin
 
     out = swapped(embedder)
     enc = out.text_encoder
-    example, traced = _examples("nomic", enc.model.float().eval(), None)
-    with torch.no_grad():
-        graph = ov.convert_model(traced.eval(), example_input=example,
-                                 input=[ov.PartialShape(s) for s in _dynamic_shapes("nomic", example)])
+    graph = convert_tower(enc.model, "nomic")
     tokens = enc.tokenize(enc.apply_prefix(calibration, "search_document"))
 
     def batches():
@@ -195,10 +191,7 @@ def static_int8_copy(embedder, calibration: list[str]):
                           subset_size=len(tokens) // 8)
     folder = Path(tempfile.mkdtemp())
     ov.save_model(graph, str(folder / "model.xml"), compress_to_fp16=False)
-    compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU",
-                                       {"INFERENCE_NUM_THREADS": torch.get_num_threads(),
-                                        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
-    enc.model = OpenVINOTower(enc.model, compiled, "nomic", folder)
+    enc.model = OpenVINOTower(enc.model, compile_ir(folder / "model.xml"), "nomic", folder)
     return out
 
 
@@ -368,19 +361,13 @@ def aligned(args, cache: str | None) -> None:
 
 
 def nomic_vision(args, cache: str | None) -> None:
+    from benchmarks.image_throughput import build
     from multimodal_embed import Embedder
     from multimodal_embed.images import ImagePreprocessor
-    from multimodal_embed.models.nomic_vision import NomicVisionConfig, NomicVisionModel
     from multimodal_embed.vision import NomicVisionEncoder
 
-    torch.manual_seed(0)
-    cfg = NomicVisionConfig.from_hf_dict(json.loads((FIXTURES / "config.nomic-embed-vision-v1.5.json").read_text()))
-    model = NomicVisionModel(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-    pre = ImagePreprocessor.from_dict(json.loads(
-        (FIXTURES / "preprocessor_config.nomic-embed-vision-v1.5.json").read_text()))
+    model, pre_cfg = build()
+    pre = ImagePreprocessor.from_dict(pre_cfg)
     ours = Embedder(vision_encoder=NomicVisionEncoder(model, pre, max_pixels=None),
                     info={"device": "cpu", "dtype": "float32"})
     fast = fast_copy(ours, cache)

@@ -31,6 +31,20 @@ def files(n: int) -> list[str]:
     return picked[:n]
 
 
+def build(seed: int = 0) -> tuple[torch.nn.Module, dict]:
+    """The full-size nomic-embed-vision-v1.5 architecture with random weights (N(0, 0.02)) and its hub
+    preprocessor config."""
+    from multimodal_embed.models.nomic_vision import NomicVisionConfig, NomicVisionModel
+
+    torch.manual_seed(seed)
+    cfg = NomicVisionConfig.from_hf_dict(json.loads((FIXTURES / "config.nomic-embed-vision-v1.5.json").read_text()))
+    model = NomicVisionModel(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    return model, json.loads((FIXTURES / "preprocessor_config.nomic-embed-vision-v1.5.json").read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=96)
@@ -40,16 +54,9 @@ def main() -> None:
 
     from multimodal_embed.embedder import Embedder
     from multimodal_embed.images import ImagePreprocessor
-    from multimodal_embed.models.nomic_vision import NomicVisionConfig, NomicVisionModel
     from multimodal_embed.vision import NomicVisionEncoder
 
-    torch.manual_seed(0)
-    cfg = NomicVisionConfig.from_hf_dict(json.loads((FIXTURES / "config.nomic-embed-vision-v1.5.json").read_text()))
-    model = NomicVisionModel(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-    pre_cfg = json.loads((FIXTURES / "preprocessor_config.nomic-embed-vision-v1.5.json").read_text())
+    model, pre_cfg = build()
     encoder = NomicVisionEncoder(model, ImagePreprocessor.from_dict(pre_cfg), max_pixels=None)
     emb = Embedder(vision_encoder=encoder)
     hf = CLIPImageProcessorPil(**{k: v for k, v in pre_cfg.items() if not k.startswith("_")

@@ -30,7 +30,7 @@ def _to_channels_last(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[
 def use_channels_last(trunk: torch.nn.Module) -> None:
     """Run a convolutional trunk in channels-last layout (weights and inputs): on CPU oneDNN's NHWC kernels run
     timm's EfficientNet-Lite0 1.4-2x faster than NCHW (depthwise convolutions), same numbers within fp32
-    rounding (relative difference ~6e-7; tests/test_align.py)."""
+    rounding (relative difference ~6e-7; tests/backends/test_aligned_backend.py)."""
     trunk.to(memory_format=torch.channels_last)
     trunk.register_forward_pre_hook(_to_channels_last)
 

@@ -168,6 +168,24 @@ def _dynamic_shapes(kind: str, example: tuple[torch.Tensor, ...]) -> list[list[i
     return shapes
 
 
+def convert_tower(original: nn.Module, kind: str, *, image_size: tuple[int, int] | None = None) -> Any:
+    """``original`` traced and converted to an fp32 OpenVINO model with dynamic batch (and sequence) axes."""
+    ov, _ = _require()
+    example, traced = _examples(kind, original.float().eval(), image_size)
+    with torch.inference_mode(False), torch.no_grad():
+        return ov.convert_model(traced.eval(), example_input=example,
+                                input=[ov.PartialShape(s) for s in _dynamic_shapes(kind, example)])
+
+
+def compile_ir(xml: Path, threads: int | None = None) -> Any:
+    """Compile a saved IR for this CPU: latency hint, ``threads`` (default torch's), fp32 inference precision
+    (OpenVINO would otherwise run bf16 on CPUs with native bf16, AMX/AVX512_BF16)."""
+    ov, _ = _require()
+    config = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+              "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    return ov.Core().compile_model(str(xml), "CPU", config)
+
+
 def export_tower(original: nn.Module, kind: str, *, weights: str = "int8",
                  image_size: tuple[int, int] | None = None, cache_dir: str | Path | None = None) -> Path:
     """The IR (``model.xml``) of ``original`` with ``weights`` ``"int8"`` or ``"fp32"``, exported once into the
@@ -182,11 +200,8 @@ def export_tower(original: nn.Module, kind: str, *, weights: str = "int8",
     if xml.is_file() and (final / "model.bin").is_file():
         return xml
     root.joinpath("openvino").mkdir(parents=True, exist_ok=True)
-    example, traced = _examples(kind, original.float().eval(), image_size)
     logger.info("exporting the %s tower to OpenVINO %s (once per model) into %s", kind, weights, final)
-    with torch.inference_mode(False), torch.no_grad():
-        model = ov.convert_model(traced.eval(), example_input=example,
-                                 input=[ov.PartialShape(s) for s in _dynamic_shapes(kind, example)])
+    model = convert_tower(original, kind, image_size=image_size)
     # Convolutions stay fp32: int8 per-channel weights on EfficientNet's depthwise/pointwise convs cost quality
     # (min cosine 0.93 on CIFAR-10) while OpenVINO's fp32 conv kernels already bring the speed.
     if weights == "int8":
@@ -208,10 +223,5 @@ def export_tower(original: nn.Module, kind: str, *, weights: str = "int8",
 def compile_tower(original: nn.Module, kind: str, *, weights: str = "int8", image_size: tuple[int, int] | None = None,
                   cache_dir: str | Path | None = None, threads: int | None = None) -> OpenVINOTower:
     """Export (or read back) and compile ``original`` for this CPU; returns the stand-in module."""
-    ov, _ = _require()
     xml = export_tower(original, kind, weights=weights, image_size=image_size, cache_dir=cache_dir)
-    # f32 inference precision: OpenVINO would otherwise run bf16 on CPUs with native bf16 (AMX/AVX512_BF16)
-    config = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
-              "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    compiled = ov.Core().compile_model(str(xml), "CPU", config)
-    return OpenVINOTower(original, compiled, kind, xml.parent)
+    return OpenVINOTower(original, compile_ir(xml, threads), kind, xml.parent)
