@@ -258,6 +258,31 @@ def test_domain_gate_is_fitted_before_training_saved_and_reloaded(small_data, tm
                          class_prior="imagenet", max_residual=0.5, domain_gate=4))  # trunk not frozen
 
 
+@pytest.mark.parametrize("damage", ["centroid_shape", "no_centroids", "low_text", "low_above_high"])
+def test_a_damaged_domain_gate_is_a_config_error(small_data, tmp_path, toy_trunk_weights, damage):
+    from safetensors.torch import save_file
+
+    from multimodal_embed.errors import ConfigError
+
+    out = tmp_path / "out"
+    _Trainer(_config(small_data, out, max_steps=1, vision_weights=str(toy_trunk_weights), class_prior="imagenet",
+                     freeze_trunk=True, max_residual=0.5, domain_gate=2, val_percent=50)).run()
+    cfg = json.loads((out / "align_config.json").read_text())
+    head = load_file(str(out / "projection.safetensors"))
+    if damage == "centroid_shape":
+        head["gate.centroids"] = head["gate.centroids"][:, :5].contiguous()
+    elif damage == "no_centroids":
+        del head["gate.centroids"]
+    elif damage == "low_text":
+        cfg["class_prior"]["domain_gate"]["low"] = "low"
+    else:
+        cfg["class_prior"]["domain_gate"]["low"] = 2.0
+    save_file(head, str(out / "projection.safetensors"))
+    (out / "align_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="gate"):
+        Embedder.from_pretrained(str(out))
+
+
 def test_first_edition_mix_still_trains_and_loads(small_data, tmp_path, toy_trunk_weights):
     cfg = _config(small_data, tmp_path / "out", max_steps=2, vision_weights=str(toy_trunk_weights),
                   class_prior="imagenet", max_residual=None)

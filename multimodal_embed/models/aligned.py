@@ -322,9 +322,16 @@ class AlignedFolder:
             model.max_residual = prior.get("max_residual")
             gate = prior.get("domain_gate")
             if gate is not None:
-                if "gate.centroids" not in head or model.max_residual is None:
-                    raise ConfigError(f"{folder}: a domain gate needs gate.centroids in {HEAD_NAME} and max_residual")
-                model.gate = DomainGate(head["gate.centroids"], float(gate["low"]), float(gate["high"]))
+                centroids = head.get("gate.centroids")
+                if centroids is None or model.max_residual is None or centroids.ndim != 2 \
+                        or centroids.shape[1] != model.feature_dim:
+                    raise ConfigError(f"{folder}: a domain gate needs max_residual and gate.centroids of shape "
+                                      f"(K, {model.feature_dim}) in {HEAD_NAME}")
+                try:
+                    low, high = float(gate["low"]), float(gate["high"])
+                except (KeyError, TypeError, ValueError):
+                    raise ConfigError(f"{folder}: domain_gate needs numeric low and high, got {gate!r}") from None
+                model.gate = DomainGate(centroids, low, high)
         model.logit_scale.data.copy_(head["logit_scale"])
         return model
 
