@@ -161,16 +161,16 @@ def evaluate(vec_fn, txt, trunk: Trunk, tux, cifar, photos, emb) -> dict:
     labels = sorted({Path(p).parent.name for p, _ in cifar})
     truth = [Path(p).parent.name for p, _ in cifar]
     t_img, c_img, p_img = vec_fn([p for p, _ in tux]), vec_fn([p for p, _ in cifar]), vec_fn(photos)
-    g_img = vec_fn(gallery_paths())
+    gallery = gallery_paths()
+    g_img = vec_fn(gallery)
     gen_paths = [p for p, _ in cifar] + [p for p, _ in tux] + photos
     return {"tuxpaint": recall(t_img, [c for _, c in tux], txt),
             "cifar10_top1": zero_shot_top1(c_img, labels, truth, txt),
             "generality": {**agreement(np.concatenate([c_img, t_img, p_img]), trunk, gen_paths),
                            "images": len(gen_paths)},
             "generality_photos_only": agreement(p_img, trunk, photos),
-            "generality_general_photos": {**agreement(np.concatenate([p_img, g_img]), trunk,
-                                                      photos + gallery_paths()),
-                                          "images": len(photos) + len(g_img)},
+            "generality_general_photos": {**agreement(np.concatenate([p_img, g_img]), trunk, photos + gallery),
+                                          "images": len(photos) + len(gallery)},
             "gallery": {k: v for k, v in scores(emb, g_img).items() if not k.startswith("misses")}}
 
 

@@ -17,6 +17,12 @@ def _clusters(n_per: int = 50, dim: int = 32, k: int = 3, spread: float = 0.05, 
     return centres, x
 
 
+def _orthogonal_to(centroids: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` random feature rows with zero cosine to every centroid: as far from the training domain as it gets."""
+    x = F.normalize(torch.randn(n, centroids.shape[1], generator=torch.Generator().manual_seed(seed)), dim=-1)
+    return x - (x @ centroids.T) @ torch.linalg.pinv(centroids.T)
+
+
 def test_spherical_kmeans_finds_separated_clusters_deterministically():
     centres, x = _clusters()
     c = spherical_kmeans(x, 3, seed=1)
@@ -36,12 +42,11 @@ def test_gate_thresholds_are_the_held_out_quantiles_and_it_opens_in_domain():
     assert gate.high == pytest.approx(float(torch.quantile(sim, 0.5)), abs=1e-6)
     w = gate(held).squeeze(1)
     assert float((w == 1).float().mean()) >= 0.5 and w.min() >= 0  # at least half the held-out set: full residual
-    outside = F.normalize(torch.randn(64, 32, generator=torch.Generator().manual_seed(9)), dim=-1)
-    outside -= (outside @ gate.centroids.T) @ torch.linalg.pinv(gate.centroids.T)  # orthogonal to every centroid
+    outside = _orthogonal_to(gate.centroids, 64, seed=9)
     assert torch.equal(gate(outside), torch.zeros(64, 1))  # far from the domain: closed
-    s = torch.linspace(0, 1, 11)
-    w = ((s - gate.low) / (gate.high - gate.low)).clamp(0, 1)
-    assert torch.all(w[1:] >= w[:-1])  # monotone in the similarity
+    t = torch.linspace(0, 1, 21)[:, None]  # from outside the domain straight to a centroid
+    w = gate(t * gate.centroids[0] + (1 - t) * F.normalize(outside[0], dim=0)).squeeze(1)
+    assert w[0] == 0 and w[-1] == 1 and torch.all(w[1:] >= w[:-1])  # monotone in the similarity
 
 
 def test_gate_rejects_bad_settings():
@@ -64,8 +69,7 @@ def test_gated_model_is_the_bridge_outside_the_domain_and_bounded_inside():
     centres, x = _clusters()
     model.gate = DomainGate(spherical_kmeans(x, 3), 0.5, 0.9)
     inside = centres + 0.001
-    outside = F.normalize(torch.randn(8, 32), dim=-1)
-    outside -= (outside @ model.gate.centroids.T) @ torch.linalg.pinv(model.gate.centroids.T)
+    outside = _orthogonal_to(model.gate.centroids, 8, seed=3)
     with torch.no_grad():
         torch.testing.assert_close(model.embed_features(outside), prior.bridge(outside))
         r = model.embed_features(inside) - prior.bridge(inside)
