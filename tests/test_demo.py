@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -45,7 +46,7 @@ def _pick(data_dir: Path, words: list[str]) -> list[Path]:
 
 
 STAMPS = ["frog", "dog", "apple_red", "carrot", "tree"]
-TINY = "truck"  # a 32x32 CIFAR-10 image
+TINY = "building"  # a 32x32 photo (a CIFAR-10-sized downscale of a gallery photo)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,8 @@ def server(data_dir, tmp_path_factory):
         (gallery / p.stem).mkdir()
         shutil.copy(p, gallery / p.stem / p.name)
     (gallery / TINY).mkdir()
-    shutil.copy(data_dir / "cifar10-test" / "truck" / "0000.jpg", gallery / TINY / "truck.jpg")
+    with Image.open(ROOT / "multimodal_embed" / "demo_assets" / "building.jpg") as photo:
+        photo.convert("RGB").resize((32, 32), Image.Resampling.LANCZOS).save(gallery / TINY / "building.jpg", quality=90)
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MMEMBED_DEMO_DIR": str(tmp_path_factory.mktemp("demo")),
            "GRADIO_ANALYTICS_ENABLED": "False", "TQDM_MININTERVAL": "0"}
@@ -167,7 +169,7 @@ def test_browser_search_zero_shot_and_compare(server):
 
         page.get_by_role("tab", name="Zero-shot").click()
         offered = page.locator("#zs-labels textarea").input_value()
-        assert offered == "apple red, carrot, dog, frog, tree, truck", offered  # the index's folder names
+        assert offered == "apple red, building, carrot, dog, frog, tree", offered  # the index's folder names
         page.locator("#zs-image input[type=file]").set_input_files(str(gallery / "frog" / "frog.png"))
         page.locator("#zs-labels textarea").fill("frog, dog, carrot")
         page.locator("#zs-button").click()

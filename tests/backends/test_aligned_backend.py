@@ -10,8 +10,10 @@ from multimodal_embed import Embedder
 from multimodal_embed.backends.aligned import BUILTIN_DIR
 from multimodal_embed.models.aligned import read_aligned_folder
 
+from ..conftest import gallery_photos
 
-def test_builtin_trunk_runs_channels_last_with_the_nchw_numbers(data_dir):
+
+def test_builtin_trunk_runs_channels_last_with_the_nchw_numbers():
     emb = Embedder.from_pretrained("minilm-efficientnet-lite0")
     model = emb.vision_encoder.model
     convs = [m for m in model.trunk.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -19,7 +21,7 @@ def test_builtin_trunk_runs_channels_last_with_the_nchw_numbers(data_dir):
     seen = []
     hook = convs[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(
         memory_format=torch.channels_last)))
-    paths = sorted(str(p) for p in (data_dir / "cifar10-test").rglob("*.jpg"))[::200][:6]
+    paths = [str(p) for p in gallery_photos()[::5][:6]]
     got = emb.embed_images(paths)
     hook.remove()
     assert seen and all(seen)  # the pixels reach the first convolution in channels-last layout too
