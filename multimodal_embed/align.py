@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InvalidInputError
+from .imagefiles import list_image_files
 from .utils import progress
 
 logger = logging.getLogger(__name__)
 
 CLASS_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 @dataclass
@@ -89,7 +89,7 @@ class AlignConfig:
 # -- data ------------------------------------------------------------------------------------------------------
 def is_validation(key: str, val_percent: int) -> bool:
     """Deterministic split: a stable hash of the item's path relative to its dataset root."""
-    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 100 < val_percent
+    return int(hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:8], 16) % 100 < val_percent
 
 
 def load_pairs(source: str | os.PathLike, templates: tuple[str, ...] = CLASS_TEMPLATES
@@ -111,7 +111,7 @@ def load_pairs(source: str | os.PathLike, templates: tuple[str, ...] = CLASS_TEM
         return pairs
     if not src.is_dir():
         raise InvalidInputError(f"{source} is not a folder, .jsonl or .csv file")
-    images = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images = list_image_files(src)
     sidecars = [p for p in images if p.with_suffix(".txt").is_file()]
     if sidecars:
         for p in sidecars:
@@ -124,7 +124,7 @@ def load_pairs(source: str | os.PathLike, templates: tuple[str, ...] = CLASS_TEM
             continue
         label = p.parent.name.replace("_", " ")
         key = str(p.relative_to(src))
-        template = templates[int(hashlib.sha1(key.encode()).hexdigest()[8:16], 16) % len(templates)]
+        template = templates[int(hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[8:16], 16) % len(templates)]
         pairs.append((str(p), template.format(label), key))
     if not pairs:
         raise InvalidInputError(f"{source}: no images with caption sidecars and no class subfolders found")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInputError, ModelNotFoundError, MultimodalEmbedError
-from .imagefiles import printable
+from .imagefiles import printable, utf8_text
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_MODEL, EXIT_ERROR = 0, 1, 2, 3, 4
 DEFAULT_MODEL = os.environ.get("MMEMBED_MODEL", "nomic-embed-v1.5")
@@ -142,6 +142,9 @@ def _write_rows(rows: list[dict[str, Any]], vectors: Any, output: str | None) ->
 
         mat = np.asarray(vectors, dtype=np.float32)
         columns: dict[str, Any] = {k: [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r})}
+        if "path" in columns:  # Parquet strings are UTF-8: odd bytes of a name shown as \xNN, exact bytes beside
+            columns["path_bytes"] = [None if p is None else os.fsencode(p) for p in columns["path"]]
+            columns["path"] = [None if p is None else utf8_text(p) for p in columns["path"]]
         columns["vector"] = arrow_vectors(mat, mat.shape[1])
         write_parquet(columns, output)
     else:

@@ -68,7 +68,7 @@ def list_inputs(source: str | os.PathLike, kind: str = "auto") -> tuple[str, lis
     src = os.fspath(source)
     path = Path(src).expanduser()
     if path.is_dir():
-        return "images", list_images(path)
+        return "images", list_images(path, utf8_only=True)  # the shards' path column is UTF-8 text
     if path.suffix in (".parquet", ".jsonl", ".json") and path.is_file():
         return _items_of_rows(path, _read_rows(path), kind)
     matches = sorted(glob.glob(os.path.expanduser(src), recursive=True))

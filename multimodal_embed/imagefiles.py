@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 __all__ = ["IMAGE_EXTENSIONS", "is_image_name", "iter_images", "list_image_files", "list_image_paths", "list_images",
-           "printable", "utf8_name"]
+           "printable", "utf8_name", "utf8_text"]
 
 logger = logging.getLogger(__name__)
 NOT_REGULAR = "not a regular file (FIFO, device, socket or a link to one)"
@@ -34,7 +34,8 @@ def is_image_name(name: str | os.PathLike) -> bool:
 
 def printable(path: str | os.PathLike) -> str:
     """A file name safe to print on one line: control characters (newlines included), backslashes and bytes that
-    are not UTF-8 are escaped (``\\n``, ``\\x1b``, ``\\udcff``), so a name cannot forge output lines."""
+    are not UTF-8 are escaped (``\\n``, ``\\x1b``; an undecodable byte as ``\\xff``), so a name cannot forge
+    output lines."""
     text = os.fspath(path)
     if isinstance(text, bytes):
         text = os.fsdecode(text)
@@ -43,11 +44,19 @@ def printable(path: str | os.PathLike) -> str:
         code = ord(ch)
         if ch == "\\":
             out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, as os.fsdecode keeps it (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
         elif code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0 or 0xD800 <= code < 0xE000 or ch in "\u2028\u2029":
             out.append(ch.encode("unicode_escape").decode("ascii") if code < 0xD800 else f"\\u{code:04x}")
         else:
             out.append(ch)
     return "".join(out)
+
+
+def utf8_text(path: str) -> str:
+    """A path as UTF-8 text for formats that hold nothing else (Parquet strings): bytes that are not UTF-8 become
+    ``\\xNN``. Not reversible: keep ``os.fsencode(path)`` beside it where the exact name matters."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def utf8_name(path: str) -> bool:
@@ -72,14 +81,18 @@ def iter_images(
     contain: bool = False,
     on_outside: Callable[[str], None] | None = None,
     on_skip: Callable[[str, str], None] | None = None,
+    utf8_only: bool = False,
 ) -> Iterator[tuple[str, os.stat_result]]:
     """``(path, stat)`` of each regular image file under ``root``, folder by folder in sorted name order.
 
     ``follow_symlinks`` enters linked folders. ``contain=True`` keeps the walk inside ``root``'s real path:
     linked folders leaving it are not entered, and linked files leaving it go to ``on_outside`` instead of
     being yielded. Only regular files are yielded (after following a link): FIFOs, devices, sockets (and links
-    to them, e.g. to ``/dev/zero``) go to ``on_skip(path, reason)``, as do names that are not valid UTF-8 and
-    entries that cannot be stat-ed; entries that vanish while walking are left out silently.
+    to them, e.g. to ``/dev/zero``) go to ``on_skip(path, reason)``, as do entries that cannot be stat-ed;
+    entries that vanish while walking are left out silently. Names that are not valid UTF-8 (Latin-1 names from
+    older cameras and Windows shares) are yielded as ``os`` gives them (undecodable bytes as surrogates, so the
+    path opens the same file); ``utf8_only=True`` sends them to ``on_skip`` instead, for writers of formats that
+    hold UTF-8 text only (Parquet strings).
     """
     top = os.fspath(root)
     real_root = os.path.realpath(top)
@@ -109,7 +122,7 @@ def iter_images(
                 if on_skip is not None:
                     on_skip(path, NOT_REGULAR)
                 continue
-            if not utf8_name(path):
+            if utf8_only and not utf8_name(path):
                 if on_skip is not None:
                     on_skip(path, "the file name is not valid UTF-8")
                 continue
@@ -117,19 +130,20 @@ def iter_images(
 
 
 def list_images(root: str | os.PathLike, *, recursive: bool = True,
-                on_skip: Callable[[str, str], None] | None = None) -> list[str]:
+                on_skip: Callable[[str, str], None] | None = None, utf8_only: bool = False) -> list[str]:
     """Every regular image file under ``root`` (``~`` expanded; linked folders not entered), sorted by path:
-    a stable order, so row ``i`` of a listing is the same file on every run. Special files and names that are
-    not UTF-8 go to ``on_skip(path, reason)`` (default: a logged warning)."""
-    return [str(p) for p in list_image_files(root, recursive=recursive, on_skip=on_skip)]
+    a stable order, so row ``i`` of a listing is the same file on every run. Special files (and, with
+    ``utf8_only``, names that are not UTF-8) go to ``on_skip(path, reason)`` (default: a logged warning)."""
+    return [str(p) for p in list_image_files(root, recursive=recursive, on_skip=on_skip, utf8_only=utf8_only)]
 
 
 def list_image_files(root: str | os.PathLike, *, recursive: bool = True,
-                     on_skip: Callable[[str, str], None] | None = None) -> list[Path]:
+                     on_skip: Callable[[str, str], None] | None = None, utf8_only: bool = False) -> list[Path]:
     """:func:`list_images` as :class:`~pathlib.Path` objects, sorted part by part (the order ``align.load_pairs``
     uses for its folders of captioned or class-sorted images)."""
     top = os.path.expanduser(os.fspath(root))
-    return sorted(Path(path) for path, _ in iter_images(top, recursive=recursive, on_skip=on_skip or _log_skip))
+    return sorted(Path(path) for path, _ in iter_images(top, recursive=recursive, on_skip=on_skip or _log_skip,
+                                                        utf8_only=utf8_only))
 
 
 def _log_skip(path: str, reason: str) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import IndexCorruptError, IndexMismatchError, InvalidInputError, MissingDependencyError
-from .imagefiles import IMAGE_EXTENSIONS, inside, is_image_name
+from .imagefiles import IMAGE_EXTENSIONS, inside, is_image_name, printable, utf8_name, utf8_text
 from .scanning import KnownFile, PendingFile, file_dims, scan_changes, sha256_file
 from .search import (
     SEARCH_CHUNK_ROWS,
@@ -138,6 +138,16 @@ def _locked(method: Callable) -> Callable:
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _db_path(path: str) -> str | bytes:
+    """A path as the ``files`` table keeps it: text, or its exact bytes (a BLOB) when the name is not UTF-8."""
+    return path if utf8_name(path) else os.fsencode(path)
+
+
+def _os_path(value: str | bytes) -> str:
+    """A stored path back as ``os`` names the file (undecodable bytes as surrogates: it opens the same file)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 def _corrupt(path: Path, exc: BaseException) -> Exception:
@@ -294,7 +304,8 @@ class ImageIndex:
     @_locked
     def failures(self) -> list[tuple[str, str]]:
         """Every file recorded as bad, with its reason."""
-        return self.conn.execute("SELECT path, error FROM files WHERE status = 'error' ORDER BY path").fetchall()
+        rows = self.conn.execute("SELECT path, error FROM files WHERE status = 'error' ORDER BY path").fetchall()
+        return [(_os_path(path), error) for path, error in rows]
 
     # -- indexing ------------------------------------------------------------------------------------------
     @_locked
@@ -323,8 +334,8 @@ class ImageIndex:
         return report
 
     def _known(self, root: str) -> dict[str, KnownFile]:
-        return {row[0]: KnownFile(*row[1:]) for row in self.conn.execute(
-            "SELECT path, id, size, mtime_ns, sha256 FROM files WHERE root = ?", (root,))}
+        return {_os_path(row[0]): KnownFile(*row[1:]) for row in self.conn.execute(
+            "SELECT path, id, size, mtime_ns, sha256 FROM files WHERE root = ?", (_db_path(root),))}
 
     def _record_unreadable(self, root: str, unreadable: list[tuple[str, os.stat_result, str]],
                            report: IndexReport) -> None:
@@ -353,17 +364,18 @@ class ImageIndex:
         for path, st, sha, dims in pending:
             src = self.conn.execute(
                 "SELECT f.id, f.path FROM files f JOIN vectors v ON v.file_id = f.id WHERE f.sha256 = ? "
-                "AND f.status = 'ok' ORDER BY (f.path = ?) DESC LIMIT 1", (sha, path)).fetchone()
-            if src is None or src[1] == path:
+                "AND f.status = 'ok' ORDER BY (f.path = ?) DESC LIMIT 1", (sha, _db_path(path))).fetchone()
+            if src is None or _os_path(src[1]) == path:
                 to_embed.append(PendingFile(path, st, sha, dims))
                 continue
             with self.conn:
                 self.conn.execute("BEGIN IMMEDIATE")
-                if src[1] in gone:  # moved: re-path the row, keep its vector
-                    self.conn.execute("DELETE FROM files WHERE path = ?", (path,))
+                if _os_path(src[1]) in gone:  # moved: re-path the row, keep its vector
+                    self.conn.execute("DELETE FROM files WHERE path = ?", (_db_path(path),))
                     self.conn.execute("UPDATE files SET path = ?, root = ?, size = ?, mtime_ns = ?, indexed_at = ? "
-                                      "WHERE id = ?", (path, root, st.st_size, st.st_mtime_ns, time.time(), src[0]))
-                    gone.discard(src[1])
+                                      "WHERE id = ?", (_db_path(path), _db_path(root), st.st_size, st.st_mtime_ns,
+                                                       time.time(), src[0]))
+                    gone.discard(_os_path(src[1]))
                     report.moved += 1
                 else:  # a copy of an indexed file: reuse its vector
                     file_id = self._upsert(path, root, st, sha, dims, "ok", None)
@@ -378,7 +390,7 @@ class ImageIndex:
             return
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in sorted(gone)])
+            self.conn.executemany("DELETE FROM files WHERE path = ?", [(_db_path(p),) for p in sorted(gone)])
         report.removed = len(gone)
         self._cache = None
 
@@ -466,8 +478,9 @@ class ImageIndex:
             "size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, width = excluded.width, "
             "height = excluded.height, status = excluded.status, error = excluded.error, "
             "indexed_at = excluded.indexed_at",
-            (path, root, st.st_size, st.st_mtime_ns, sha, dims[0], dims[1], status, error, time.time()))
-        return self.conn.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()[0]
+            (_db_path(path), _db_path(root), st.st_size, st.st_mtime_ns, sha, dims[0], dims[1], status, error,
+             time.time()))
+        return self.conn.execute("SELECT id FROM files WHERE path = ?", (_db_path(path),)).fetchone()[0]
 
     # -- reading -------------------------------------------------------------------------------------------
     def _data_version(self) -> int:
@@ -484,9 +497,10 @@ class ImageIndex:
         mat = np.empty((len(rows), self.dim), dtype=np.float32)
         for r, (_, path, blob, crc) in enumerate(rows):
             if len(blob) != 4 * self.dim or zlib.crc32(blob) != crc:
-                raise IndexCorruptError(f"{self.path}: the vector of {path} fails its integrity check")
+                raise IndexCorruptError(f"{self.path}: the vector of {printable(_os_path(path))} fails its "
+                                        "integrity check")
             mat[r] = np.frombuffer(blob, dtype=np.float32)
-        ids, paths = [r[0] for r in rows], [r[1] for r in rows]
+        ids, paths = [r[0] for r in rows], [_os_path(r[1]) for r in rows]
         self._cache = (version, ids, paths, mat)
         return ids, paths, mat
 
@@ -543,7 +557,7 @@ class ImageIndex:
                                      (ids[r],)).fetchone()
             if meta is None:
                 continue
-            hits.append(SearchHit(meta[0], float(s), meta[1], meta[2], meta[3], meta[4], meta[5]))
+            hits.append(SearchHit(_os_path(meta[0]), float(s), meta[1], meta[2], meta[3], meta[4], meta[5]))
         return hits
 
     @_locked
@@ -554,7 +568,10 @@ class ImageIndex:
 
     @_locked
     def export(self, path: str | os.PathLike) -> Path:
-        """Write every indexed file's metadata and vector to Parquet (pyarrow), atomically; returns the path."""
+        """Write every indexed file's metadata and vector to Parquet (pyarrow), atomically; returns the path.
+
+        ``path`` is UTF-8 text (a name that is not UTF-8 shows its other bytes as ``\\xNN``); ``path_bytes`` holds
+        every path's exact bytes (``os.fsdecode`` of them opens the file)."""
         try:
             import pyarrow as pa
         except ImportError as exc:
@@ -565,7 +582,9 @@ class ImageIndex:
         meta = {r[0]: r for r in self.conn.execute(
             "SELECT id, size, mtime_ns, sha256, width, height FROM files WHERE status = 'ok'")}
         cols = list(zip(*(meta[i] for i in ids))) if ids else [[]] * 6
-        table = pa.table({"path": pa.array(paths, pa.string()), "size": pa.array(cols[1], pa.int64()),
+        raw = [os.fsencode(p) for p in paths]
+        table = pa.table({"path": pa.array([utf8_text(p) for p in paths], pa.string()),
+                          "path_bytes": pa.array(raw, pa.binary()), "size": pa.array(cols[1], pa.int64()),
                           "mtime_ns": pa.array(cols[2], pa.int64()), "sha256": pa.array(cols[3], pa.string()),
                           "width": pa.array(cols[4], pa.int32()), "height": pa.array(cols[5], pa.int32()),
                           "vector": arrow_vectors(mat, self.dim)})

@@ -79,9 +79,9 @@ def scan_changes(root: str, known: Mapping[str, KnownFile], *, follow_symlinks: 
     """Compare the image files under ``root`` (a real path) with ``known``. Files with the recorded size and
     mtime are unchanged without being read; others are hashed, and count as touched when the hash matches.
 
-    One bad file never stops the scan: special files and names that are not UTF-8 go to ``skipped``, files that
-    cannot be read (permissions) to ``unreadable`` (recorded as failed, retried on the next run), files deleted
-    between the listing and the hash to ``skipped``."""
+    One bad file never stops the scan: special files go to ``skipped``, files that cannot be read (permissions)
+    to ``unreadable`` (recorded as failed, retried on the next run), files deleted between the listing and the
+    hash to ``failed``. Names that are not UTF-8 are scanned like any other (as ``os`` gives them)."""
     changes = Changes()
     seen: set[str] = set()
     for path, st in iter_images(root, follow_symlinks=follow_symlinks, contain=not follow_symlinks,

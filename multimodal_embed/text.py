@@ -178,11 +178,7 @@ class TokenTextEncoder(ModelHolder):
             n_cut += len(ids) > self.max_length and long_text == "truncate"
             pieces.extend(parts)
             owner.extend([i] * len(parts))
-        if n_cut:
-            logger.warning(
-                "%d of %d texts were longer than %d tokens and were truncated (use long_text='mean' to embed "
-                "them whole)", n_cut, len(texts), self.max_length
-            )
+        self.truncations.add(n_cut, len(texts), self.max_length, " (use long_text='mean' to embed them whole)")
 
         lengths = [len(p) for p in pieces]
         batches = plan_batches(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -121,9 +122,39 @@ class ModelHolder:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def truncations(self) -> TruncationNotice:
+        """Text towers: the once-per-model notice of truncated texts (created on first use)."""
+        return self.__dict__.setdefault("_truncations", TruncationNotice())
+
 
 def check_batch_size(batch_size: Any) -> int:
     """A positive int, or :class:`InvalidInputError`."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
     return batch_size
+
+
+class TruncationNotice:
+    """Warns once per model (per encoder object, so per loaded model in a process) that texts were truncated, with
+    the count so far; later truncations go to the debug log with the running count. A caller that embeds one text
+    at a time (a server, an indexing loop) gets one warning, not one per call."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._warned = False
+        self._lock = threading.Lock()
+
+    def add(self, n_cut: int, n_texts: int, limit: int, hint: str = "") -> None:
+        if not n_cut:
+            return
+        with self._lock:
+            self.count += n_cut
+            first, total = not self._warned, self.count
+            self._warned = True
+        if first:
+            logger.warning("%d of %d texts were longer than %d tokens and were truncated%s; this model's later "
+                           "truncations are logged at debug level", n_cut, n_texts, limit, hint)
+        else:
+            logger.debug("%d of %d texts truncated to %d tokens (%d so far by this model)", n_cut, n_texts, limit,
+                         total)

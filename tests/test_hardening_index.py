@@ -61,10 +61,10 @@ def test_fifo_and_device_links_are_skipped_not_read(emb, tmp_path):
     assert list_images(folder) == sorted(str(p) for p in folder.glob("*.jpg"))
 
 
-def test_bad_name_and_vanished_files_do_not_stop_the_rest(emb, tmp_path, monkeypatch):
+def test_a_vanished_file_does_not_stop_the_rest(emb, tmp_path, monkeypatch):
     folder = _gallery(tmp_path, 3)
     raw = os.path.join(os.fsencode(folder), b"bad\xff\xfename.jpg")
-    shutil.copy(SAMPLE / "cat.jpg", raw)
+    shutil.copy(SAMPLE / "cat.jpg", raw)  # a name that is not UTF-8: indexed like the others
     vanishing = folder / "vanishing.jpg"
     shutil.copy(SAMPLE / "cat.jpg", vanishing)
     from multimodal_embed import scanning
@@ -79,10 +79,35 @@ def test_bad_name_and_vanished_files_do_not_stop_the_rest(emb, tmp_path, monkeyp
     monkeypatch.setattr(scanning, "sha256_file", hash_after_delete)
     with ImageIndex.create(tmp_path / "i.mmindex", emb) as idx:
         report = idx.add_folder(folder, show_progress=False)
-        assert report.embedded == 3 and len(idx) == 3
-        reasons = {printable(Path(p).name): r for p, r in report.failed}
-        assert set(reasons) == {"bad\\udcff\\udcfename.jpg", "vanishing.jpg"}, reasons
-        assert "UTF-8" in reasons["bad\\udcff\\udcfename.jpg"]
+        assert report.embedded == 4 and len(idx) == 4
+        assert [Path(p).name for p, _ in report.failed] == ["vanishing.jpg"], report.failed
+
+
+def test_names_that_are_not_utf8_are_indexed_shown_readably_and_open(emb, tmp_path):
+    """Latin-1 names (older cameras, Windows shares): indexed beside the good images, kept byte for byte, shown
+    with the odd bytes escaped, and a search hit's path opens the same file."""
+    folder = _gallery(tmp_path, 3)
+    (folder / "sub\xe9").mkdir()  # a UTF-8 folder name with a non-ASCII character, for contrast
+    shutil.copy(SAMPLE / "dogs.jpg", folder / "sub\xe9" / "chien.jpg")
+    latin1 = os.path.join(os.fsencode(folder), b"caf\xe9 cr\xe8me.jpg")
+    shutil.copy(SAMPLE / "coffee.jpg", latin1)
+    with ImageIndex.create(tmp_path / "i.mmindex", emb) as idx:
+        report = idx.add_folder(folder, show_progress=False)
+        assert (report.embedded, report.failed, report.skipped) == (5, [], [])
+        hits = idx.search(str(SAMPLE / "coffee.jpg"), k=5)
+        found = [h.path for h in hits if os.fsencode(h.path) == latin1]
+        assert found and hits[0].path == found[0] and hits[0].score > 0.999
+        with open(found[0], "rb") as fh:
+            assert fh.read() == (SAMPLE / "coffee.jpg").read_bytes()
+        assert printable(os.path.basename(found[0])) == "caf\\xe9 cr\\xe8me.jpg"
+        assert idx.add_folder(folder, show_progress=False).unchanged == 5  # the bytes match on the next run
+        os.unlink(latin1)
+        assert idx.add_folder(folder, show_progress=False).removed == 1 and len(idx) == 4
+        shutil.copy(SAMPLE / "coffee.jpg", latin1)
+        idx.add_folder(folder, show_progress=False)
+        table = pytest.importorskip("pyarrow.parquet").read_table(idx.export(tmp_path / "e.parquet"))
+        shown = dict(zip(table.column("path_bytes").to_pylist(), table.column("path").to_pylist()))
+        assert shown[latin1].endswith("caf\\xe9 cr\\xe8me.jpg")
 
 
 UNREADABLE_SCRIPT = """
@@ -322,16 +347,18 @@ def test_duplicate_groups_of_8k_near_identical_vectors_finish():
 
 
 def test_printable_escapes_controls():
-    assert printable("a\nb\r\x1b\\\udcff") == "a\\nb\\r\\x1b\\\\\\udcff"
+    assert printable("a\nb\r\x1b\\\udcff") == "a\\nb\\r\\x1b\\\\\\xff"  # an undecodable byte as its value
     assert json.dumps(printable("é")) == '"\\u00e9"'
 
 
-def test_embed_folder_reports_bad_names_and_fifos_and_keeps_the_rest(fixtures_dir, tmp_path, capsys):
+def test_embed_folder_reports_fifos_embeds_odd_names_and_keeps_the_rest(fixtures_dir, tmp_path, capsys):
     folder = _gallery(tmp_path, 2)
     shutil.copy(SAMPLE / "cat.jpg", os.path.join(os.fsencode(folder), b"bad\xffname.jpg"))
     os.mkfifo(folder / "pipe.png")
     code = main(["embed", "--model", str(fixtures_dir / "vision-v1.5-tiny"), "--images", str(folder)])
     captured = capsys.readouterr()
     assert code == EXIT_PARTIAL
-    assert len(captured.out.splitlines()) == 2
-    assert "bad\\udcffname.jpg" in captured.err and "pipe.png" in captured.err
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(rows) == 3  # JSON keeps the name's bytes (as a surrogate escape)
+    assert sum(os.fsencode(row["path"]).endswith(b"/bad\xffname.jpg") for row in rows) == 1
+    assert "pipe.png" in captured.err and "bad" not in captured.err

@@ -137,6 +137,28 @@ def test_long_text_truncate_warns_and_mean_chunks(fixtures_dir, caplog):
     np.testing.assert_allclose(whole[0], want.numpy(), atol=1e-6)
 
 
+def test_truncation_warns_once_per_model_with_later_ones_at_debug(fixtures_dir, caplog):
+    """1,000 over-long texts embedded one call at a time (a server, an indexing loop): one warning; the rest are
+    counted in the debug log. Another model (another Embedder) warns once on its own."""
+    emb = Embedder.from_pretrained(text=str(fixtures_dir / "text-v1.5-tiny"), max_length=16)
+    long_text = _words(40, seed=7)
+    with caplog.at_level(logging.DEBUG, logger="multimodal_embed"):
+        for _ in range(1000):
+            emb.embed_text([long_text], task=None, show_progress=False)
+        emb.embed_text(["short"], task=None, show_progress=False)  # nothing to say
+    warnings_ = [r for r in caplog.records if r.levelno == logging.WARNING and "truncated" in r.getMessage()]
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG and "truncated" in r.getMessage()]
+    assert len(warnings_) == 1 and "1 of 1 texts were longer than 16 tokens" in warnings_[0].getMessage()
+    assert len(debug) == 999 and "(1000 so far by this model)" in debug[-1].getMessage()
+    assert emb.text_encoder.truncations.count == 1000
+    caplog.clear()
+    other = Embedder.from_pretrained(text=str(fixtures_dir / "text-v1.5-tiny"), max_length=16)
+    with caplog.at_level(logging.WARNING, logger="multimodal_embed"):
+        other.embed_text([long_text, long_text, "short"], task=None, show_progress=False)
+        other.embed_text([long_text], task=None, show_progress=False)
+    assert [r.getMessage()[:28] for r in caplog.records] == ["2 of 3 texts were longer tha"]
+
+
 def test_plan_batches_token_budget_and_solo():
     lengths = [5, 100, 7, 100, 3000, 2500, 2500, 50]
     batches = plan_batches(lengths, max_batch_size=3, max_tokens=300, solo=lambda n: n > 2048)

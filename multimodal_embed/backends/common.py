@@ -75,10 +75,7 @@ class ContextTextEncoder(ModelHolder):
         if not texts:
             return torch.empty(0, self.dim)
         lengths = self.token_lengths(texts)
-        n_cut = sum(n > self.max_length for n in lengths)
-        if n_cut:
-            logger.warning("%d of %d texts were longer than the %d-token context and were truncated", n_cut,
-                           len(texts), self.max_length)
+        self.truncations.add(sum(n > self.max_length for n in lengths), len(texts), self.max_length)
         # length-sorted batches waste less on padding (results are returned in input order)
         order = sorted(range(len(texts)), key=lambda i: lengths[i])
         out = torch.empty(len(texts), self.dim, dtype=torch.float32)

@@ -61,7 +61,11 @@ def test_open_clip_folder_detected_and_truncation_warned(folder, caplog):
     assert emb.info["family"] == "open_clip"
     with caplog.at_level(logging.WARNING):
         out = emb.embed_text(["short", "word " * 40, "word " * 50])
-    assert "2 of 3 texts were longer than the 16-token context" in caplog.text
+    assert "2 of 3 texts were longer than 16 tokens" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        emb.embed_text(["word " * 40])  # the same model again: debug level only
+    assert "truncated" not in caplog.text
     assert np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-6)
     res = emb.embed_images_with_errors([_images()[0], b"not an image"])
     assert res.indices == [0] and res.failures[0].index == 1
