@@ -14,8 +14,7 @@ import torch
 from .encoders import ImageEncoder, Scoring, TextEncoder
 from .errors import InvalidInputError
 from .images import DEFAULT_MAX_PIXELS, ImageInput
-from .loading import LoadOptions, apply_gpu_decode, detect_family, load, parse_model_name
-from .utils import resolve_device, resolve_dtype
+from .loading import load_pretrained
 from .vision import ImageEmbeddings
 
 logger = logging.getLogger(__name__)
@@ -73,13 +72,11 @@ class Embedder:
             image_preprocessing: nomic only: ``None``/``"config"`` (the folder's preprocessor_config.json) or
                 ``"shortest_edge"`` (short side to 224 + center crop, as in nomic's training and evaluation).
             max_pixels: Pillow's decompression-bomb limit for decoded images (``None`` disables it).
-            jpeg_draft: nomic only: decode large JPEGs at a reduced DCT scale that keeps 2x the model's input
-                size (pixels within 0.14 in normalised units, cosine >= 0.9999 to the exact path). ``False`` for
-                exact parity.
+            jpeg_draft: nomic only: decode large JPEGs at a reduced DCT scale keeping 2x the input size (cosine
+                >= 0.9999 to the exact path); ``False`` for exact parity.
             allow_mismatched_towers: pair a nomic vision tower with a text tower it was not trained against.
-            gpu_decode: nomic and aligned models: decode JPEGs and resize/crop on the model's device (nvJPEG on
-                CUDA; other files still go through the CPU loader). ``None`` (default) turns it on when the
-                image tower runs on CUDA; ``False`` keeps all decoding on the CPU.
+            gpu_decode: nomic and aligned models: decode JPEGs and resize/crop on the model's CUDA device (nvJPEG);
+                ``None`` (default) turns it on when the image tower runs on CUDA, ``False`` keeps it on the CPU.
             precision: ``None``/``"exact"`` (default), ``"fast"``: what is fast on this CPU (bf16 with native bf16,
                 else fp32 through OpenVINO for the towers where that measured faster), or ``"int8"`` (OpenVINO
                 int8 weights: smaller, not faster on AVX2); ``info["precision"]`` says what was chosen and why.
@@ -87,23 +84,16 @@ class Embedder:
             **text_options: passed to the nomic text encoder (e.g. ``matryoshka=True``,
                 ``rotary_scaling_factor=None``, ``max_length=2048``).
         """
-        if model is not None and text is not None:
-            raise InvalidInputError("give the model positionally or as text=, not both")
-        dev = resolve_device(device)
-        options = LoadOptions(device=dev, dtype=resolve_dtype(dtype, dev), cache_dir=cache_dir,
-                              max_pixels=max_pixels, image_preprocessing=image_preprocessing, jpeg_draft=jpeg_draft,
-                              allow_mismatched_towers=allow_mismatched_towers, gpu_decode=gpu_decode,
-                              text_options=text_options)
-        parsed = None if model is None else detect_family(parse_model_name(os.fspath(model), revision), cache_dir)
-        loaded = load(parsed, options, text=None if text is None else os.fspath(text),
-                      vision=None if vision is None else os.fspath(vision), revision=revision)
-        apply_gpu_decode(loaded.image, options.gpu_decode)
+        loaded = load_pretrained(model, text=text, vision=vision, revision=revision, device=device, dtype=dtype,
+                                 cache_dir=cache_dir, max_pixels=max_pixels, image_preprocessing=image_preprocessing,
+                                 jpeg_draft=jpeg_draft, allow_mismatched_towers=allow_mismatched_towers,
+                                 gpu_decode=gpu_decode, text_options=text_options)
         embedder = cls(loaded.text, loaded.image, scoring=loaded.scoring, info=loaded.info)
-        if precision is not None:  # loaded exactly; the precision policy swaps/quantises the towers
-            from .precision import apply_precision
+        if precision is None:
+            return embedder
+        from .precision import apply_precision  # loaded exactly; the policy swaps or quantises the towers
 
-            embedder = apply_precision(embedder, precision)
-        return embedder
+        return apply_precision(embedder, precision)
 
     @property
     def dim(self) -> int:

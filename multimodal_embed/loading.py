@@ -26,6 +26,7 @@ from . import hub, registry
 from .encoders import ImageEncoder, Scoring, TextEncoder, describe_text
 from .errors import ConfigError, IncompatibleModelsError, InvalidInputError
 from .images import DEFAULT_MAX_PIXELS
+from .utils import resolve_device, resolve_dtype
 
 __all__ = ["FAMILIES", "Family", "LoadOptions", "LoadedModel", "ModelRef", "check_pairing", "detect_family",
            "load", "load_text_encoder", "load_towers", "load_vision_encoder", "parse_model_name"]
@@ -148,6 +149,25 @@ def detect_family(model: ModelRef, cache_dir: str | Path | None = None) -> Model
 
 
 # -- loading -------------------------------------------------------------------------------------------------
+def load_pretrained(model: str | os.PathLike | None, *, text: str | os.PathLike | None = None,
+                    vision: str | os.PathLike | None = None, revision: str | Mapping[str, str] | None = None,
+                    device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                    **options: Any) -> LoadedModel:
+    """Everything :meth:`Embedder.from_pretrained <multimodal_embed.Embedder.from_pretrained>` does before its
+    precision policy: resolve device and dtype, parse and detect the name, load the towers, set up GPU decoding.
+    ``options`` are the remaining :class:`LoadOptions` fields."""
+    if model is not None and text is not None:
+        raise InvalidInputError("give the model positionally or as text=, not both")
+    dev = resolve_device(device)
+    load_options = LoadOptions(device=dev, dtype=resolve_dtype(dtype, dev), **options)
+    parsed = None if model is None else detect_family(parse_model_name(os.fspath(model), revision),
+                                                      load_options.cache_dir)
+    loaded = load(parsed, load_options, text=None if text is None else os.fspath(text),
+                  vision=None if vision is None else os.fspath(vision), revision=revision)
+    apply_gpu_decode(loaded.image, load_options.gpu_decode)
+    return loaded
+
+
 def load(model: ModelRef | None, options: LoadOptions, *, text: str | None = None, vision: str | None = None,
          revision: str | Mapping[str, str] | None = None) -> LoadedModel:
     """Load a parsed, family-detected model (and/or the ``text=`` / ``vision=`` towers) with ``options``."""

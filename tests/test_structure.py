@@ -114,6 +114,27 @@ def test_one_walker_for_every_caller(tmp_path):
     assert {".avif", ".heic", ".jpg"} <= IMAGE_EXTENSIONS
 
 
+def test_alignment_reads_folders_through_the_one_walker(tmp_path):
+    from multimodal_embed.align import load_pairs
+    from multimodal_embed.imagefiles import list_images
+
+    _tree(tmp_path)
+    for rel in ("a.png", "b/x.JPG", "b/c/y.heic"):
+        (tmp_path / rel).with_suffix(".txt").write_text(f"caption of {rel}\n")
+    pairs = load_pairs(tmp_path)
+    assert [p for p, _, _ in pairs] == [p for p in list_images(tmp_path) if Path(p).with_suffix(".txt").is_file()]
+    src = (PACKAGE / "align.py").read_text()
+    assert "os.walk" not in src and ".rglob(" not in src and "IMAGE_EXTENSIONS" not in src
+
+
+def test_from_pretrained_reads_as_a_sentence():
+    """The entry point stays short: name in, towers loaded by loading.py, precision policy, Embedder out."""
+    tree = ast.parse((PACKAGE / "embedder.py").read_text())
+    fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "from_pretrained")
+    start = min([fn.lineno] + [d.lineno for d in fn.decorator_list])
+    assert fn.end_lineno - start + 1 <= 60
+
+
 def test_contained_walk_reports_links_leaving_the_root(tmp_path):
     from multimodal_embed.imagefiles import iter_images
 
