@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInputError, ModelNotFoundError, MultimodalEmbedError
+from .errors import ModelNotFoundError, MultimodalEmbedError
 from .imagefiles import printable, utf8_text
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_MODEL, EXIT_ERROR = 0, 1, 2, 3, 4
@@ -40,22 +40,9 @@ def _positive_int(text: str) -> int:
 
 
 def _check_dim(emb: Any, dim: int | None) -> None:
-    """``--dim`` for texts and images alike, before anything is embedded: the text tower's rule (1..dim, below
-    the full size only for Matryoshka models) or, for an image-only model, the same rule on its encoder."""
-    if dim is None:
-        return
-    check = getattr(emb.text_encoder, "check_dimensionality", None)
-    if check is not None:
-        check(dim)
-        return
-    full = int(emb.dim)
-    trained = tuple(getattr(emb.text_encoder or emb.vision_encoder, "matryoshka_dims", ()) or ())
-    if not trained and dim != full:
-        raise InvalidInputError(f"this model was not trained for Matryoshka truncation: dimensionality must be None "
-                                f"or {full}, got {dim}")
-    low = min(trained) if trained else full
-    if not low <= dim <= full:
-        raise InvalidInputError(f"dimensionality must be between {low} and {full}, got {dim}")
+    """``--dim`` for texts and images alike, before anything is embedded (see ``Embedder.check_dimensionality``)."""
+    if dim is not None:
+        emb.check_dimensionality(dim)
 
 
 def _write_atomic(output: str, write: Any) -> None:
@@ -277,7 +264,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     rows = _prediction_rows(images, [by_index.get(i) for i in range(len(images))], reasons)
     _print_predictions(rows, as_json=args.json)
     for f in res.failures:
-        print(f"mmembed: failed: {images[f.index]}: {f.reason}", file=sys.stderr)
+        print(f"mmembed: failed: {printable(images[f.index])}: {printable(f.reason)}", file=sys.stderr)
     return EXIT_PARTIAL if res.failures else EXIT_OK
 
 
@@ -308,8 +295,8 @@ def _print_predictions(rows: list[dict[str, Any]], *, as_json: bool) -> None:
         print(json.dumps(rows, indent=2))
         return
     for row in rows:
-        best = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in row["predictions"] or [])
-        print(f"{row['path']}\t{best or 'FAILED: ' + row['error']}")
+        best = ", ".join(f"{printable(p['label'])} {p['probability']:.3f}" for p in row["predictions"] or [])
+        print(f"{printable(row['path'])}\t{best or 'FAILED: ' + printable(row['error'])}")
 
 
 def cmd_dedupe(args: argparse.Namespace) -> int:
@@ -532,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--device")
+
+    from .serving.cli import add_serve_command  # argparse only: the server's dependencies load when it runs
+    add_serve_command(sub, _positive_int)
     return parser
 
 

@@ -151,6 +151,36 @@ class Embedder:
         """The text tower's context in tokens (nomic: 8192; CLIP: 77; SigLIP: 64)."""
         return self.text_encoder.max_length if self.text_encoder is not None else None
 
+    def count_tokens(self, texts: Sequence[str], task: str | None = "search_document") -> list[int]:
+        """Tokens the text tower sees for each text before any truncation: the task prefix and the special tokens
+        included (compare with :attr:`max_text_length`)."""
+        enc = self.text_encoder
+        if enc is None:
+            raise InvalidInputError("this Embedder has no text tower")
+        if hasattr(enc, "token_lengths"):  # CLIP-style towers: no prefixes
+            return list(enc.token_lengths([enc.normalize_text(t) for t in texts]))
+        return [len(ids) for ids in enc.tokenize(enc.apply_prefix(list(texts), task))]
+
+    def check_dimensionality(self, dimensionality: int | None) -> int:
+        """The output size for ``dimensionality`` (``None``: :attr:`dim`), or :class:`InvalidInputError`: below the
+        full size only for Matryoshka models, within their trained range."""
+        check = getattr(self.text_encoder, "check_dimensionality", None)
+        if check is not None:
+            return check(dimensionality)
+        if dimensionality is None:
+            return self.dim
+        if isinstance(dimensionality, bool) or not isinstance(dimensionality, (int, np.integer)):
+            raise InvalidInputError(f"dimensionality must be an int, got {dimensionality!r}")
+        full = int(self.dim)
+        trained = tuple(getattr(self.text_encoder or self.vision_encoder, "matryoshka_dims", ()) or ())
+        if not trained and dimensionality != full:
+            raise InvalidInputError(f"this model was not trained for Matryoshka truncation: dimensionality must be "
+                                    f"None or {full}, got {dimensionality}")
+        low = min(trained) if trained else full
+        if not low <= dimensionality <= full:
+            raise InvalidInputError(f"dimensionality must be between {low} and {full}, got {dimensionality}")
+        return int(dimensionality)
+
     def embed_images(
         self,
         images: Sequence[ImageInput],
@@ -161,7 +191,8 @@ class Embedder:
     ) -> np.ndarray:
         """Embed images into ``(len(images), d)`` float32 unit rows, in the text space.
 
-        Inputs may be paths, http(s) URLs, bytes, binary files, PIL images or HxWxC uint8 arrays. Decoding
+        ``images`` is one image or a list of them (the rule texts follow too: a single item gives one row); each
+        may be a path, http(s) URL, bytes, binary file, PIL image or HxWxC uint8 array. Decoding
         and preprocessing run in ``num_workers`` threads, overlapped with the model. The first input that
         cannot be decoded raises :class:`~multimodal_embed.ImageDecodeError` naming it and the reason; use
         :meth:`embed_images_with_errors` to keep every good row instead.
@@ -206,7 +237,8 @@ class Embedder:
         """Embed texts into ``(len(texts), d)`` float32 unit rows.
 
         Args:
-            texts: a list of strings (the empty string is allowed).
+            texts: one string or a list of strings (the empty string is allowed); the result has one row per
+                text either way, as for images (:func:`~multimodal_embed.encoders.as_batch`).
             task: the nomic task prefix: ``search_query``, ``search_document`` (default), ``clustering``,
                 ``classification``, or ``None`` for no prefix. Models without prefixes ignore it.
             dimensionality: Matryoshka size for models trained for it (nomic v1.5: 64 to 768).
