@@ -16,7 +16,33 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .images import ImageInput
 
-__all__ = ["ImageEncoder", "ImageFailure", "Scoring", "TextEncoder"]
+__all__ = ["ImageEncoder", "ImageFailure", "Scoring", "TextEncoder", "as_batch"]
+
+
+def _single_image(item: Any) -> bool:
+    """Whether ``item`` is one image input (not a list of them): a path, URL, bytes, binary file, PIL image or
+    an HxW / HxWxC array (a 4-D array is a batch of images)."""
+    import os
+
+    if isinstance(item, (str, bytes, bytearray, memoryview, os.PathLike)) or hasattr(item, "read"):
+        return True
+    if type(item).__module__.startswith("PIL."):  # a PIL image, without importing Pillow here
+        return True
+    return type(item).__name__ == "ndarray" and getattr(item, "ndim", 0) <= 3
+
+
+def as_batch(items: Any, kind: str) -> list[Any]:
+    """The one input rule of every ``embed_*`` method: a single item or a list (any iterable) of items; the result
+    always has one row per item. ``kind`` is ``"texts"`` (a ``str`` is one text) or ``"images"`` (a path, URL,
+    bytes, binary file, PIL image or HxWxC array is one image)."""
+    from .errors import InputTypeError
+
+    if (kind == "texts" and isinstance(items, str)) or (kind == "images" and _single_image(items)):
+        return [items]
+    if items is None or isinstance(items, (bytes, bytearray)) or not hasattr(items, "__iter__"):
+        what = "a str or a list of str" if kind == "texts" else "an image input or a list of image inputs"
+        raise InputTypeError(f"{kind} must be {what}, got {type(items).__name__}")
+    return list(items)
 
 
 @dataclass

@@ -13,6 +13,7 @@ while indexing runs (WAL).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import logging
 import os
@@ -45,7 +46,8 @@ from .utils import progress
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: ``files.failed_with`` (the software that recorded a failure). Version-1 files are migrated when opened.
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
@@ -59,7 +61,8 @@ CREATE TABLE IF NOT EXISTS files (
     height INTEGER,
     status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
     error TEXT,
-    indexed_at REAL NOT NULL
+    indexed_at REAL NOT NULL,
+    failed_with TEXT
 );
 CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256);
 CREATE INDEX IF NOT EXISTS files_root ON files (root);
@@ -80,13 +83,15 @@ class IndexReport:
     moved: int = 0  # recognised by content hash: path updated, no embedding
     copied: int = 0  # same content as an indexed file: vector reused
     removed: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), this run
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): every file failing after this run
+    known_failed: int = 0  # of ``failed``: unchanged files that failed on an earlier run (reported, not retried)
     skipped_outside: list[str] = field(default_factory=list)  # symlinks leaving the folder
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): FIFOs, devices: never read
 
     def __str__(self) -> str:
         return (f"embedded {self.embedded}, unchanged {self.unchanged}, moved {self.moved}, copied {self.copied}, "
                 f"removed {self.removed}, failed {len(self.failed)}"
+                + (f" ({self.known_failed} known from earlier runs)" if self.known_failed else "")
                 + (f", skipped {len(self.skipped)}" if self.skipped else ""))
 
 
@@ -150,6 +155,42 @@ def _os_path(value: str | bytes) -> str:
     return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
+@functools.lru_cache(maxsize=1)
+def failure_stamp() -> str:
+    """What recorded a failure (this package's and Pillow's versions). A known failure is reported again, not
+    retried, while the file is unchanged and the stamp is the same; after an upgrade it is retried once."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    try:
+        pillow = version("pillow")
+    except PackageNotFoundError:  # pragma: no cover - Pillow is a dependency
+        pillow = "?"
+    return f"multimodal_embed {__version__}; Pillow {pillow}"
+
+
+def _migrate(path: Path, conn: sqlite3.Connection) -> int:
+    """Bring an older index file to :data:`SCHEMA_VERSION` in one transaction (all or nothing; a concurrent
+    opener waits and then finds it done); returns the version the file has afterwards. A file that cannot be
+    written (read-only) stays as it is and is read as it is."""
+    try:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            found = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+            if found == 1:
+                conn.execute("ALTER TABLE files ADD COLUMN failed_with TEXT")  # NULL: failures retried once
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+                logger.info("%s: index file migrated from schema 1 to %d", path, SCHEMA_VERSION)
+                return SCHEMA_VERSION
+            return found
+    except sqlite3.OperationalError as exc:
+        if "readonly" not in str(exc).lower():
+            raise
+        logger.info("%s: read-only index file of schema 1, read without migrating it", path)
+        return 1
+
+
 def _corrupt(path: Path, exc: BaseException) -> Exception:
     """A SQLite error while reading ``path``: corruption, unless it is a lock or a full disk (raised as is)."""
     text = str(exc).lower()
@@ -169,6 +210,7 @@ class ImageIndex:
         self.identity = identity
         self.dim = int(identity["dim"])
         self._embedder = embedder
+        self.schema_version = SCHEMA_VERSION
         self._cache: tuple[int, list[int], list[str], np.ndarray] | None = None
         self._ann = AnnCache()
         self._lock = threading.RLock()
@@ -234,6 +276,7 @@ class ImageIndex:
             raise IndexCorruptError(f"{path}: the model record in its meta table is damaged ({exc!r})") from None
         try:
             conn = cls._connect(path)
+            schema = _migrate(path, conn) if int(meta["schema_version"]) < SCHEMA_VERSION else SCHEMA_VERSION
         except sqlite3.DatabaseError as exc:
             raise _corrupt(path, exc) from None
         if embedder is not None:
@@ -245,7 +288,9 @@ class ImageIndex:
                     f"{path} was built with {identity.get('name') or identity.get('vision')} (dim "
                     f"{identity.get('dim')}); the given model differs in {diff}. Open it without a model to load "
                     f"the recorded one, or build a new index.")
-        return cls(path, conn, identity, embedder)
+        index = cls(path, conn, identity, embedder)
+        index.schema_version = schema
+        return index
 
     @staticmethod
     def _read_meta(path: Path) -> dict[str, str]:
@@ -264,7 +309,11 @@ class ImageIndex:
             raise _corrupt(path, exc) from None
         finally:
             ro.close()
-        if str(meta.get("schema_version")) != str(SCHEMA_VERSION):
+        version = str(meta.get("schema_version"))
+        if version.isdigit() and int(version) > SCHEMA_VERSION:
+            raise IndexCorruptError(f"{path}: schema version {version} was written by a newer multimodal_embed "
+                                    f"(this one reads 1 to {SCHEMA_VERSION}); upgrade the package")
+        if version not in {str(v) for v in range(1, SCHEMA_VERSION + 1)}:
             raise IndexCorruptError(f"{path}: unsupported or missing schema version {meta.get('schema_version')!r}")
         return meta
 
@@ -322,20 +371,27 @@ class ImageIndex:
                                on_outside=report.skipped_outside.append)
         report.unchanged += changes.unchanged
         report.skipped += changes.skipped
-        report.failed += changes.failed
+        report.failed += changes.failed + changes.known_failed
+        report.known_failed = len(changes.known_failed)
         self._record_unreadable(root, changes.unreadable, report)
         self._refresh_stats(changes.touched)
         to_embed = self._reuse_vectors(root, changes.pending, changes.gone, report)
         self._remove(changes.gone, report)
         self._embed(root, to_embed, batch_size, show_progress, report)
-        if report.failed:
-            logger.warning("%d files could not be indexed (first: %s: %s)", len(report.failed), *report.failed[0])
+        if report.failed:  # returned in the report: the caller reports each one, so only a debug line here
+            logger.debug("%d files could not be indexed (first: %s: %s)", len(report.failed), *report.failed[0])
         logger.info("add_folder %s: %s", root, report)
         return report
 
     def _known(self, root: str) -> dict[str, KnownFile]:
-        return {_os_path(row[0]): KnownFile(*row[1:]) for row in self.conn.execute(
-            "SELECT path, id, size, mtime_ns, sha256 FROM files WHERE root = ?", (_db_path(root),))}
+        """What the index holds under ``root``; a failure recorded by other software (``failed_with``, see
+        :func:`failure_stamp`) is marked to be retried."""
+        stamp = failure_stamp()
+        return {_os_path(path): KnownFile(file_id, size, mtime_ns, sha, error if status == "error" else None,
+                                          status == "error" and failed_with != stamp)
+                for path, file_id, size, mtime_ns, sha, status, error, failed_with in self.conn.execute(
+                    "SELECT path, id, size, mtime_ns, sha256, status, error, failed_with FROM files WHERE root = ?",
+                    (_db_path(root),))}
 
     def _record_unreadable(self, root: str, unreadable: list[tuple[str, os.stat_result, str]],
                            report: IndexReport) -> None:
@@ -398,7 +454,7 @@ class ImageIndex:
                report: IndexReport) -> None:
         """Embed ``files`` batch by batch; one transaction per batch, so rows and vectors land together."""
         batches = [files[s:s + batch_size] for s in range(0, len(files), batch_size)]
-        encoder = self.embedder
+        encoder = self.embedder if batches else None  # a run with nothing to embed loads no model
         for batch in progress(batches, show_progress, desc="index images", unit="batch"):
             res = encoder.embed_images_with_errors([b.path for b in batch], batch_size=batch_size,
                                                    show_progress=False)
@@ -468,6 +524,8 @@ class ImageIndex:
         else:
             file_id = self._upsert(path, root, st, sha, dims, "error", error)
             self.conn.execute("DELETE FROM vectors WHERE file_id = ?", (file_id,))
+            if self.schema_version >= 2:
+                self.conn.execute("UPDATE files SET failed_with = ? WHERE id = ?", (failure_stamp(), file_id))
             report.failed.append((path, error))
 
     def _upsert(self, path: str, root: str, st: os.stat_result, sha: str, dims: tuple, status: str,
@@ -477,7 +535,7 @@ class ImageIndex:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET root = excluded.root, "
             "size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, width = excluded.width, "
             "height = excluded.height, status = excluded.status, error = excluded.error, "
-            "indexed_at = excluded.indexed_at",
+            "indexed_at = excluded.indexed_at" + (", failed_with = NULL" if self.schema_version >= 2 else ""),
             (_db_path(path), _db_path(root), st.st_size, st.st_mtime_ns, sha, dims[0], dims[1], status, error,
              time.time()))
         return self.conn.execute("SELECT id FROM files WHERE path = ?", (_db_path(path),)).fetchone()[0]
@@ -529,10 +587,12 @@ class ImageIndex:
     @_locked
     def search(self, query: Any, k: int = 10, *, min_score: float | None = None,
                path_filter: str | Callable[[str], bool] | None = None, ann: bool | None = False,
-               nprobe: int = 32, texts_only: bool = False) -> list[SearchHit]:
+               nprobe: int = 32, texts_only: bool = False, include_query: bool = False) -> list[SearchHit]:
         """The ``k`` best files for ``query`` (see :meth:`query_vector`), best first, with their metadata.
 
         ``min_score`` drops weaker hits; ``path_filter`` is a glob (``"*/animals/*"``) or a predicate on the path.
+        An indexed file that is itself a query term (its path, or its exact bytes) is left out of the hits (it
+        would come first at 1.0); ``include_query=True`` keeps it.
         ``ann=True`` uses a FAISS IVF index (the ``ann`` extra; approximate, see benchmarks/RESULTS.md for
         recall); ``ann=None`` uses it above 200,000 vectors when FAISS is installed. Exact search otherwise.
         """
@@ -540,25 +600,53 @@ class ImageIndex:
             raise InvalidInputError(f"k must be a positive int, got {k!r}")
         q = self.query_vector(query, texts_only=texts_only)
         ids, paths, mat = self.vectors()
+        own = set() if include_query else self._query_files(query, texts_only)
+        k_own = k + len(own)  # room for the query's own files, dropped below
         mask = None
         if path_filter is not None:
             pred = path_filter if callable(path_filter) else (lambda p: fnmatch.fnmatch(p, path_filter))
             mask = np.fromiter((bool(pred(p)) for p in paths), dtype=bool, count=len(paths))
         if use_ann(ann, len(paths)) and mask is None and len(paths):
             ivf = self._ann.get(mat, self._cache[0] if self._cache else None, nprobe)
-            scores, rows = ivf.search(q[None, :], min(k, len(paths)))
+            scores, rows = ivf.search(q[None, :], min(k_own, len(paths)))
         else:
-            scores, rows = exact_search(mat, q, k, mask=mask)
+            scores, rows = exact_search(mat, q, k_own, mask=mask)
         hits = []
         for s, r in zip(scores[0], rows[0]):
-            if r < 0 or not np.isfinite(s) or (min_score is not None and s < min_score):
+            if r < 0 or not np.isfinite(s) or (min_score is not None and s < min_score) or paths[r] in own:
                 continue
             meta = self.conn.execute("SELECT path, width, height, size, mtime_ns, sha256 FROM files WHERE id = ?",
                                      (ids[r],)).fetchone()
             if meta is None:
                 continue
             hits.append(SearchHit(_os_path(meta[0]), float(s), meta[1], meta[2], meta[3], meta[4], meta[5]))
-        return hits
+        return hits[:k]
+
+    def _query_files(self, query: Any, texts_only: bool) -> set[str]:
+        """The indexed paths a query names as image terms: a path (as given and resolved) or bytes (same SHA-256)."""
+        own: set[str] = set()
+        for _, item in mix_terms(query):
+            if isinstance(item, str) and not texts_only and query_kind(item) == "path":
+                p = os.path.expanduser(item)
+                own |= {os.path.abspath(p), os.path.realpath(p)}
+            elif isinstance(item, (bytes, bytearray)):
+                import hashlib
+
+                sha = hashlib.sha256(item).hexdigest()
+                own |= {_os_path(r[0]) for r in self.conn.execute(
+                    "SELECT path FROM files WHERE sha256 = ? AND status = 'ok'", (sha,))}
+        return own
+
+    @_locked
+    def summary(self) -> dict[str, Any]:
+        """What the index holds (``mmembed info``): its file, schema version, model, dimension, folders, how many
+        images and failures, when it last changed, and its size on disk (the file and its WAL)."""
+        images, failed, last = self.conn.execute(
+            "SELECT sum(status = 'ok'), sum(status = 'error'), max(indexed_at) FROM files").fetchone()
+        size = sum(os.path.getsize(p) for p in (self.path, Path(f"{self.path}-wal")) if os.path.exists(p))
+        return {"path": str(self.path), "schema_version": self.schema_version, "model": self.identity,
+                "dim": self.dim, "folders": self.roots, "images": int(images or 0), "failed": int(failed or 0),
+                "last_indexed": last, "bytes": size}
 
     @_locked
     def duplicates(self, threshold: float = 0.95) -> list[list[str]]:
@@ -568,19 +656,30 @@ class ImageIndex:
 
     @_locked
     def export(self, path: str | os.PathLike) -> Path:
-        """Write every indexed file's metadata and vector to Parquet (pyarrow), atomically; returns the path.
+        """Write every indexed file's metadata (path, size, mtime_ns, sha256, width, height) and vector to
+        ``path``, atomically, in the format its suffix names (the rule of ``mmembed embed -o`` and ``mmembed
+        export``, :func:`multimodal_embed.shards.output_format`): ``.parquet`` (pyarrow; the model identity in the
+        schema metadata), ``.jsonl`` (one object per file, with its ``vector``) or ``.npy`` (the matrix, and the
+        metadata rows in ``NAME.npy.meta.jsonl``). Any other suffix (``.csv`` too) raises
+        :class:`InvalidInputError` before anything is written. Returns the path.
 
-        ``path`` is UTF-8 text (a name that is not UTF-8 shows its other bytes as ``\\xNN``); ``path_bytes`` holds
-        every path's exact bytes (``os.fsdecode`` of them opens the file)."""
+        In Parquet, ``path`` is UTF-8 text (a name that is not UTF-8 shows its other bytes as ``\\xNN``) and
+        ``path_bytes`` holds every path's exact bytes (``os.fsdecode`` of them opens the file)."""
+        from .shards import arrow_vectors, output_format, write_parquet, write_vectors
+
+        fmt = output_format(path)
         try:
             import pyarrow as pa
         except ImportError as exc:
-            raise MissingDependencyError("export needs pyarrow: pip install pyarrow") from exc
-        from .shards import arrow_vectors, write_parquet
-
+            if fmt == ".parquet":
+                raise MissingDependencyError("export to .parquet needs pyarrow: pip install pyarrow") from exc
         ids, paths, mat = self.vectors()
         meta = {r[0]: r for r in self.conn.execute(
             "SELECT id, size, mtime_ns, sha256, width, height FROM files WHERE status = 'ok'")}
+        if fmt != ".parquet":
+            keys = ("size", "mtime_ns", "sha256", "width", "height")
+            rows = [{"path": p, **dict(zip(keys, meta[i][1:]))} for i, p in zip(ids, paths)]
+            return write_vectors(rows, mat.reshape(len(ids), self.dim), path)
         cols = list(zip(*(meta[i] for i in ids))) if ids else [[]] * 6
         raw = [os.fsencode(p) for p in paths]
         table = pa.table({"path": pa.array([utf8_text(p) for p in paths], pa.string()),

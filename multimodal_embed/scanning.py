@@ -26,6 +26,8 @@ class KnownFile(NamedTuple):
     size: int
     mtime_ns: int
     sha256: str
+    error: str | None = None  # why the file failed, when it is recorded as bad
+    retry: bool = False  # a recorded failure to try again even if the file is unchanged
 
 
 class PendingFile(NamedTuple):
@@ -48,6 +50,7 @@ class Changes:
     unreadable: list[tuple[str, os.stat_result, str]] = field(default_factory=list)  # (path, stat, reason): record
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): special files, not read
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): bad names, vanished, not stat-able
+    known_failed: list[tuple[str, str]] = field(default_factory=list)  # (path, recorded reason): unchanged bad files
 
 
 def sha256_file(path: str) -> str:
@@ -78,6 +81,8 @@ def scan_changes(root: str, known: Mapping[str, KnownFile], *, follow_symlinks: 
                  on_outside: Callable[[str], None] | None = None) -> Changes:
     """Compare the image files under ``root`` (a real path) with ``known``. Files with the recorded size and
     mtime are unchanged without being read; others are hashed, and count as touched when the hash matches.
+    A file recorded as bad that is unchanged (or touched) goes to ``known_failed`` with its recorded reason, not
+    to ``unchanged``, unless its record says to retry it (then it is pending like a new file).
 
     One bad file never stops the scan: special files go to ``skipped``, files that cannot be read (permissions)
     to ``unreadable`` (recorded as failed, retried on the next run), files deleted between the listing and the
@@ -88,8 +93,10 @@ def scan_changes(root: str, known: Mapping[str, KnownFile], *, follow_symlinks: 
                                 on_outside=on_outside, on_skip=lambda p, r: (changes.skipped if r == NOT_REGULAR else changes.failed).append((p, r))):
         seen.add(path)
         row = known.get(path)
+        if row is not None and row.retry:
+            row = None  # hashed and embedded again, like a new file
         if (row is not None and row.sha256 and row.size == st.st_size and row.mtime_ns == st.st_mtime_ns):
-            changes.unchanged += 1
+            _same(changes, path, row)
             continue
         try:
             sha = sha256_file(path)
@@ -102,8 +109,16 @@ def scan_changes(root: str, known: Mapping[str, KnownFile], *, follow_symlinks: 
             continue
         if row is not None and row.sha256 == sha:  # touched, same content: refresh the stat, keep the result
             changes.touched.append((row.id, st))
-            changes.unchanged += 1
+            _same(changes, path, row)
             continue
         changes.pending.append(PendingFile(path, st, sha, file_dims(path)))
     changes.gone = {p for p in known if p not in seen}
     return changes
+
+
+def _same(changes: Changes, path: str, row: KnownFile) -> None:
+    """A file whose content is what the index recorded: unchanged, or a known failure (reported again)."""
+    if row.error is None:
+        changes.unchanged += 1
+    else:
+        changes.known_failed.append((path, row.error))

@@ -17,11 +17,97 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError
+from .imagefiles import utf8_text
 
-__all__ = ["PARQUET_MODEL_KEY", "arrow_vectors", "read_shards", "shard_path", "shard_table", "write_parquet"]
+__all__ = ["OUTPUT_FORMATS", "PARQUET_MODEL_KEY", "arrow_vectors", "output_format", "read_shards", "shard_path",
+           "shard_table", "write_atomic", "write_parquet", "write_vectors"]
 
 # schema-metadata key under which Parquet files written by this package record the model identity (JSON)
 PARQUET_MODEL_KEY = "multimodal_embed.model"
+
+
+# -- vectors to a file, chosen by its suffix: the one rule of ``mmembed embed -o``, ``mmembed export`` and
+# ``ImageIndex.export`` ---------------------------------------------------------------------------------------
+OUTPUT_FORMATS = (".parquet", ".jsonl", ".npy")
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """The format of an output file named ``path``: its suffix if it is one of :data:`OUTPUT_FORMATS`, else
+    :class:`InvalidInputError` (CSV included: a vector does not fit a CSV cell; .jsonl and .parquet open in
+    pandas)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise InvalidInputError(f"{os.fspath(path)!r}: unknown output format {suffix or '(no suffix)'}: use .parquet, "
+                                f".jsonl or .npy (.npy also writes NAME.npy.meta.jsonl with one row per vector)")
+    return suffix
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux exposes it (else set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(output: str | os.PathLike, write: Any) -> Path:
+    """``write(fh)`` into a temporary file beside ``output``, then rename it over ``output``: a failure (full
+    disk, interrupt) leaves the old file as it was and no partial file. The file gets the mode any new file
+    gets (``0o666`` less the umask), or the mode of the file it replaces."""
+    import tempfile
+
+    target = Path(output)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent))
+    try:
+        try:
+            mode = os.stat(target).st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.fchmod(fd, mode)  # mkstemp made it 0600
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _json_line(row: Mapping[str, Any], vector: Any = None) -> bytes:
+    out = dict(row) if vector is None else {**row, "vector": [round(float(x), 7) for x in vector]}
+    return (json.dumps(out) + "\n").encode("utf-8")
+
+
+def write_vectors(rows: Sequence[Mapping[str, Any]], vectors: Any, output: str | os.PathLike, *,
+                  identity: Mapping[str, Any] | None = None) -> Path:
+    """One row of metadata per vector to ``output``, in the format its suffix names (:func:`output_format`),
+    atomically: ``.jsonl`` (each row with its ``vector``), ``.npy`` (the matrix, and the rows as
+    ``NAME.npy.meta.jsonl`` beside it) or ``.parquet`` (the rows' columns, ``path_bytes`` with each path's exact
+    bytes, ``vector``, and the model ``identity`` in the schema metadata)."""
+    fmt = output_format(output)
+    mat = np.asarray(vectors, dtype=np.float32)
+    if mat.ndim != 2 or len(mat) != len(rows):
+        raise InvalidInputError(f"{len(rows)} rows but vectors of shape {mat.shape}")
+    if fmt == ".jsonl":
+        return write_atomic(output, lambda fh: fh.writelines(_json_line(r, v) for r, v in zip(rows, mat)))
+    if fmt == ".npy":
+        write_atomic(output, lambda fh: np.save(fh, mat))
+        write_atomic(f"{os.fspath(output)}.meta.jsonl", lambda fh: fh.writelines(_json_line(r) for r in rows))
+        return Path(output)
+    columns: dict[str, Any] = {k: [r.get(k) for r in rows] for k in dict.fromkeys(k for r in rows for k in r)}
+    if "path" in columns:  # Parquet strings are UTF-8: odd bytes of a name shown as \xNN, exact bytes beside
+        columns["path_bytes"] = [None if p is None else os.fsencode(p) for p in columns["path"]]
+        columns["path"] = [None if p is None else utf8_text(p) for p in columns["path"]]
+    columns["vector"] = arrow_vectors(mat, mat.shape[1])
+    return write_parquet(columns, output, identity=identity)
 
 
 def arrow_vectors(mat: Any, dim: int, valid: Any = None) -> Any:

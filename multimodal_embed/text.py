@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import plan_batches
-from .encoders import Scoring
+from .encoders import Scoring, as_batch
 from .errors import InputTypeError, InvalidInputError
 from .models.nomic_bert import NomicBertConfig, NomicBertModel, convert_state_dict, load_converted
 from .utils import ModelHolder, check_batch_size, load_safetensors, progress
@@ -38,12 +38,9 @@ LONG_TEXT_MODES = ("truncate", "mean")
 
 
 def check_texts(texts: Sequence[str]) -> list[str]:
-    """A list of str, or :class:`InputTypeError` naming the first item that is not one."""
-    if isinstance(texts, (str, bytes)):
-        raise InputTypeError("texts must be a list of str, not a single string; wrap it in a list")
-    if texts is None or not hasattr(texts, "__iter__"):
-        raise InputTypeError(f"texts must be a list of str, got {type(texts).__name__}")
-    texts = list(texts)
+    """One str or a list of str (:func:`~multimodal_embed.encoders.as_batch`, the rule images follow too) as a
+    list, or :class:`InputTypeError` naming the first item that is not a str."""
+    texts = as_batch(texts, "texts")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise InputTypeError(f"texts[{i}] is {type(t).__name__}, expected str")

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .encoders import ImageFailure, Scoring
-from .errors import ImageDecodeError, InputTypeError, InvalidInputError
+from .encoders import ImageFailure, Scoring, as_batch
+from .errors import ImageDecodeError, InvalidInputError
 from .images import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor, describe, load_image
 from .models.nomic_bert import load_converted
 from .models.nomic_vision import NomicVisionConfig, NomicVisionModel, convert_state_dict
@@ -147,10 +147,7 @@ class ImageEncoder(ModelHolder):
         on_error: str = "raise",
     ) -> tuple[torch.Tensor, list[int], list[ImageFailure]]:
         """Embed images; returns (unit rows for the good items, their indices, failures)."""
-        if isinstance(images, (str, bytes, os.PathLike)) or not hasattr(images, "__len__"):
-            if images is None or not (isinstance(images, (str, bytes, os.PathLike)) or hasattr(images, "__iter__")):
-                raise InputTypeError(f"images must be a list of image inputs, got {type(images).__name__}")
-            images = [images] if isinstance(images, (str, bytes, os.PathLike)) else list(images)
+        images = as_batch(images, "images")  # one image or a list: the rule texts follow too
         check_batch_size(batch_size)
         if on_error not in ("raise", "collect"):
             raise InvalidInputError(f"on_error must be 'raise' or 'collect', got {on_error!r}")
@@ -175,9 +172,9 @@ class ImageEncoder(ModelHolder):
                 rows.append(F.normalize(self.forward(self.collate([p for _, p in good])).float(), dim=-1).cpu())
                 indices.extend(i for i, _ in good)
         vectors = torch.cat(rows) if rows else torch.empty(0, self.dim)
-        if failures:
-            logger.warning("%d of %d images could not be embedded (first: %s: %s)", len(failures), len(images),
-                           failures[0].item, failures[0].reason)
+        if failures:  # returned as data: the caller reports them (once), so only a debug line here
+            logger.debug("%d of %d images could not be embedded (first: %s: %s)", len(failures), len(images),
+                         failures[0].item, failures[0].reason)
         return vectors, indices, failures
 
 

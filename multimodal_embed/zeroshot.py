@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .encoders import as_batch
 from .errors import InvalidInputError
 from .imagefiles import list_image_files
 from .images import ImageInput
@@ -82,7 +83,7 @@ def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
             t.format("x")
         except (IndexError, KeyError, ValueError) as exc:
             raise InvalidInputError(f"template #{i} {t!r} is not a valid format string: {exc}") from None
-    dupes = sorted({t for t in out if out.count(t) > 1})
+    dupes = _repeated(out)
     if dupes:
         raise InvalidInputError(f"duplicate templates: {dupes}")
     return tuple(out)
@@ -97,10 +98,17 @@ def check_labels(labels: Sequence[str]) -> list[str]:
     for i, label in enumerate(out):
         if not isinstance(label, str) or not label.strip():
             raise InvalidInputError(f"label #{i} {label!r} must be a non-empty str")
-    dupes = sorted({x for x in out if out.count(x) > 1})
+    dupes = _repeated(out)
     if dupes:
         raise InvalidInputError(f"duplicate labels: {dupes}")
     return out
+
+
+def _repeated(items: list[str]) -> list[str]:
+    """The items that occur more than once, sorted: one counting pass (``list.count`` per item was quadratic)."""
+    from collections import Counter
+
+    return sorted(x for x, n in Counter(items).items() if n > 1)
 
 
 def model_identity(embedder: Any) -> dict[str, Any]:
@@ -266,13 +274,14 @@ class ZeroShotClassifier:
             raise InvalidInputError(f"top_k must be a positive int, got {top_k!r}")
         if on_error not in ("raise", "skip"):
             raise InvalidInputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        if isinstance(images, (str, bytes, os.PathLike)):
-            images = [images]
+        images = as_batch(images, "images")
         if on_error == "raise":
             vectors, indices = self.embedder.embed_images(images, batch_size=batch_size), list(range(len(images)))
         else:
             res = self.embedder.embed_images_with_errors(images, batch_size=batch_size)
             vectors, indices = res.vectors, res.indices
+            for f in res.failures:  # the result holds only None for them: the reasons go to the log, once each
+                logger.warning("zero-shot: %s could not be embedded: %s", f.item, f.reason)
         out: list[list[Prediction] | None] = [None] * len(images)
         for i, pred in zip(indices, self.predict_embeddings(vectors, top_k)):
             out[i] = pred

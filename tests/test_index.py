@@ -63,7 +63,8 @@ def test_index_shared_folders(emb, data_dir, tmp_path):
     again = index.add_folder(data_dir / "images-odd", show_progress=False)
     again2 = index.add_folder(data_dir / "tuxpaint-stamps", show_progress=False)
     assert again.embedded == again2.embedded == 0 and again2.unchanged == len(stamps)
-    assert again.unchanged == len(want_bad) + len(want_good)
+    assert again.unchanged == len(want_good)  # the bad files are failures again, not unchanged
+    assert {p for p, _ in again.failed} == want_bad and again.known_failed == len(want_bad)
     # the vectors are the embedder's
     some = sorted(stamps)[:3]
     np.testing.assert_allclose(mat[[paths.index(p) for p in some]], emb.embed_images(some), atol=1e-6)
@@ -88,7 +89,8 @@ def test_incremental_minimum_work(emb, data_dir, tmp_path):
     os.rename(folder / "img2.png", folder / "sub" / "moved.png")
     shutil.copy(folder / "img4.png", folder / "copy_of_4.png")
     r = index.add_folder(folder, show_progress=False)
-    assert (r.embedded, r.removed, r.moved, r.copied, r.unchanged) == (1, 1, 1, 1, 4), r
+    assert (r.embedded, r.removed, r.moved, r.copied, r.unchanged) == (1, 1, 1, 1, 3), r
+    assert r.known_failed == 1 and [p for p, _ in r.failed] == [str(folder / "bad.jpg")]  # still bad, said again
     _, paths, mat = index.vectors()
     assert str(folder / "sub" / "moved.png") in paths and str(folder / "img2.png") not in paths
     assert len(index) == 6
@@ -131,9 +133,9 @@ def test_search_equals_brute_force_and_mixes(emb, data_dir, tmp_path):
     np.testing.assert_allclose([h.score for h in hits], (mat @ q)[want], atol=1e-5)
     assert hits[0].size > 0 and hits[0].width and len(hits[0].sha256) == 64
     img = paths[3]
-    by_image = index.search(img, k=1)
+    by_image = index.search(img, k=1, include_query=True)
     assert by_image[0].path == img and by_image[0].score == pytest.approx(1.0, abs=1e-5)
-    assert index.search(Path(img).read_bytes(), k=1)[0].path == img
+    assert index.search(Path(img).read_bytes(), k=1, include_query=True)[0].path == img
     # weighted mix == normalised weighted sum of unit vectors
     t1, t2 = emb.embed_text(["golden retriever", "fruit"], task="search_query")
     i1 = emb.embed_images([img])[0]

@@ -89,8 +89,9 @@ def test_bad_input(v15):
         v15.embed_text(["ok", 3])
     with pytest.raises(TypeError):  # the builtin still catches it
         v15.embed_text(["ok", None])
-    with pytest.raises(InputTypeError, match="single string"):
-        v15.embed_text("not a list")
+    np.testing.assert_array_equal(v15.embed_text("one text"), v15.embed_text(["one text"]))  # one item: one row
+    with pytest.raises(InputTypeError, match="texts must be a str or a list of str"):
+        v15.embed_text(b"bytes are not text")
     with pytest.raises(InvalidInputError, match="search_query") as err:
         v15.embed_text(["x"], task="query")
     assert isinstance(err.value, ValueError)
