@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelNotFoundError, MultimodalEmbedError
+from .errors import InvalidInputError, ModelNotFoundError, MultimodalEmbedError
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,12 @@ TEMPLATE_SETS = ["simple", "openai-imagenet", "none"]
 DISPLAY_MIN_SIDE = 192  # smaller images (e.g. 32x32 CIFAR) are upscaled for display only
 GENERIC_LABELS = ["cat", "dog", "car", "person", "landscape"]
 MAX_DEFAULT_LABELS = 20
+# Per-request caps, checked before any work: a request's cost (an N x N matrix and table in Compare, N labels x
+# templates in Zero-shot) stays bounded by them whatever a client sends (SECURITY.md).
+MAX_COMPARE_TEXTS = 32
+MAX_COMPARE_IMAGES = 16
+MAX_LABELS = 100
+MAX_TEXT_CHARS = 20_000  # a search query, the Compare texts, the label list
 
 
 def load_model(name: str | None) -> tuple[Any, str | None]:
@@ -196,6 +202,34 @@ def default_labels(paths: list[str], roots: list[str]) -> tuple[list[str], str]:
     return list(GENERIC_LABELS), "a generic list (the index has no class folders)"
 
 
+def _capped_text(value: str | None, what: str) -> str:
+    """A text box's value, refused (:class:`InvalidInputError`) past ``MAX_TEXT_CHARS`` before it is split."""
+    value = value or ""
+    if len(value) > MAX_TEXT_CHARS:
+        raise InvalidInputError(f"{what}: {len(value)} characters; at most {MAX_TEXT_CHARS} per request")
+    return value
+
+
+def parse_labels(labels: str | None) -> list[str]:
+    """The Zero-shot tab's comma-separated labels: at most ``MAX_LABELS`` (:class:`InvalidInputError` past it)."""
+    names = [x.strip() for x in _capped_text(labels, "the label list").split(",") if x.strip()]
+    if len(names) > MAX_LABELS:
+        raise InvalidInputError(f"{len(names)} labels given; at most {MAX_LABELS} per request")
+    return names
+
+
+def compare_inputs(texts: str | None, files: list[Any] | None) -> tuple[list[str], list[str]]:
+    """The Compare tab's lines and image paths, refused (:class:`InvalidInputError`) past ``MAX_COMPARE_TEXTS``
+    lines, ``MAX_COMPARE_IMAGES`` images or ``MAX_TEXT_CHARS`` characters, so its N x N matrix, table and heatmap
+    stay small whatever a client sends."""
+    lines = [t.strip() for t in _capped_text(texts, "the Compare texts").splitlines() if t.strip()]
+    paths = [getattr(f, "name", f) for f in (files or [])]
+    if len(lines) > MAX_COMPARE_TEXTS or len(paths) > MAX_COMPARE_IMAGES:
+        raise InvalidInputError(f"{len(lines)} texts and {len(paths)} images given; Compare takes at most "
+                                f"{MAX_COMPARE_TEXTS} texts and {MAX_COMPARE_IMAGES} images per request")
+    return lines, paths
+
+
 def _unique(names: list[str]) -> list[str]:
     """Column headers: the names, with ``(2)``, ``(3)``... added to repeats."""
     seen: dict[str, int] = {}
@@ -229,6 +263,8 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
         # text is text: never a path or a URL (texts_only); images come only from the upload widget (PIL)
         if image is None and not (query or "").strip():
             return [], "Type a query or upload an image."
+        if len(query or "") > MAX_TEXT_CHARS:
+            raise gr.Error(f"The query is longer than {MAX_TEXT_CHARS} characters.")
         try:
             if image is not None:
                 hits = index.search(image, k=int(k))
@@ -242,7 +278,10 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
         return gallery, "\n".join(f"{i + 1}. {Path(h.path).name}  {h.score:.4f}" for i, h in enumerate(hits))
 
     def zero_shot(image: Any, labels: str, templates: str) -> dict[str, float]:
-        names = [x.strip() for x in (labels or "").split(",") if x.strip()]
+        try:
+            names = parse_labels(labels)
+        except InvalidInputError as exc:
+            raise gr.Error(str(exc)) from None
         if image is None or not names:
             raise gr.Error("Upload an image and give comma-separated labels.")
         try:
@@ -253,8 +292,10 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
         return {name: float(p) for name, p in zip(names, probs)}
 
     def compare(texts: str, files: list[Any] | None) -> tuple[str, Any]:
-        lines = [t.strip() for t in (texts or "").splitlines() if t.strip()]
-        paths = [getattr(f, "name", f) for f in (files or [])]
+        try:
+            lines, paths = compare_inputs(texts, files)
+        except InvalidInputError as exc:
+            raise gr.Error(str(exc)) from None
         if not lines and not paths:
             raise gr.Error("Give some texts (one per line) and/or images.")
         vecs, names = [], []
