@@ -18,6 +18,8 @@ __all__ = ["IMAGE_EXTENSIONS", "is_image_name", "iter_images", "list_image_files
 
 logger = logging.getLogger(__name__)
 NOT_REGULAR = "not a regular file (FIFO, device, socket or a link to one)"
+# Unicode bidirectional controls (embeddings, overrides, isolates, marks): a name holding them prints reordered
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 # what Pillow (with pillow-avif / pillow-heif where installed) can open; lower case, with the dot
 IMAGE_EXTENSIONS = frozenset({
@@ -33,9 +35,10 @@ def is_image_name(name: str | os.PathLike) -> bool:
 
 
 def printable(path: str | os.PathLike) -> str:
-    """A file name safe to print on one line: control characters (newlines included), backslashes and bytes that
-    are not UTF-8 are escaped (``\\n``, ``\\x1b``; an undecodable byte as ``\\xff``), so a name cannot forge
-    output lines."""
+    """A file name safe to print on one line: control characters (newlines included), bidirectional controls
+    (``\\u202e`` and the other embeddings, overrides, isolates and marks), backslashes and bytes that are not UTF-8
+    are escaped (``\\n``, ``\\x1b``; an undecodable byte as ``\\xff``), so a name cannot forge output lines,
+    drive the terminal, or display reordered (``gpj.exe`` shown as ``exe.jpg``)."""
     text = os.fspath(path)
     if isinstance(text, bytes):
         text = os.fsdecode(text)
@@ -46,7 +49,8 @@ def printable(path: str | os.PathLike) -> str:
             out.append("\\\\")
         elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, as os.fsdecode keeps it (surrogateescape)
             out.append(f"\\x{code - 0xDC00:02x}")
-        elif code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0 or 0xD800 <= code < 0xE000 or ch in "\u2028\u2029":
+        elif (code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0 or 0xD800 <= code < 0xE000 or ch in "\u2028\u2029"
+              or ch in BIDI_CONTROLS):
             out.append(ch.encode("unicode_escape").decode("ascii") if code < 0xD800 else f"\\u{code:04x}")
         else:
             out.append(ch)
