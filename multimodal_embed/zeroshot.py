@@ -58,9 +58,11 @@ class Evaluation:
     classes: list[str]
     n_images: int
     failures: list[Any] = field(default_factory=list)
+    mean_per_class_recall: float = float("nan")  # the mean of per_class over the classes with images
 
     def to_dict(self) -> dict[str, Any]:
         return {"top1": self.top1, "top5": self.top5, "per_class": self.per_class,
+                "mean_per_class_recall": self.mean_per_class_recall,
                 "confusion": self.confusion.tolist(), "classes": self.classes, "n_images": self.n_images,
                 "failures": [(f.item, f.reason) for f in self.failures]}
 
@@ -122,6 +124,13 @@ def model_identity(embedder: Any) -> dict[str, Any]:
         name = f"{os.path.abspath(name)}:{stamps}"
     return {"family": identity.get("family"), "name": name, "revision": text.get("revision"),
             "dim": identity["dim"], "dtype": embedder.info.get("dtype"), "task": embedder.query_task}
+
+
+def average_templates(prompt_vectors: np.ndarray, n_labels: int, n_templates: int) -> np.ndarray:
+    """Class embeddings from prompt embeddings ordered label-major (every template of label 0, then label 1...):
+    the mean per label, renormalised (open_clip's zero-shot classifier)."""
+    per_class = np.asarray(prompt_vectors, dtype=np.float32).reshape(n_labels, n_templates, -1).mean(axis=1)
+    return (per_class / np.linalg.norm(per_class, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -230,8 +239,7 @@ class ZeroShotClassifier:
             prompts = [t.format(lab) for lab in new for t in self.templates]
             vectors = self.embedder.embed_text(prompts, task=self.embedder.query_task, batch_size=self.batch_size,
                                                show_progress=self.show_progress)
-            per_class = vectors.reshape(len(new), len(self.templates), -1).mean(axis=1)
-            per_class /= np.linalg.norm(per_class, axis=1, keepdims=True)
+            per_class = average_templates(vectors, len(new), len(self.templates))
             with _CACHE_LOCK:
                 for lab, vec in zip(new, per_class.astype(np.float32)):
                     cache[lab] = vec
@@ -364,10 +372,12 @@ class ZeroShotClassifier:
 
 def _score(cos: np.ndarray, y: np.ndarray, classes: list[str], class_ids: list[int],
            failures: list[ImageFailure]) -> Evaluation:
-    """Top-1 / top-5 accuracy, per-class accuracy and the confusion matrix of cosines ``cos`` against truth ``y``."""
-    order = np.argsort(-cos, axis=1, kind="stable")
+    """Top-1 / top-5 accuracy (top-5 is 1.0 with 5 labels or fewer), per-class accuracy, mean per-class recall and the
+    confusion matrix of cosines ``cos`` against truth ``y``; the metrics are :mod:`multimodal_embed.evaluation`'s."""
+    from .evaluation.metrics import mean_per_class_recall, rank_order, topk_accuracy
+
+    order = rank_order(cos)
     top1 = order[:, 0] == y if len(y) else np.zeros(0, bool)
-    top5 = (order[:, :5] == y[:, None]).any(axis=1) if len(y) else np.zeros(0, bool)
     pos = {j: k for k, j in enumerate(class_ids)}
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     for t, p in zip(y, order[:, 0] if len(y) else []):
@@ -375,9 +385,9 @@ def _score(cos: np.ndarray, y: np.ndarray, classes: list[str], class_ids: list[i
             confusion[pos[t], pos[p]] += 1
     per_class = {c: float(top1[y == j].mean()) if (y == j).any() else float("nan")
                  for c, j in zip(classes, class_ids)}
-    return Evaluation(top1=float(top1.mean()) if len(y) else float("nan"),
-                      top5=float(top5.mean()) if len(y) else float("nan"), per_class=per_class,
-                      confusion=confusion, classes=classes, n_images=len(y), failures=failures)
+    return Evaluation(top1=topk_accuracy(cos, y, 1), top5=topk_accuracy(cos, y, 5), per_class=per_class,
+                      confusion=confusion, classes=classes, n_images=len(y), failures=failures,
+                      mean_per_class_recall=mean_per_class_recall(order[:, 0] if len(y) else y, y))
 
 
 def fit_temperature(cos: np.ndarray, y: np.ndarray, *, sigmoid: bool = False, init_scale: float = 100.0,

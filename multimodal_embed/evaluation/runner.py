@@ -1,0 +1,478 @@
+"""Run models over evaluation data sets: embeddings cached on disk, metrics per Matryoshka size, a report.
+
+>>> report = evaluate(["photos/", "captions.jsonl", "beir-folder/"], ["minilm-efficientnet-lite0"], dims=[384])
+>>> print(report.markdown()); report.plot("eval.png"); json.dumps(report.to_dict())
+
+Embeddings are computed once per model tower at its full size and cached in chunks keyed on the tower's identity,
+the task prefix and the *contents* of the items (file bytes, texts): a second run, another ``--dim`` or another
+metric embeds nothing again, a renamed or moved file is still a hit, and a changed file is a miss. Chunk files are
+written to a temporary name and renamed, so an interrupted run leaves only whole chunks and the next run goes on
+from them. Smaller sizes are the full vector cut and renormalised (what ``dimensionality=`` does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from . import metrics as M
+from .datasets import CaptionData, ClassificationData, Dataset, ImageSet, TextRetrievalData, load_dataset
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 256  # items per cache file (and per progress-bar step)
+QUERY_CHUNK = 256  # queries scored at a time in text retrieval
+RECALL_KS = (1, 5, 10)
+METRICS = {"zeroshot": ("acc@1", "acc@5", "mean_per_class_recall"),
+           "image-text": tuple(f"{d}_R@{k}" for d in ("text_to_image", "image_to_text") for k in RECALL_KS),
+           "text-retrieval": (f"nDCG@{M.NDCG_K}", f"MRR@{M.MRR_K}", f"R@{M.RECALL_K}")}
+SHORT = {"mean_per_class_recall": "mean recall", **{f"{d}_R@{k}": f"{a} R@{k}" for d, a in
+                                                    (("text_to_image", "t2i"), ("image_to_text", "i2t"))
+                                                    for k in RECALL_KS}}
+
+
+def default_cache_dir() -> Path:
+    """``$MMEMBED_CACHE/eval`` (default ``~/.cache/multimodal_embed/eval``)."""
+    return Path(os.environ.get("MMEMBED_CACHE") or Path.home() / ".cache" / "multimodal_embed") / "eval"
+
+
+# -- the embedding cache ------------------------------------------------------------------------------------------
+class EmbeddingCache:
+    """Chunks of vectors in ``root`` (``None``: no cache), one ``.npz`` per key, written atomically."""
+
+    def __init__(self, root: str | os.PathLike | None):
+        self.root = Path(root).expanduser() if root is not None else None
+        self.hits = self.misses = 0
+
+    def _file(self, key: str) -> Path | None:
+        return self.root / key[:2] / f"{key}.npz" if self.root is not None else None
+
+    def get(self, key: str) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+        """``(vectors of the ok items, ok mask, reason per item)`` or None."""
+        path = self._file(key)
+        if path is None or not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                vectors, ok, reasons = data["vectors"].astype(np.float32), data["ok"].astype(bool), data["reasons"]
+            if vectors.ndim != 2 or len(vectors) != int(ok.sum()) or len(reasons) != len(ok):
+                raise ValueError("inconsistent arrays")
+        except Exception as exc:  # noqa: BLE001 - a damaged chunk is recomputed, never trusted
+            logger.warning("ignoring the damaged cache file %s (%s); it will be rewritten", path, exc)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return vectors, ok, [str(r) for r in reasons]
+
+    def put(self, key: str, vectors: np.ndarray, ok: np.ndarray, reasons: list[str]) -> None:
+        path = self._file(key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        try:
+            np.savez(tmp, vectors=np.asarray(vectors, np.float32), ok=np.asarray(ok, bool),
+                     reasons=np.array(reasons, dtype=str))
+            os.replace(tmp, path)
+        except OSError as exc:  # a full or read-only disk: the run goes on without caching
+            tmp.unlink(missing_ok=True)
+            logger.warning("cannot write the cache file %s: %s", path, exc)
+
+
+def _folder_stamp(name: Any) -> Any:
+    """A local model folder's files (name, size, mtime), so retrained weights in the same folder are a miss."""
+    if not name or not os.path.isdir(str(name)):
+        return None
+    folder = Path(str(name))
+    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir()) if f.is_file()]
+
+
+def tower_key(embedder: Any, tower: str) -> str:
+    """What a tower's vectors depend on: its name and revision (the model's name when the tower has none, and a
+    local folder's file stamps), dtype and precision."""
+    identity = embedder.identity()
+    part = identity.get("text" if tower == "text" else "vision") or {}
+    payload = {"tower": tower, "family": identity.get("family"), "name": part.get("name") or identity.get("name"),
+               "revision": part.get("revision"), "dim": identity.get("dim"), "dtype": embedder.info.get("dtype"),
+               "precision": embedder.info.get("precision"),
+               "stamps": [_folder_stamp(part.get("name")), _folder_stamp(identity.get("name"))]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _key(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        data = str(p).encode("utf-8", "surrogateescape")
+        h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
+
+
+def _bar(total: int, desc: str, show: bool | None) -> Any:
+    if show is False or (show is None and total < CHUNK):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item")
+
+
+def embed_texts(embedder: Any, texts: Sequence[str], task: str | None, cache: EmbeddingCache, *,
+                batch_size: int = 32, desc: str = "texts", show_progress: bool | None = None) -> np.ndarray:
+    """Full-size vectors of ``texts`` with the ``task`` prefix (``None`` where the model has no such prefix)."""
+    prefixes = getattr(embedder.text_encoder, "prefixes", {}) or {}
+    task = task if task in prefixes else None
+    base = tower_key(embedder, "text")
+    out = np.zeros((len(texts), embedder.dim), np.float32)
+    bar = _bar(len(texts), desc, show_progress)
+    for start in range(0, len(texts), CHUNK):
+        chunk = list(texts[start:start + CHUNK])
+        key = _key(base, "text", task, *chunk)
+        hit = cache.get(key)
+        if hit is None:
+            vectors = embedder.embed_text(chunk, task=task, batch_size=batch_size, show_progress=False)
+            cache.put(key, vectors, np.ones(len(chunk), bool), [""] * len(chunk))
+        else:
+            vectors = hit[0]
+        out[start:start + len(chunk)] = vectors
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def embed_images(embedder: Any, images: ImageSet, cache: EmbeddingCache, *, batch_size: int = 32,
+                 desc: str = "images", show_progress: bool | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """``(vectors, ok, reasons)``: full-size vectors (zero rows where not ok), which images embedded, and why each
+    other one did not (unreadable files are not sent to the model)."""
+    base = tower_key(embedder, "image")
+    n = len(images.files)
+    out = np.zeros((n, embedder.dim), np.float32)
+    ok = np.zeros(n, bool)
+    reasons: dict[int, str] = dict(images.errors)
+    bar = _bar(n, desc, show_progress)
+    for start in range(0, n, CHUNK):
+        idx = [i for i in range(start, min(n, start + CHUNK)) if images.hashes[i] is not None]
+        key = _key(base, "image", *(images.hashes[i] for i in idx))
+        hit = cache.get(key) if idx else (np.zeros((0, embedder.dim), np.float32), np.zeros(0, bool), [])
+        if hit is None:
+            res = embedder.embed_images_with_errors([images.files[i] for i in idx], batch_size=batch_size,
+                                                    show_progress=False)
+            chunk_ok = np.zeros(len(idx), bool)
+            chunk_ok[list(res.indices)] = True
+            why = [""] * len(idx)
+            for f in res.failures:
+                why[f.index] = f.reason
+            hit = (res.vectors, chunk_ok, why)
+            cache.put(key, *hit)
+        vectors, chunk_ok, why = hit
+        rows = np.array(idx, dtype=np.int64)[chunk_ok]
+        out[rows] = vectors
+        ok[rows] = True
+        for j, i in enumerate(idx):
+            if not chunk_ok[j]:
+                reasons[i] = why[j] or "not embedded"
+        if bar is not None:
+            bar.update(min(n, start + CHUNK) - start)
+    if bar is not None:
+        bar.close()
+    return out, ok, reasons
+
+
+def at_dim(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """The first ``dim`` components, renormalised (Matryoshka); the vectors themselves at full size."""
+    if dim >= vectors.shape[1]:
+        return vectors
+    cut = vectors[:, :dim]
+    return (cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+# -- results -----------------------------------------------------------------------------------------------------
+@dataclass
+class EvalResult:
+    """One model on one data set at one size."""
+
+    dataset: str
+    task: str
+    model: str
+    dim: int | None
+    metrics: dict[str, float]
+    counted: int  # items scored (images, or queries)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (item, reason) left out
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "task": self.task, "model": self.model, "dim": self.dim,
+                "metrics": {k: _json_num(v) for k, v in self.metrics.items()}, "counted": self.counted,
+                "failures": [{"item": i, "reason": r} for i, r in self.failures], "note": self.note}
+
+
+def _json_num(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _cell(x: float | None) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+@dataclass
+class EvalReport:
+    results: list[EvalResult]
+    settings: dict[str, Any]
+
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        """Every item left out of some score, once, in order."""
+        return list(dict.fromkeys(f for r in self.results for f in r.failures))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"settings": self.settings, "results": [r.to_dict() for r in self.results]}
+
+    def markdown(self) -> str:
+        """One Markdown table per data set: a row per model and size, a column per metric."""
+        out: list[str] = []
+        for ds in self.settings["datasets"]:
+            rows = [r for r in self.results if r.dataset == ds["name"] and r.task == ds["task"]]
+            names = METRICS[ds["task"]]
+            size = ", ".join(f"{ds[k]} {k}" for k in ("images", "classes", "captions", "queries", "documents")
+                             if k in ds)
+            out.append(f"{ds['name']} ({ds['task']}; {size}; sha256 {ds['sha256'][:12]})\n")
+            out.append("| model | dim | " + " | ".join(SHORT.get(m, m) for m in names) + " | counted | left out |")
+            out.append("|---|---:|" + "---:|" * (len(names) + 2))
+            for r in rows:
+                cells = [_cell(r.metrics.get(m)) for m in names] if r.metrics else ["n/a"] * len(names)
+                out.append(f"| {r.model} | {r.dim or '–'} | " + " | ".join(cells)
+                           + f" | {r.counted} | {len(r.failures)} |" + (f" {r.note}" if r.note else ""))
+            out.append("")
+        return "\n".join(out)
+
+    def plot(self, path: str | os.PathLike) -> None:
+        """One panel per data set and metric, a bar per model (and size), saved to ``path`` (PNG, SVG, PDF)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as exc:
+            from ..errors import MissingDependencyError
+
+            raise MissingDependencyError("--plot needs matplotlib: pip install matplotlib") from exc
+        panels = [(ds["name"], ds["task"], m) for ds in self.settings["datasets"] for m in METRICS[ds["task"]]]
+        models = list(dict.fromkeys((r.model, r.dim) for r in self.results))
+        colours = plt.get_cmap("tab10")
+        cols = min(4, len(panels))
+        rows = math.ceil(len(panels) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows + 0.6), squeeze=False)
+        for ax, (name, task, metric) in zip(axes.flat, panels):
+            values = []
+            for model, dim in models:
+                hit = [r for r in self.results if (r.dataset, r.task, r.model, r.dim) == (name, task, model, dim)]
+                v = hit[0].metrics.get(metric) if hit and hit[0].metrics else None
+                values.append(float("nan") if v is None else v)
+            ax.bar(range(len(models)), np.nan_to_num(values), color=[colours(i % 10) for i in range(len(models))])
+            for i, v in enumerate(values):
+                ax.text(i, (0 if math.isnan(v) else v) + 0.01, "n/a" if math.isnan(v) else f"{v:.2f}",
+                        ha="center", va="bottom", fontsize=7)
+            ax.set_title(f"{name}: {SHORT.get(metric, metric)}", fontsize=9)
+            ax.set_ylim(0, 1.1)
+            ax.set_xticks([])
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colours(i % 10)) for i in range(len(models))]
+        fig.legend(handles, [f"{m} @ {d}" if d else m for m, d in models], loc="lower center",
+                   ncol=min(3, len(models)), fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.04 * max(1, math.ceil(len(models) / 3)) + 0.02, 1, 1))
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------------
+def _dims_for(embedder: Any, dims: Sequence[int] | None) -> tuple[list[int], list[int]]:
+    """(sizes to evaluate, requested sizes this model cannot give): its full size only unless it is Matryoshka."""
+    full = int(embedder.dim)
+    if not dims:
+        return [full], []
+    tower = embedder.text_encoder or embedder.vision_encoder
+    trained = tuple(getattr(tower, "matryoshka_dims", ()) or ())
+    low = min(trained) if trained else full
+    good = [d for d in dims if d == full or (trained and low <= d <= full)]
+    return (list(dict.fromkeys(good)) or [full]), [d for d in dims if d not in good]
+
+
+def _templates(templates: str | Sequence[str]) -> tuple[str, ...]:
+    from ..zeroshot import resolve_templates
+
+    return resolve_templates(templates)
+
+
+def _zeroshot(emb: Any, data: ClassificationData, dims: list[int], cache: EmbeddingCache, templates: tuple[str, ...],
+              name: str, batch_size: int, show: bool | None) -> list[EvalResult]:
+    from ..zeroshot import average_templates, check_labels
+
+    check_labels(data.classes)
+    vectors, ok, reasons = embed_images(emb, data.images, cache, batch_size=batch_size,
+                                        desc=f"{name}: {data.name} images", show_progress=show)
+    prompts = [t.format(c) for c in data.classes for t in templates]
+    prompt_vectors = embed_texts(emb, prompts, emb.query_task, cache, batch_size=batch_size,
+                                 desc=f"{name}: {data.name} labels", show_progress=show)
+    y = np.asarray(data.labels)[ok]
+    failures = [(data.images.files[i], reasons[i]) for i in sorted(reasons)]
+    out = []
+    for d in dims:
+        classes = average_templates(at_dim(prompt_vectors, d), len(data.classes), len(templates))
+        scores = at_dim(vectors[ok], d) @ classes.T
+        out.append(EvalResult(data.name, data.task, name, d, M.classification_metrics(scores, y), int(ok.sum()),
+                              failures))
+    return out
+
+
+def _image_text(emb: Any, data: CaptionData, dims: list[int], cache: EmbeddingCache, name: str, batch_size: int,
+                show: bool | None) -> list[EvalResult]:
+    vectors, ok, reasons = embed_images(emb, data.images, cache, batch_size=batch_size,
+                                        desc=f"{name}: {data.name} images", show_progress=show)
+    owner = np.asarray(data.caption_image)
+    keep = ok[owner]  # captions of images that were not embedded are left out with them
+    text = embed_texts(emb, [c for c, k in zip(data.captions, keep) if k], emb.query_task, cache,
+                       batch_size=batch_size, desc=f"{name}: {data.name} captions", show_progress=show)
+    new_index = np.cumsum(ok) - 1
+    failures = [(data.images.files[i], reasons[i]) for i in sorted(reasons)]
+    out = []
+    for d in dims:
+        scores = at_dim(text, d) @ at_dim(vectors[ok], d).T
+        out.append(EvalResult(data.name, data.task, name, d, M.image_text_recall(scores, new_index[owner[keep]],
+                                                                                  RECALL_KS), int(ok.sum()), failures))
+    return out
+
+
+def _text_retrieval(emb: Any, data: TextRetrievalData, dims: list[int], cache: EmbeddingCache, name: str,
+                    batch_size: int, show: bool | None) -> list[EvalResult]:
+    q = embed_texts(emb, data.queries, emb.query_task, cache, batch_size=batch_size,
+                    desc=f"{name}: {data.name} queries", show_progress=show)
+    docs = embed_texts(emb, data.docs, "search_document", cache, batch_size=batch_size,
+                       desc=f"{name}: {data.name} documents", show_progress=show)
+    no_relevant = sum(1 for j in data.qrels if not any(g >= 1 for g in j.values()))
+    out = []
+    for d in dims:
+        dv = at_dim(docs, d)
+        ranked: list[list[str]] = []
+        for start in range(0, len(q), QUERY_CHUNK):
+            top = M.rank_documents(at_dim(q[start:start + QUERY_CHUNK], d) @ dv.T, data.doc_ids, M.RECALL_K)
+            ranked += [[data.doc_ids[j] for j in row] for row in top]
+        per_query = M.retrieval_metrics(ranked, data.qrels)
+        means = {k: float(np.mean(v)) if v else float("nan") for k, v in per_query.items()}
+        note = f"{no_relevant} judged queries without a relevant document count as 0" if no_relevant else ""
+        out.append(EvalResult(data.name, data.task, name, d, means, len(data.queries), [], note))
+    return out
+
+
+def evaluate_model(embedder: Any, datasets: Sequence[Dataset], *, name: str, dims: Sequence[int] | None = None,
+                   cache: EmbeddingCache | None = None, templates: str | Sequence[str] = "openai-imagenet",
+                   batch_size: int = 32, show_progress: bool | None = None) -> list[EvalResult]:
+    """Every data set with one loaded model, at each size it supports."""
+    cache = cache if cache is not None else EmbeddingCache(None)
+    sizes, skipped = _dims_for(embedder, dims)
+    note = f"sizes {skipped} skipped: not a Matryoshka model" if skipped else ""
+    out: list[EvalResult] = []
+    for data in datasets:
+        need = ("text",) if data.task == "text-retrieval" else ("text", "image")
+        missing = [m for m in need if m not in embedder.modalities]
+        if missing:
+            out.append(EvalResult(data.name, data.task, name, None, {}, 0, [], f"no {'/'.join(missing)} tower"))
+            continue
+        if data.task == "zeroshot":
+            rows = _zeroshot(embedder, data, sizes, cache, _templates(templates), name, batch_size, show_progress)
+        elif data.task == "image-text":
+            rows = _image_text(embedder, data, sizes, cache, name, batch_size, show_progress)
+        else:
+            rows = _text_retrieval(embedder, data, sizes, cache, name, batch_size, show_progress)
+        for r in rows:
+            r.note = "; ".join(x for x in (r.note, note) if x)
+        out += rows
+    return out
+
+
+def _model_settings(name: str, emb: Any) -> dict[str, Any]:
+    identity = emb.identity()
+    return {"name": name, "identity": identity,
+            "revisions": {t: (identity.get(t) or {}).get("revision") for t in ("text", "vision")},
+            "dtype": emb.info.get("dtype"), "device": str(emb.info.get("device")),
+            "precision": emb.info.get("precision", "exact"), "dim": emb.dim}
+
+
+def run_settings() -> dict[str, Any]:
+    """The machine and library versions a report was made with."""
+    import platform
+
+    import torch
+
+    from .. import __version__
+    from ..precision import cpu_capability
+
+    return {"cpu": cpu_capability().model, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "multimodal_embed": __version__}
+
+
+def evaluate(data: Sequence[str | os.PathLike | Dataset], models: Sequence[Any], *, dims: Sequence[int] | None = None,
+             task: str | None = None, templates: str | Sequence[str] = "openai-imagenet",
+             cache_dir: str | os.PathLike | None = "default", batch_size: int = 32,
+             show_progress: bool | None = None, split: str = "test", limit_per_class: int | None = None,
+             image_root: str | os.PathLike | None = None, device: str | None = None,
+             precision: str | None = None) -> EvalReport:
+    """Evaluate ``models`` (names for :meth:`Embedder.from_pretrained`, or loaded Embedders) on ``data`` (paths,
+    recognised by layout unless ``task`` forces one, or loaded data sets) at the sizes ``dims`` (default: full).
+
+    ``cache_dir``: ``"default"`` (:func:`default_cache_dir`), a folder, or ``None`` for no cache. Items that
+    cannot be read or decoded are left out of the scores and listed in each result's ``failures``."""
+    if not models:
+        raise InvalidInputError("evaluate: give at least one model")
+    if not data:
+        raise InvalidInputError("evaluate: give at least one data set")
+    if dims is not None and any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
+        raise InvalidInputError(f"dims must be positive ints, got {list(dims)}")
+    templates_used = _templates(templates)
+    t0 = time.perf_counter()
+    datasets = [d if isinstance(d, (ClassificationData, CaptionData, TextRetrievalData))
+                else load_dataset(d, task, split=split, limit_per_class=limit_per_class, image_root=image_root)
+                for d in data]
+    names = [(d.name, d.task) for d in datasets]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InvalidInputError(f"two data sets with the same name and task: {dupes} (rename one)")
+    cache = EmbeddingCache(default_cache_dir() if cache_dir == "default" else cache_dir)
+    results: list[EvalResult] = []
+    model_settings = []
+    for model in models:
+        if isinstance(model, str):
+            from ..embedder import Embedder
+
+            kwargs: dict[str, Any] = {"device": device} if device else {}
+            if precision not in (None, "exact"):
+                kwargs["precision"] = precision
+            name, emb = model, Embedder.from_pretrained(model, **kwargs)
+        else:
+            emb = model
+            name = str(emb.info.get("name") or emb.identity().get("name") or f"model {len(model_settings) + 1}")
+        model_settings.append(_model_settings(name, emb))
+        results += evaluate_model(emb, datasets, name=name, dims=dims, cache=cache, templates=templates_used,
+                                  batch_size=batch_size, show_progress=show_progress)
+        del emb
+    settings = {"models": model_settings, "dims": list(dims) if dims else None,
+                "datasets": [d.describe() for d in datasets], "templates": list(templates_used),
+                "templates_name": templates if isinstance(templates, str) else None, "batch_size": batch_size,
+                "cache_dir": str(cache.root) if cache.root else None, "cache_hits": cache.hits,
+                "cache_misses": cache.misses, "seconds": round(time.perf_counter() - t0, 2),
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **run_settings()}
+    return EvalReport(results, settings)
