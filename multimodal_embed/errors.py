@@ -56,5 +56,10 @@ class IndexCorruptError(MultimodalEmbedError):
     """An index file failed an integrity check."""
 
 
+class IndexAccessError(MultimodalEmbedError, OSError):
+    """An index could not be read or written (a read-only file or folder, a full disk, an I/O error, a lock held
+    too long); the message names the index and the cause. What was committed before stays consistent."""
+
+
 class HubUnreachableError(ModelNotFoundError):
     """A model is not cached and the Hugging Face hub cannot be reached (the message says what to run)."""

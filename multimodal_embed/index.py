@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IndexCorruptError, IndexMismatchError, InvalidInputError, MissingDependencyError
+from .errors import IndexAccessError, IndexCorruptError, IndexMismatchError, InvalidInputError, MissingDependencyError
 from .imagefiles import IMAGE_EXTENSIONS, inside, is_image_name, printable, utf8_name, utf8_text
 from .scanning import KnownFile, PendingFile, file_dims, scan_changes, sha256_file
 from .search import (
@@ -191,13 +191,43 @@ def _migrate(path: Path, conn: sqlite3.Connection) -> int:
         return 1
 
 
+# SQLite result codes (and, before Python 3.11, message words) of a file that cannot be read or written, as opposed
+# to a damaged one: the cause, said in words
+_ACCESS_CAUSES = {
+    "SQLITE_READONLY": "the index file or its folder is read-only (SQLite also writes -wal and -shm files beside it)",
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_IOERR": "a read or write failed (a full disk, a file size limit or a failing disk)",
+    "SQLITE_CANTOPEN": "the file or its folder cannot be opened (permissions)",
+    "SQLITE_PERM": "permission denied",
+    "SQLITE_BUSY": "another process holds the index locked",
+    "SQLITE_LOCKED": "another process holds the index locked",
+}
+_ACCESS_WORDS = {"readonly": "SQLITE_READONLY", "disk is full": "SQLITE_FULL", "disk i/o error": "SQLITE_IOERR",
+                 "unable to open": "SQLITE_CANTOPEN", "locked": "SQLITE_LOCKED", "busy": "SQLITE_BUSY"}
+
+
 def _corrupt(path: Path, exc: BaseException) -> Exception:
-    """A SQLite error while reading ``path``: corruption, unless it is a lock or a full disk (raised as is)."""
+    """The package's error for a SQLite error on ``path``: :class:`IndexAccessError` when the file cannot be read or
+    written (read-only, full disk, I/O error, locked), naming the index and the cause; else
+    :class:`IndexCorruptError`."""
     text = str(exc).lower()
-    if isinstance(exc, sqlite3.OperationalError) and any(w in text for w in ("locked", "busy", "disk is full",
-                                                                             "readonly", "unable to open")):
-        return exc
+    code = getattr(exc, "sqlite_errorname", None) or next((c for w, c in _ACCESS_WORDS.items() if w in text), "")
+    cause = next((words for prefix, words in _ACCESS_CAUSES.items() if code.startswith(prefix)), None)
+    if isinstance(exc, sqlite3.OperationalError) and cause is not None:
+        return IndexAccessError(f"cannot use the index {path}: {cause} ({exc}; {code}). Nothing was half-written: "
+                                f"what was committed before is kept")
     return IndexCorruptError(f"{path} is damaged or not an image index: {exc}")
+
+
+MAX_DIM = 65_536  # a recorded dimension above this is a damaged record, not a model
+
+
+def _recorded_dim(identity: Any) -> int:
+    """The model dimension of a recorded identity: an int from 1 to ``MAX_DIM``, else ``ValueError``."""
+    dim = identity.get("dim") if isinstance(identity, dict) else None
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
+        raise ValueError(f"the model dimension {dim!r} is not an int from 1 to {MAX_DIM}")
+    return dim
 
 
 class ImageIndex:
@@ -237,15 +267,18 @@ class ImageIndex:
         if embedder.vision_encoder is None:
             raise InvalidInputError("an image index needs an Embedder with an image tower")
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = cls._connect(path)
         identity = embedder.identity()
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute("INSERT INTO meta VALUES ('schema_version', ?), ('model', ?), ('roots', '[]')",
-                         (str(SCHEMA_VERSION), json.dumps(identity, sort_keys=True)))
+        try:
+            conn = cls._connect(path)
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?), ('model', ?), ('roots', '[]')",
+                             (str(SCHEMA_VERSION), json.dumps(identity, sort_keys=True)))
+        except sqlite3.DatabaseError as exc:
+            raise _corrupt(path, exc) from None
         return cls(path, conn, identity, embedder)
 
     @classmethod
@@ -270,9 +303,8 @@ class ImageIndex:
         try:
             identity = json.loads(meta["model"])
             json.loads(meta["roots"])
-            if not isinstance(identity, dict) or int(identity["dim"]) < 1:
-                raise ValueError("no model dimension")
-        except (KeyError, TypeError, ValueError) as exc:
+            _recorded_dim(identity)
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise IndexCorruptError(f"{path}: the model record in its meta table is damaged ({exc!r})") from None
         try:
             conn = cls._connect(path)
@@ -342,7 +374,9 @@ class ImageIndex:
             roots = json.loads(self.conn.execute("SELECT value FROM meta WHERE key = 'roots'").fetchone()[0])
             if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
                 raise ValueError("not a list of paths")
-        except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
+        except sqlite3.DatabaseError as exc:
+            raise _corrupt(self.path, exc) from None
+        except (TypeError, ValueError) as exc:
             raise IndexCorruptError(f"{self.path}: the folder list in its meta table is damaged ({exc})") from None
         return roots
 
