@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -17,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from multimodal_embed import Embedder
+from multimodal_embed import Embedder, ImageIndex
 from multimodal_embed.cli import EXIT_PARTIAL, main
-from multimodal_embed.errors import InvalidInputError
+from multimodal_embed.errors import IndexCorruptError, InvalidInputError
 from multimodal_embed.imagefiles import printable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +42,20 @@ def cap(extra_mb):
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def drop_dac():  # root ignores file modes: drop CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH so a read-only file is one
+    import ctypes, os
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+    header, data = Header(0x20080522, 0), (Data * 2)()
+    assert libc.capget(ctypes.byref(header), data) == 0
+    data[0].effective &= ~0b110
+    data[0].permitted &= ~0b110
+    assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
 """
 
 
@@ -62,7 +78,7 @@ def emb(fixtures_dir):
 DEMO_SCRIPT = """
 import gradio as gr
 from multimodal_embed import Embedder, ImageIndex
-from multimodal_embed.demo import MAX_COMPARE_TEXTS, build_app
+from multimodal_embed.demo import build_app  # the handlers as Gradio runs them (no new names: runs on old code)
 
 fixtures, folder, path = sys.argv[1:4]
 emb = Embedder.from_pretrained(text=fixtures + "/text-v1.5-tiny", vision=fixtures + "/vision-v1.5-tiny", device="cpu")
@@ -83,7 +99,7 @@ before = peak_mb()
 cap(1500)
 big, _ = call("compare", "\\n".join(f"l{i}" for i in range(2000)), None)  # 2,000 short lines: 11 KB sent
 labels, _ = call("zero_shot", Image.new("RGB", (64, 64)), ",".join(f"l{i}" for i in range(3000)), "simple")
-full, out = call("compare", "\\n".join(f"line {i}" for i in range(MAX_COMPARE_TEXTS)), None)
+full, out = call("compare", "\\n".join(f"line {i}" for i in range(32)), None)
 print(json.dumps({"big": big, "labels": labels, "full": full, "rows": len(out[1]) if out else 0,
                   "grew_mb": peak_mb() - before}))
 """
@@ -166,3 +182,123 @@ def test_label_check_is_linear():
     """, timeout=60)
     assert res["dupes"] == "duplicate labels: ['label 3', 'label 7']"
     assert res["seconds"] < 20, res  # a complexity bound with a wide margin, not a benchmark
+
+
+# -- 7. read-only and disk-full indexes: the package's error naming the index and the cause; nothing half-written ---
+def _index_with(emb, tmp_path: Path, n: int) -> tuple[Path, Path]:
+    folder = tmp_path / "g"
+    folder.mkdir(parents=True)
+    for p in sorted(SAMPLE.glob("*.jpg"))[:n]:
+        shutil.copy(p, folder / p.name)
+    path = tmp_path / "i.mmindex"
+    with ImageIndex.create(path, emb) as index:
+        index.add_folder(folder, show_progress=False)
+    return path, folder
+
+
+def _consistent(path: Path, n: int) -> None:
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute("SELECT count(*) FROM files f JOIN vectors v ON v.file_id = f.id").fetchone()[0] == n
+    finally:
+        con.close()
+
+
+READ_ONLY = """
+import numpy as np
+from multimodal_embed import ImageIndex
+from multimodal_embed.errors import IndexAccessError
+drop_dac()
+path, more = sys.argv[1:3]
+out = {}
+try:
+    index = ImageIndex.open(path)
+    out["hits"] = len(index.search(np.ones(index.dim, np.float32), k=2))
+    index.add_folder(more, show_progress=False)
+    out["add"] = "written"
+except IndexAccessError as exc:
+    out["error"] = str(exc)
+except Exception as exc:
+    out["error"] = f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+
+@linux_only
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_read_only_index_is_index_access_error(emb, tmp_path, what):
+    path, _ = _index_with(emb, tmp_path / "x", 2)
+    more = tmp_path / "more"
+    more.mkdir()
+    shutil.copy(sorted(SAMPLE.glob("*.jpg"))[5], more / "new.jpg")
+    path.chmod(0o444)
+    if what == "folder":
+        path.parent.chmod(0o555)
+    try:
+        res = run_script(READ_ONLY, str(path), str(more))
+    finally:
+        path.parent.chmod(0o755)
+        path.chmod(0o644)
+    if what == "file":  # the folder is writable: reading works, writing is refused
+        assert res["hits"] == 2, res
+    assert res["error"].startswith(f"cannot use the index {path}: the index file or its folder is read-only"), res
+    assert "SQLITE_READONLY" in res["error"], res
+    _consistent(path, 2)
+
+
+DISK_FULL = """
+import resource, signal
+from multimodal_embed import ImageIndex
+from multimodal_embed.errors import IndexAccessError
+path, more, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+index = ImageIndex.open(path)
+index.embedder  # loaded before the limit
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    index.add_folder(more, batch_size=2, show_progress=False)
+    out = {"error": None}
+except IndexAccessError as exc:
+    out = {"error": str(exc)}
+except Exception as exc:
+    out = {"error": f"{type(exc).__module__}.{type(exc).__name__}: {exc}"}
+print(json.dumps(out))
+"""
+
+
+@linux_only
+@pytest.mark.slow
+def test_disk_full_index_is_index_access_error_and_stays_consistent(emb, tmp_path):
+    path, _ = _index_with(emb, tmp_path / "x", 2)
+    more = tmp_path / "more"
+    more.mkdir()
+    for i, p in enumerate(sorted(SAMPLE.glob("*.jpg"))[2:22]):
+        shutil.copy(p, more / f"{i:02d}.jpg")
+    # the file size limit stands in for a full disk: the index and its WAL may not grow past it
+    limit = max(path.stat().st_size, 32768) + 8192
+    res = run_script(DISK_FULL, str(path), str(more), str(limit))
+    assert res["error"] and res["error"].startswith(f"cannot use the index {path}: "), res
+    assert "SQLITE_IOERR" in res["error"] or "SQLITE_FULL" in res["error"], res
+    with ImageIndex.open(path) as index:  # consistent, whole batches only; a re-run finishes the job
+        done = len(index)
+        assert 2 <= done < 22 and (done - 2) % 2 == 0
+        index.add_folder(more, show_progress=False)
+        assert len(index) == 22
+    _consistent(path, 22)
+
+
+# -- 8. a damaged index dimension is IndexCorruptError --------------------------------------------------------------
+@pytest.mark.parametrize("dim", ["1e999", "-1e999", "1e9", "64.5", "true", "\"64\"", "null", "0"])
+def test_damaged_dimension_is_index_corrupt_error(emb, tmp_path, dim):
+    path, _ = _index_with(emb, tmp_path, 1)
+    con = sqlite3.connect(path)
+    with con:
+        model = con.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()[0]
+        damaged = re.sub(r'"dim": \d+', f'"dim": {dim}', model)
+        assert damaged != model
+        con.execute("UPDATE meta SET value = ? WHERE key = 'model'", (damaged,))
+    con.close()
+    with pytest.raises(IndexCorruptError, match=re.escape(str(path))):
+        ImageIndex.open(path)
