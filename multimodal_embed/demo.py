@@ -240,13 +240,25 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
+def shown_name(path: str, roots: list[str]) -> str:
+    """How the demo names an indexed file: its path relative to the indexed folder that holds it (``cat/0033.jpg``:
+    in a collection sorted into folders a bare file name repeats), escaped for display; the file name when no
+    folder holds it."""
+    from .imagefiles import inside, printable
+
+    for root in sorted(roots, key=len, reverse=True):
+        if inside(path, root):
+            return printable(os.path.relpath(path, root))
+    return printable(os.path.basename(path))
+
+
 def _status_line(index: Any) -> str:
     roots = ", ".join(f"`{Path(r).name or r}`" for r in index.roots) or "no folder"
     line = f"Index: **{len(index)} images** from {roots}"
     failed = index.failures()
     if failed:
         path, reason = failed[0]
-        line += f" · {len(failed)} could not be read (first: {Path(path).name}: {reason})"
+        line += f" · {len(failed)} could not be read (first: {shown_name(path, index.roots)}: {reason})"
     return line
 
 
@@ -258,6 +270,7 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
     from .zeroshot import ZeroShotClassifier
 
     allowed = set(served_files(index, index.roots) if served is None else served)
+    roots = index.roots  # result captions are paths relative to these
 
     def search(query: str, image: Any, k: float) -> tuple[list[tuple[str, str]], str]:
         # text is text: never a path or a URL (texts_only); images come only from the upload widget (PIL)
@@ -274,8 +287,9 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
             logger.info("demo search failed: %s", exc)
             raise gr.Error("The search failed: the query could not be used.") from None
         hits = [h for h in hits if h.path in allowed]  # only files the demo serves
-        gallery = [(_display(h.path, h.width, h.height), f"{h.score:.3f}  {Path(h.path).name}") for h in hits]
-        return gallery, "\n".join(f"{i + 1}. {Path(h.path).name}  {h.score:.4f}" for i, h in enumerate(hits))
+        names = [shown_name(h.path, roots) for h in hits]
+        gallery = [(_display(h.path, h.width, h.height), f"{h.score:.3f}  {n}") for h, n in zip(hits, names)]
+        return gallery, "\n".join(f"{i + 1}. {n}  {h.score:.4f}" for i, (h, n) in enumerate(zip(hits, names)))
 
     def zero_shot(image: Any, labels: str, templates: str) -> dict[str, float]:
         try:
@@ -326,12 +340,12 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
                 k = gr.Slider(1, 50, value=8, step=1, label="k")
             go = gr.Button("Search", elem_id="search-button", variant="primary")
             _, paths, _ = index.vectors()  # before any query: show what the index holds
-            preview = [(_display(p), Path(p).name) for p in [p for p in paths if p in allowed][:12]]
+            preview = [(_display(p), shown_name(p, roots)) for p in [p for p in paths if p in allowed][:12]]
             gallery = gr.Gallery(value=preview, label="Results", elem_id="search-results", columns=4, height="auto",
                                  object_fit="contain")
             ranking = gr.Textbox(label="Ranking", elem_id="search-ranking", lines=4)
-            go.click(search, [query, qimage, k], [gallery, ranking], api_name="search")
-            query.submit(search, [query, qimage, k], [gallery, ranking])
+            # the button and Enter in the box are one event: one API endpoint, /search
+            gr.on([go.click, query.submit], search, [query, qimage, k], [gallery, ranking], api_name="search")
         with gr.Tab("Zero-shot"):
             with gr.Row():
                 zimage = gr.Image(label="Image", type="pil", elem_id="zs-image")
@@ -347,7 +361,7 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
             texts = gr.Textbox(label="Texts (one per line)", lines=4, value="a cat\na rocket launch")
             files = gr.File(label="Images", file_count="multiple", file_types=["image"])
             cgo = gr.Button("Compare", elem_id="compare-button")
-            heat = gr.HTML(elem_id="compare-heatmap")
+            heat = gr.HTML(label="Similarity heatmap", elem_id="compare-heatmap")
             table = gr.Dataframe(label="Cosine similarity", elem_id="compare-table")
             cgo.click(compare, [texts, files], [heat, table], api_name="compare")
     return app

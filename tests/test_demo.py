@@ -91,7 +91,7 @@ def test_gradio_client_api(server):
     url, _, _ = server
     client = Client(url, verbose=False)
     gallery, ranking = client.predict("a frog", None, 3, api_name="/search")
-    assert ranking.splitlines()[0].startswith("1. frog.png"), ranking
+    assert ranking.splitlines()[0].startswith("1. frog/frog.png"), ranking  # relative to the folder
     assert len(gallery) == 3
     heatmap, table = client.predict("a frog\na dog\na frog", None, api_name="/compare")
     assert 'id="similarity-heatmap"' in heatmap
@@ -160,7 +160,7 @@ def test_browser_search_zero_shot_and_compare(server):
         page.wait_for_function("() => document.querySelector('#search-ranking textarea').value.length > 0",
                                timeout=60_000)
         first = ranking.input_value().splitlines()[0]
-        assert first.startswith("1. frog.png"), ranking.input_value()
+        assert first.startswith("1. frog/frog.png"), ranking.input_value()
         page.locator("#search-results img").first.wait_for(timeout=30_000)
         fits = page.eval_on_selector_all("#search-results img", "imgs => imgs.map(i => getComputedStyle(i).objectFit)")
         assert fits and set(fits) == {"contain"}, fits
