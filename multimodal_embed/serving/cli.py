@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import signal
 from typing import Any
 
 logger = logging.getLogger("multimodal_embed.serving")
@@ -122,6 +123,9 @@ def _server_class() -> type:
         def handle_exit(self, sig: int, frame: Any) -> None:
             self.mmembed_state.draining = True
             super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if sig == signal.SIGTERM and captured and captured[-1] == sig:
+                captured.pop()  # drained: exit 0 (uvicorn would re-raise it after the shutdown)
 
     return DrainingServer
 

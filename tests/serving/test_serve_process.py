@@ -1,0 +1,121 @@
+"""``mmembed serve`` as a process: the command line, SIGTERM draining, and the Ray Serve deployment (two replicas)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from .conftest import httpx
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "multimodal_embed.cli", "serve", "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not become healthy"
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return proc.returncode, err
+
+
+def test_cli_served_name_api_key_from_env_and_sigterm_drain(builtin):
+    proc, url = start("--served-name", "mini", "--host", "0.0.0.0", env={"MMEMBED_API_KEY": "k1"})
+    key = {"Authorization": "Bearer k1"}
+    try:
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        models = httpx.get(f"{url}/v1/models", headers=key).json()["data"]
+        assert [m["id"] for m in models] == ["mini"]
+        texts = [f"a long enough text number {i} " * 8 for i in range(1500)]
+        result: dict[str, httpx.Response] = {}
+
+        def slow_request() -> None:
+            result["r"] = httpx.post(f"{url}/v1/embeddings", json={"model": "mini", "input": texts}, headers=key,
+                                     timeout=120)
+
+        t = threading.Thread(target=slow_request)
+        t.start()
+        time.sleep(1.0)  # the request is in flight
+        proc.send_signal(signal.SIGTERM)
+        t.join(120)
+        _, err = proc.communicate(timeout=60)
+        rc = proc.returncode
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 0, err
+    assert "without an API key" not in err  # the key came from $MMEMBED_API_KEY
+    r = result["r"]
+    assert r.status_code == 200, r.text
+    got = np.array([d["embedding"] for d in r.json()["data"][:3]], dtype=np.float32)
+    np.testing.assert_allclose(got, builtin.embed_text(texts[:3]), atol=1e-6)
+
+
+def test_cli_warns_when_bound_beyond_loopback_without_a_key():
+    proc, url = start("--host", "0.0.0.0")
+    rc, err = stop(proc)
+    assert rc == 0 and "without an API key" in err
+
+
+def test_cli_refuses_a_missing_model_folder(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "multimodal_embed.cli", "serve", "--model", str(tmp_path / "nope"),
+                          "--served-name", "a", "--served-name", "b"], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "served-name" in out.stderr
+
+
+def test_ray_serve_two_replicas_answer_the_same(builtin, stamps):
+    pytest.importorskip("ray.serve", reason="pip install 'ray[serve]'")
+    from .conftest import data_uri
+
+    proc, url = start("--ray", "--replicas", "2", env={"RAY_USAGE_STATS_ENABLED": "0"})
+    try:
+        texts = ["a cat", "a dog on a beach"]
+        got = [httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=60) for _ in range(4)]
+        for r in got:
+            assert r.status_code == 200, r.text
+            vec = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+            np.testing.assert_allclose(vec, builtin.embed_text(texts), atol=1e-6)
+        img = httpx.post(f"{url}/v1/embeddings", json={"modality": "image", "input": [data_uri(stamps[0], "image/png")]},
+                         timeout=60)
+        np.testing.assert_allclose(img.json()["data"][0]["embedding"], builtin.embed_images([stamps[0]])[0], atol=1e-6)
+        bad = httpx.post(f"{url}/v1/embeddings", json={"input": [1, 2]}, timeout=60)
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "token_ids_not_supported"
+        pids = {httpx.get(f"{url}/health", timeout=30).json()["pid"] for _ in range(12)}
+        assert len(pids) == 2, pids
+    finally:
+        rc, err = stop(proc)
+    assert rc == 0, err[-2000:]
