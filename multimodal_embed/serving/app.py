@@ -78,6 +78,7 @@ class ServeConfig:
     max_batch_images: int = 32
     max_wait_ms: float = 2.0
     request_timeout_s: float = 120.0
+    load_in_background: bool = True  # answer /health (503) while loading; False: load before serving (Ray Serve)
 
 
 @dataclass
@@ -403,6 +404,10 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
     async def lifespan(app: FastAPI):
         state.health_lock = asyncio.Lock()
         loading = asyncio.get_running_loop().create_task(state.start())
+        if not config.load_in_background:
+            await loading
+            if state.load_error:
+                raise RuntimeError(f"the models failed to load: {state.load_error}")
         app.state.loading = loading
         yield
         if not loading.done():

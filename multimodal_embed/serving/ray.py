@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from dataclasses import replace
 from typing import Any
 
 from ..errors import MissingDependencyError
@@ -29,10 +30,12 @@ def build_deployment(config: ServeConfig, *, replicas: int = 1, ray_actor_option
     except ImportError:
         raise MissingDependencyError("mmembed serve --ray needs Ray Serve: pip install 'ray[serve]'") from None
 
+    replica_config = replace(config, load_in_background=False)  # a replica takes traffic once its models load
+
     def build_app() -> Any:  # runs in each replica
         from .app import create_app
 
-        return create_app(config)
+        return create_app(replica_config)
 
     deployment = serve.deployment(serve.ingress(build_app)(), name="multimodal-embed", num_replicas=replicas,
                                   ray_actor_options=ray_actor_options or {"num_cpus": 0})
