@@ -92,7 +92,7 @@ class LocalBackend:
         self.model = model
         self.options = dict(options or {})
         if dimensions is not None:
-            _check_dimensions(embedder, dimensions)
+            embedder.check_dimensionality(dimensions)  # texts and images alike, before anything is embedded
 
     @property
     def dim(self) -> int:
@@ -117,18 +117,6 @@ class LocalBackend:
             if not ident.get("name") and text.get("name") and vision.get("name"):
                 out["vision"] = vision["name"]
         return {**out, "dimensions": self.dimensions, "batch_size": self.batch_size, **self.options}
-
-
-def _check_dimensions(embedder: Any, d: int) -> None:
-    full = int(embedder.dim)
-    if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
-        raise InvalidInputError(f"dimensions must be an int, got {d!r}")
-    trained = tuple(getattr(embedder.text_encoder or embedder.vision_encoder, "matryoshka_dims", ()) or ())
-    low = min(trained) if trained else full
-    if not low <= d <= full:
-        raise InvalidInputError(f"dimensions must be between {low} and {full} for this model, got {d}"
-                                if trained else f"this model was not trained for Matryoshka truncation: "
-                                f"dimensions must be None or {full}, got {d}")
 
 
 def _mime(data: bytes) -> str:

@@ -74,7 +74,7 @@ def test_a_bad_image_is_named_and_the_good_ones_are_stored(nomic_pair, photos, n
         MultimodalEmbeddings(embedder=nomic_pair).embed_image([photos[0], not_an_image])
 
 
-def test_built_from_a_folder_with_embedder_options(fixtures_dir, nomic_pair):
+def test_built_from_a_folder_with_embedder_options(fixtures_dir, nomic_pair, photos):
     emb = MultimodalEmbeddings(model=str(fixtures_dir / "text-v1.5-tiny"), vision=str(fixtures_dir /
                                "vision-v1.5-tiny"), device="cpu", query_task=None)
     assert emb.backend.embedder.info["device"] == "cpu"
@@ -83,3 +83,6 @@ def test_built_from_a_folder_with_embedder_options(fixtures_dir, nomic_pair):
         MultimodalEmbeddings(embedder=nomic_pair, device="cpu")
     with pytest.raises(InvalidInputError):
         MultimodalEmbeddings()
+    with pytest.raises(InvalidInputError, match="dimensionality must be between 64 and 64"):  # trained at 64 only
+        MultimodalEmbeddings(embedder=nomic_pair, dimensions=32)
+    assert len(MultimodalEmbeddings(embedder=nomic_pair, dimensions=64).embed_image([photos[0]])[0]) == 64
