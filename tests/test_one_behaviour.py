@@ -213,6 +213,23 @@ def test_concurrent_openers_migrate_a_version_1_file_once(emb, tmp_path):
     conn.close()
 
 
+def test_a_version_1_file_that_cannot_be_written_stays_as_it_is(emb, tmp_path):
+    from multimodal_embed.index import _migrate
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(SAMPLE / "cat.jpg", folder / "good.jpg")
+    (folder / "fake.png").write_text("not a png")
+    path = tmp_path / "old.mmindex"
+    _v1_index(path, emb, folder)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA query_only = ON")  # every write fails as on a read-only file
+    assert _migrate(path, conn) == 1
+    assert "failed_with" not in {r[1] for r in conn.execute("PRAGMA table_info(files)")}
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+    conn.close()
+
+
 def test_an_index_from_a_newer_version_is_refused_untouched(emb, tmp_path):
     path = tmp_path / "new.mmindex"
     ImageIndex.create(path, emb).close()
@@ -323,6 +340,8 @@ def test_model_on_index_commands(tiny, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "--model is not taken here: " in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x.npy").exists()
+    assert main(["demo", "--index", str(index), "--model", "minilm-efficientnet-lite0"]) == EXIT_ERROR  # no server
+    assert "drop --model" in capsys.readouterr().err
 
 
 def test_download_takes_model_too(capsys):
