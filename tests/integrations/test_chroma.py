@@ -58,9 +58,12 @@ def test_documents_and_images_stored_and_queried_with_their_prefixes(nomic_pair,
 
 def test_the_configuration_round_trip_reopens_the_collection(fixtures_dir, nomic_pair, photos, tmp_path):
     text, vision = str(fixtures_dir / "text-v1.5-tiny"), str(fixtures_dir / "vision-v1.5-tiny")
-    ef = MultimodalEmbeddingFunction(model=text, vision=vision, device="cpu", dimensions=64)
+    ef = MultimodalEmbeddingFunction(model=text, vision=vision, device="cpu", precision="exact", dimensions=64)
     config = ef.get_config()
     assert config["model"] == text and config["vision"] == vision and config["device"] == "cpu"
+    assert config["precision"] == "exact" and ef._adapter.backend.embedder.info["precision"]["requested"] == "exact"
+    with pytest.raises(InvalidInputError, match="bogus"):  # the options reach Embedder.from_pretrained
+        MultimodalEmbeddingFunction(model=text, vision=vision, precision="bogus")
     assert MultimodalEmbeddingFunction.build_from_config(config).get_config() == config
     assert MultimodalEmbeddingFunction(embedder=nomic_pair).get_config()["vision"] == vision  # a pair by name
     assert not ef.is_legacy()
