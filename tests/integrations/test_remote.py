@@ -129,6 +129,13 @@ def test_chroma_and_lancedb_through_the_service(tiny_service, nomic_pair, photos
     col.add(ids=["t0", "t1"], documents=TEXTS[:2])
     got = col.get(ids=["t0", "t1"], include=["embeddings"])
     assert close(np.asarray(got["embeddings"]), nomic_pair.embed_text(TEXTS[:2], task="search_document"))
+    from PIL import Image
+
+    with Image.open(photos[0]) as im:
+        array = np.asarray(im.convert("RGB"))
+    col.add(ids=["i0"], images=[array])  # sent as a lossless PNG
+    got = col.get(ids=["i0"], include=["embeddings"])
+    assert close(np.asarray(got["embeddings"]), nomic_pair.embed_images([array]))
 
     func = get_registry().get("multimodal-embed").create(base_url=tiny_service, source="image")
     assert isinstance(func, MultimodalEmbedFunction) and func.ndims() == nomic_pair.dim
