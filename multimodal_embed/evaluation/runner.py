@@ -3,11 +3,12 @@
 >>> report = evaluate(["photos/", "captions.jsonl", "beir-folder/"], ["minilm-efficientnet-lite0"], dims=[384])
 >>> print(report.markdown()); report.plot("eval.png"); json.dumps(report.to_dict())
 
-Embeddings are computed once per model tower at its full size and cached in chunks keyed on the tower's identity,
+Embeddings are computed once per model tower at its full size and cached per item, keyed on the tower's identity,
 the task prefix and the *contents* of the items (file bytes, texts): a second run, another ``--dim`` or another
-metric embeds nothing again, a renamed or moved file is still a hit, and a changed file is a miss. Chunk files are
-written to a temporary name and renamed, so an interrupted run leaves only whole chunks and the next run goes on
-from them. Smaller sizes are the full vector cut and renormalised (what ``dimensionality=`` does).
+metric embeds nothing again, a renamed or moved file is still a hit, and a changed file is a miss. The cache is one
+SQLite file per tower; each chunk of new items is one transaction, so an interrupted run keeps whole chunks only
+and the next run goes on from them. Smaller sizes are the full vector cut and renormalised (what
+``dimensionality=`` does).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .datasets import CaptionData, ClassificationData, Dataset, ImageSet, TextRe
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 256  # items per cache file (and per progress-bar step)
+CHUNK = 256  # items embedded per call (one cache transaction, one progress-bar step)
 QUERY_CHUNK = 256  # queries scored at a time in text retrieval
 RECALL_KS = (1, 5, 10)
 METRICS = {"zeroshot": ("acc@1", "acc@5", "mean_per_class_recall"),
@@ -49,53 +50,88 @@ def default_cache_dir() -> Path:
 
 # -- the embedding cache ------------------------------------------------------------------------------------------
 class EmbeddingCache:
-    """Chunks of vectors in ``root`` (``None``: no cache), one ``.npz`` per key, written atomically."""
+    """Vectors by content in ``root`` (``None``: no cache): one SQLite file per model tower, one row per item
+    (its content key -> the float32 vector, or the reason it could not be embedded). Each chunk of new items is one
+    transaction, so an interrupted run keeps every finished chunk and nothing half-written."""
 
     def __init__(self, root: str | os.PathLike | None):
         self.root = Path(root).expanduser() if root is not None else None
         self.hits = self.misses = 0
+        self._dbs: dict[str, Any] = {}
 
-    def _file(self, key: str) -> Path | None:
-        return self.root / key[:2] / f"{key}.npz" if self.root is not None else None
-
-    def get(self, key: str) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-        """``(vectors of the ok items, ok mask, reason per item)`` or None."""
-        path = self._file(key)
-        if path is None or not path.is_file():
-            self.misses += 1
+    def _db(self, tower: str) -> Any:
+        if self.root is None:
             return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                vectors, ok, reasons = data["vectors"].astype(np.float32), data["ok"].astype(bool), data["reasons"]
-            if vectors.ndim != 2 or len(vectors) != int(ok.sum()) or len(reasons) != len(ok):
-                raise ValueError("inconsistent arrays")
-        except Exception as exc:  # noqa: BLE001 - a damaged chunk is recomputed, never trusted
-            logger.warning("ignoring the damaged cache file %s (%s); it will be rewritten", path, exc)
-            self.misses += 1
-            return None
-        self.hits += 1
-        return vectors, ok, [str(r) for r in reasons]
+        if tower not in self._dbs:
+            import sqlite3
 
-    def put(self, key: str, vectors: np.ndarray, ok: np.ndarray, reasons: list[str]) -> None:
-        path = self._file(key)
-        if path is None:
+            path = self.root / f"{tower[:32]}.sqlite"
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(path, timeout=60)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB, reason TEXT)")
+                db.commit()
+            except (sqlite3.Error, OSError) as exc:  # damaged or unwritable: the run goes on without the cache
+                logger.warning("not using the embedding cache %s: %s", path, exc)
+                db = None
+            self._dbs[tower] = db
+        return self._dbs[tower]
+
+    def get(self, tower: str, keys: Sequence[str], dim: int) -> dict[str, np.ndarray | str]:
+        """The cached entries among ``keys``: a vector, or the reason the item failed."""
+        db = self._db(tower)
+        found: dict[str, np.ndarray | str] = {}
+        if db is not None:
+            import sqlite3
+
+            unique = list(dict.fromkeys(keys))
+            try:
+                for i in range(0, len(unique), 500):
+                    part = unique[i:i + 500]
+                    rows = db.execute(f"SELECT key, vector, reason FROM vectors WHERE key IN "
+                                      f"({','.join('?' * len(part))})", part).fetchall()
+                    for key, blob, reason in rows:
+                        if blob is not None and len(blob) == 4 * dim:
+                            found[key] = np.frombuffer(blob, dtype=np.float32)
+                        elif blob is None and reason:
+                            found[key] = str(reason)
+            except sqlite3.Error as exc:
+                logger.warning("embedding cache unreadable (%s): embedding again", exc)
+                found = {}
+        self.hits += sum(1 for k in keys if k in found)
+        self.misses += sum(1 for k in keys if k not in found)
+        return found
+
+    def put(self, tower: str, entries: dict[str, np.ndarray | str]) -> None:
+        db = self._db(tower)
+        if db is None or not entries:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        import sqlite3
+
+        rows = [(k, None, v) if isinstance(v, str) else (k, np.asarray(v, np.float32).tobytes(), None)
+                for k, v in entries.items()]
         try:
-            np.savez(tmp, vectors=np.asarray(vectors, np.float32), ok=np.asarray(ok, bool),
-                     reasons=np.array(reasons, dtype=str))
-            os.replace(tmp, path)
-        except OSError as exc:  # a full or read-only disk: the run goes on without caching
-            tmp.unlink(missing_ok=True)
-            logger.warning("cannot write the cache file %s: %s", path, exc)
+            with db:
+                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows)
+        except sqlite3.Error as exc:  # a full or read-only disk: the run goes on without caching
+            logger.warning("cannot write the embedding cache: %s", exc)
+
+    def close(self) -> None:
+        for db in self._dbs.values():
+            if db is not None:
+                db.close()
+        self._dbs.clear()
 
 
 def _folder_stamp(name: Any) -> Any:
     """A local model folder's files (name, size, mtime), so retrained weights in the same folder are a miss."""
-    if not name or not os.path.isdir(str(name)):
+    text = str(name or "")
+    for scheme in ("open_clip:", "local-dir:", "hf:"):
+        text = text.removeprefix(scheme)
+    if not text or not os.path.isdir(text):
         return None
-    folder = Path(str(name))
+    folder = Path(text)
     return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir()) if f.is_file()]
 
 
@@ -111,14 +147,6 @@ def tower_key(embedder: Any, tower: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _key(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        data = str(p).encode("utf-8", "surrogateescape")
-        h.update(len(data).to_bytes(8, "little") + data)
-    return h.hexdigest()
-
-
 def _bar(total: int, desc: str, show: bool | None) -> Any:
     if show is False or (show is None and total < CHUNK):
         return None
@@ -127,68 +155,75 @@ def _bar(total: int, desc: str, show: bool | None) -> Any:
     return tqdm(total=total, desc=desc, unit="item")
 
 
+def _embed_cached(keys: list[str], tower: str, dim: int, cache: EmbeddingCache, run: Any, desc: str,
+                  show: bool | None) -> dict[str, np.ndarray | str]:
+    """Vectors (or failure reasons) for ``keys``: from the cache, the others through ``run(positions)`` in chunks,
+    each chunk stored as it is done. ``run`` returns ``{position: vector or reason}``."""
+    found = cache.get(tower, keys, dim)
+    todo = [i for i, k in enumerate(keys) if k not in found]
+    todo = list({keys[i]: i for i in reversed(todo)}.values())[::-1]  # one position per distinct key
+    bar = _bar(len(keys), desc, show)
+    if bar is not None:
+        bar.update(len(keys) - len(todo))
+    for start in range(0, len(todo), CHUNK):
+        part = todo[start:start + CHUNK]
+        new = {keys[i]: v for i, v in run(part).items()}
+        cache.put(tower, new)
+        found.update(new)
+        if bar is not None:
+            bar.update(len(part))
+    if bar is not None:
+        bar.close()
+    return found
+
+
+def _text_key(task: str | None, text: str) -> str:
+    return hashlib.sha256(f"{task}\0{text}".encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def embed_texts(embedder: Any, texts: Sequence[str], task: str | None, cache: EmbeddingCache, *,
                 batch_size: int = 32, desc: str = "texts", show_progress: bool | None = None) -> np.ndarray:
     """Full-size vectors of ``texts`` with the ``task`` prefix (``None`` where the model has no such prefix)."""
     prefixes = getattr(embedder.text_encoder, "prefixes", {}) or {}
     task = task if task in prefixes else None
-    base = tower_key(embedder, "text")
-    out = np.zeros((len(texts), embedder.dim), np.float32)
-    bar = _bar(len(texts), desc, show_progress)
-    for start in range(0, len(texts), CHUNK):
-        chunk = list(texts[start:start + CHUNK])
-        key = _key(base, "text", task, *chunk)
-        hit = cache.get(key)
-        if hit is None:
-            vectors = embedder.embed_text(chunk, task=task, batch_size=batch_size, show_progress=False)
-            cache.put(key, vectors, np.ones(len(chunk), bool), [""] * len(chunk))
-        else:
-            vectors = hit[0]
-        out[start:start + len(chunk)] = vectors
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    return out
+    keys = [_text_key(task, t) for t in texts]
+
+    def run(positions: list[int]) -> dict[int, np.ndarray | str]:
+        vectors = embedder.embed_text([texts[i] for i in positions], task=task, batch_size=batch_size,
+                                      show_progress=False)
+        return dict(zip(positions, vectors))
+
+    found = _embed_cached(keys, tower_key(embedder, "text"), embedder.dim, cache, run, desc, show_progress)
+    return np.stack([found[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, embedder.dim), np.float32)
 
 
 def embed_images(embedder: Any, images: ImageSet, cache: EmbeddingCache, *, batch_size: int = 32,
                  desc: str = "images", show_progress: bool | None = None
                  ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
     """``(vectors, ok, reasons)``: full-size vectors (zero rows where not ok), which images embedded, and why each
-    other one did not (unreadable files are not sent to the model)."""
-    base = tower_key(embedder, "image")
+    other one did not (unreadable files are not sent to the model). Cached by file content."""
+    readable = [i for i, h in enumerate(images.hashes) if h is not None]
+    keys = [str(images.hashes[i]) for i in readable]
+
+    def run(positions: list[int]) -> dict[int, np.ndarray | str]:
+        res = embedder.embed_images_with_errors([images.files[readable[p]] for p in positions],
+                                                batch_size=batch_size, show_progress=False)
+        out: dict[int, np.ndarray | str] = {positions[j]: v for j, v in zip(res.indices, res.vectors)}
+        out.update({positions[f.index]: f.reason or "not embedded" for f in res.failures})
+        return out
+
+    found = _embed_cached(keys, tower_key(embedder, "image"), embedder.dim, cache, run, desc, show_progress)
     n = len(images.files)
-    out = np.zeros((n, embedder.dim), np.float32)
+    vectors = np.zeros((n, embedder.dim), np.float32)
     ok = np.zeros(n, bool)
     reasons: dict[int, str] = dict(images.errors)
-    bar = _bar(n, desc, show_progress)
-    for start in range(0, n, CHUNK):
-        idx = [i for i in range(start, min(n, start + CHUNK)) if images.hashes[i] is not None]
-        key = _key(base, "image", *(images.hashes[i] for i in idx))
-        hit = cache.get(key) if idx else (np.zeros((0, embedder.dim), np.float32), np.zeros(0, bool), [])
-        if hit is None:
-            res = embedder.embed_images_with_errors([images.files[i] for i in idx], batch_size=batch_size,
-                                                    show_progress=False)
-            chunk_ok = np.zeros(len(idx), bool)
-            chunk_ok[list(res.indices)] = True
-            why = [""] * len(idx)
-            for f in res.failures:
-                why[f.index] = f.reason
-            hit = (res.vectors, chunk_ok, why)
-            cache.put(key, *hit)
-        vectors, chunk_ok, why = hit
-        rows = np.array(idx, dtype=np.int64)[chunk_ok]
-        out[rows] = vectors
-        ok[rows] = True
-        for j, i in enumerate(idx):
-            if not chunk_ok[j]:
-                reasons[i] = why[j] or "not embedded"
-        if bar is not None:
-            bar.update(min(n, start + CHUNK) - start)
-    if bar is not None:
-        bar.close()
-    return out, ok, reasons
+    for i, key in zip(readable, keys):
+        value = found[key]
+        if isinstance(value, str):
+            reasons[i] = value
+        else:
+            vectors[i], ok[i] = value, True
+    return vectors, ok, reasons
 
 
 def at_dim(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -300,15 +335,18 @@ class EvalReport:
 
 # -- evaluation ----------------------------------------------------------------------------------------------------
 def _dims_for(embedder: Any, dims: Sequence[int] | None) -> tuple[list[int], list[int]]:
-    """(sizes to evaluate, requested sizes this model cannot give): its full size only unless it is Matryoshka."""
+    """(sizes to evaluate, requested sizes this model cannot give): :meth:`Embedder.check_dimensionality`'s rule,
+    so a model that is not Matryoshka gets its full size only."""
     full = int(embedder.dim)
     if not dims:
         return [full], []
-    tower = embedder.text_encoder or embedder.vision_encoder
-    trained = tuple(getattr(tower, "matryoshka_dims", ()) or ())
-    low = min(trained) if trained else full
-    good = [d for d in dims if d == full or (trained and low <= d <= full)]
-    return (list(dict.fromkeys(good)) or [full]), [d for d in dims if d not in good]
+    good, bad = [], []
+    for d in dims:
+        try:
+            good.append(int(embedder.check_dimensionality(d)))
+        except InvalidInputError:
+            bad.append(d)
+    return (list(dict.fromkeys(good)) or [full]), bad
 
 
 def _templates(templates: str | Sequence[str]) -> tuple[str, ...]:
@@ -469,10 +507,11 @@ def evaluate(data: Sequence[str | os.PathLike | Dataset], models: Sequence[Any],
         results += evaluate_model(emb, datasets, name=name, dims=dims, cache=cache, templates=templates_used,
                                   batch_size=batch_size, show_progress=show_progress)
         del emb
+    cache.close()
     settings = {"models": model_settings, "dims": list(dims) if dims else None,
                 "datasets": [d.describe() for d in datasets], "templates": list(templates_used),
                 "templates_name": templates if isinstance(templates, str) else None, "batch_size": batch_size,
-                "cache_dir": str(cache.root) if cache.root else None, "cache_hits": cache.hits,
+                "cache_dir": str(cache.root) if cache.root else None, "cache_hits": cache.hits,  # items
                 "cache_misses": cache.misses, "seconds": round(time.perf_counter() - t0, 2),
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **run_settings()}
     return EvalReport(results, settings)
