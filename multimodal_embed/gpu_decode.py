@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .errors import ImageDecodeError, InvalidInputError, MissingDependencyError
+from .imagefiles import open_regular
 from .images import ImagePreprocessor
 
 logger = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def read_bytes(item: Any) -> bytes | None:
         if isinstance(text, bytes) or "://" in text.split("/", 1)[0] + "/":
             return None
         try:
-            with open(os.path.expanduser(text), "rb") as fh:
+            with open_regular(os.path.expanduser(text)) as fh:  # a FIFO or device: the CPU loader reports it
                 return fh.read()
         except OSError:
             return None

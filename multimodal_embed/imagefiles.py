@@ -7,11 +7,13 @@ lister, ``ZeroShotClassifier.evaluate``) goes through :func:`list_images`, so a 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["IMAGE_EXTENSIONS", "is_image_name", "iter_images", "list_image_files", "list_image_paths", "list_images",
            "printable", "utf8_name", "utf8_text"]
@@ -55,6 +57,23 @@ def printable(path: str | os.PathLike) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def open_regular(path: str | bytes | os.PathLike) -> BinaryIO:
+    """Open a file for binary reading only if it is a regular file (after links), without ever blocking: a FIFO, a
+    device or a socket given directly raises ``OSError(EINVAL)`` at once instead of waiting in ``open()`` for a
+    writer (or reading ``/dev/zero`` forever). The rule the folder walkers apply, for paths given one by one."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, NOT_REGULAR, os.fsdecode(path))
+        if flags & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)  # a regular file: ordinary reads from here on
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def utf8_text(path: str) -> str:

@@ -12,6 +12,7 @@ center crop, rescale, normalise.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import io
 import json
@@ -26,6 +27,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -34,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ConfigError, ImageDecodeError, InvalidInputError
+from .imagefiles import NOT_REGULAR, open_regular
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray, Any]  # noqa: UP007
 
@@ -41,7 +45,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 URL_TIMEOUT_S = 20.0
-URL_MAX_BYTES = 50 * 1024 * 1024
+URL_MAX_BYTES = 50 * 1024 * 1024  # also the most read from a file-like object (a pipe, a socket, /dev/zero)
+# High-bit-depth images (16-bit, I, F) are scaled to 8 bits this many pixels at a time (float64 scratch of 8 MB)
+STRIP_PIXELS = 1 << 20
+# The most bytes that the images being decoded at once in this process may take (all decode workers of all
+# encoders together; an image larger than this decodes alone). See DecodeBudget.
+DECODE_BUDGET_BYTES = 1 << 30
 # Above this many times the output's pixels, a shortest-edge resize + center crop resizes only the region that
 # survives the crop (PIL's resize box), so work and memory stay bounded by the output size for any aspect ratio
 # (a 1x10000 image would otherwise be scaled to 224x2240000). Below it the full resize runs, as transformers does.
@@ -219,7 +228,76 @@ def read_url(url: str, *, timeout: float = URL_TIMEOUT_S, max_bytes: int = URL_M
     return b"".join(chunks)
 
 
-def _open(item: ImageInput, *, timeout: float, max_bytes: int, allow_urls: bool = True) -> Image.Image:
+class DecodeBudget:
+    """A bound on the memory of the images being decoded at the same time: :meth:`hold` waits while the images
+    already held plus this one would exceed ``limit`` bytes (one image alone always proceeds), so N decode workers
+    given N huge images take about ``limit``, not N times one image."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        nbytes = max(0, min(int(nbytes), self.limit))
+        with self._cond:
+            while self.used and self.used + nbytes > self.limit:
+                self._cond.wait()
+            self.used += nbytes
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
+
+
+DECODE_BUDGET = DecodeBudget(DECODE_BUDGET_BYTES)
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2, "I;16L": 2, "I;16B": 2,
+                    "I;16N": 2}
+
+
+def decode_cost(img: Image.Image) -> int:
+    """Bytes that decoding ``img`` (size and mode from its header) and converting it to RGB take at most: the decoded
+    pixels, an 8-bit copy for high bit depths, and the RGB image (4 bytes a pixel in Pillow)."""
+    w, h = img.size
+    raw = _BYTES_PER_PIXEL.get(img.mode, 4)
+    return w * h * (raw + (1 if img.mode in _HIGH_DEPTH else 0) + (0 if img.mode == "RGB" else 4))
+
+
+def _read_capped(stream: Any, max_bytes: int) -> io.BytesIO:
+    """At most ``max_bytes`` from a binary file-like object, or ``ValueError`` once it holds more (a stream without
+    end, such as ``/dev/zero``, a pipe or a socket, is never read past the cap)."""
+    buf = io.BytesIO()
+    while True:
+        chunk = stream.read(min(1 << 20, max_bytes + 1 - buf.tell()))
+        if not chunk:
+            break
+        if not isinstance(chunk, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a file object must be opened in binary mode (its read() gave {type(chunk).__name__})")
+        buf.write(chunk)
+        if buf.tell() > max_bytes:
+            raise ValueError(f"the stream is over the {max_bytes}-byte limit (url_max_bytes); reading stopped there")
+    buf.seek(0)
+    return buf
+
+
+def _open_path(path: str | bytes, files: list[Any]) -> Image.Image:
+    """Open a local image file: regular files only, never blocking (a FIFO or device is this item's error)."""
+    try:
+        fh = open_regular(path)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL and exc.strerror == NOT_REGULAR:
+            raise ValueError(NOT_REGULAR) from None
+        raise
+    files.append(fh)
+    return Image.open(fh)
+
+
+def _open(item: ImageInput, *, timeout: float, max_bytes: int, allow_urls: bool = True,
+          files: list[Any] | None = None) -> Image.Image:
+    files = [] if files is None else files  # files opened here, for the caller to close once the image is loaded
     if isinstance(item, Image.Image):
         return item
     if isinstance(item, np.ndarray):
@@ -237,33 +315,67 @@ def _open(item: ImageInput, *, timeout: float, max_bytes: int, allow_urls: bool 
     if isinstance(item, (str, os.PathLike)):
         text = os.fspath(item)
         if isinstance(text, bytes):
-            return Image.open(text)
+            return _open_path(text, files)
         if source_kind(text) == "url":
             if not allow_urls:
                 raise ValueError("URLs are not accepted here (allow_urls=False)")
             return Image.open(io.BytesIO(read_url(text, timeout=timeout, max_bytes=max_bytes)))
-        return Image.open(os.path.expanduser(text))
+        return _open_path(os.path.expanduser(text), files)
     if hasattr(item, "read"):
-        return Image.open(io.BytesIO(item.read()))
+        return Image.open(_read_capped(item, max_bytes))
     raise TypeError(f"unsupported image input type {type(item).__name__} (use a path, URL, bytes, a binary file, "
                     f"a PIL image or a uint8 numpy array)")
 
 
-def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
-    """Scale a high-bit-depth or float single-channel array to 0..255."""
+_HIGH_DEPTH = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+
+
+def _to_uint8(arr: np.ndarray, mode: str, lo: float | None = None, top: float | None = None) -> np.ndarray:
+    """Scale a high-bit-depth or float single-channel array to 0..255. ``lo``/``top``: the whole image's smallest
+    and largest values when ``arr`` is one strip of it (default: the array's own; ``None`` when it has none)."""
     arr = arr.astype(np.float64)
     if mode.startswith("I;16"):
-        arr = arr / 257.0
-    elif mode == "F" and arr.size and np.nanmin(arr) >= 0 and np.nanmax(arr) <= 1.0:
+        return np.clip(arr / 257.0, 0, 255).round().astype(np.uint8)
+    if lo is None and arr.size and not np.isnan(arr).all():
+        lo, top = float(np.nanmin(arr)), float(np.nanmax(arr))
+    if lo is None or top is None:
+        pass  # empty or all NaN: zeros
+    elif mode == "F" and lo >= 0 and top <= 1.0:
         arr = arr * 255.0
-    elif arr.size and np.nanmax(arr) > 255:
-        hi = 65535.0 if np.nanmax(arr) <= 65535 and np.nanmin(arr) >= 0 else None
-        if hi is not None:
+    elif top > 255:
+        if top <= 65535 and lo >= 0:
             arr = arr / 257.0
         else:
-            lo, top = np.nanmin(arr), np.nanmax(arr)
-            arr = (arr - lo) * (255.0 / max(top - lo, 1e-12))
+            with np.errstate(invalid="ignore"):  # an infinite range: those values become NaN, then 0, as before
+                arr = (arr - lo) * (255.0 / max(top - lo, 1e-12))
     return np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
+
+
+def _high_depth_to_l(img: Image.Image) -> Image.Image:
+    """A 16-bit, ``I`` or ``F`` image as 8-bit ``L``, converted ``STRIP_PIXELS`` at a time: the scratch is a few MB
+    whatever the image's size (a full-size float64 copy was 8 bytes a pixel, several times over), with the same
+    values as converting it whole."""
+    w, h = img.size
+    rows = max(1, STRIP_PIXELS // max(w, 1))
+    bands = [(y, min(h, y + rows)) for y in range(0, h, rows)]
+
+    def strip(y0: int, y1: int) -> np.ndarray:
+        return np.asarray(img.crop((0, y0, w, y1)))
+
+    lo = top = None
+    if not img.mode.startswith("I;16"):  # the scale depends on the whole image's range: one pass to find it
+        for y0, y1 in bands:
+            part = strip(y0, y1)
+            if part.dtype.kind == "f":
+                part = part[~np.isnan(part)]
+            if part.size:
+                lo = float(part.min()) if lo is None else min(lo, float(part.min()))
+                top = float(part.max()) if top is None else max(top, float(part.max()))
+    out = np.zeros((h, w), dtype=np.uint8)  # an image without a value (all NaN) stays zeros, as before
+    if lo is not None or img.mode.startswith("I;16"):
+        for y0, y1 in bands:
+            out[y0:y1] = _to_uint8(strip(y0, y1), img.mode, lo, top)
+    return Image.fromarray(out, "L")
 
 
 def _white(img: Image.Image) -> Image.Image:
@@ -277,8 +389,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode == "RGB" and "transparency" not in img.info:
         return img
-    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(img), mode), "L").convert("RGB")
+    if mode in _HIGH_DEPTH:
+        return _high_depth_to_l(img).convert("RGB")
     if mode == "1":
         return img.convert("L").convert("RGB")
     if mode == "LAB":
@@ -303,6 +415,7 @@ def load_image(
     name: str | None = None,
     draft: tuple[int, int] | None = None,
     allow_urls: bool = True,
+    reserve: Callable[[int], object] | None = None,
 ) -> Image.Image:
     """Decode one image input to an 8-bit RGB PIL image, or raise :class:`ImageDecodeError`.
 
@@ -310,13 +423,17 @@ def load_image(
     ``draft=(w, h)`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale (DCT scaling) while staying at least ``w x h``;
     other formats ignore it. A string is a URL or a path as :func:`source_kind` decides; ``allow_urls=False``
     refuses URLs (for callers whose inputs come from untrusted users). A URL download has an overall deadline
-    of ``url_timeout`` seconds and a size cap of ``url_max_bytes``.
+    of ``url_timeout`` seconds and a size cap of ``url_max_bytes``, which also caps what is read from a file-like
+    object. A path must name a regular file (a FIFO or a device is refused without blocking). ``reserve(nbytes)``
+    is called with :func:`decode_cost` once the header is read, before the pixels are decoded (the decode workers
+    pass :data:`DECODE_BUDGET`'s hold).
     """
     label = name or describe(item)
+    files: list[Any] = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = _open(item, timeout=url_timeout, max_bytes=url_max_bytes, allow_urls=allow_urls)
+            img = _open(item, timeout=url_timeout, max_bytes=url_max_bytes, allow_urls=allow_urls, files=files)
             w, h = img.size
             if w <= 0 or h <= 0:
                 raise ValueError(f"empty image ({w}x{h} pixels)")
@@ -327,6 +444,8 @@ def load_image(
                 img.seek(0)  # first frame (a PSD opens at its first layer, and seek(0) would fail there)
             if draft is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
                 img.draft(img.mode, draft)
+            if reserve is not None:
+                reserve(decode_cost(img))
             img.load()
             try:
                 img = ImageOps.exif_transpose(img)
@@ -353,6 +472,9 @@ def load_image(
     except Exception as exc:  # Pillow plugins raise anything (DDS: NotImplementedError)
         logger.debug("%s: decoder raised", label, exc_info=True)
         raise ImageDecodeError(label, f"decoder failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        for fh in files:  # the pixels are loaded (or the item failed): the file is no longer read
+            fh.close()
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from .encoders import ImageFailure, Scoring, as_batch
 from .errors import ImageDecodeError, InvalidInputError
-from .images import DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor, describe, load_image
+from .images import DECODE_BUDGET, DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor, describe, load_image
 from .models.nomic_bert import load_converted
 from .models.nomic_vision import NomicVisionConfig, NomicVisionModel, convert_state_dict
 from .utils import ModelHolder, check_batch_size, load_safetensors, progress
@@ -89,19 +90,25 @@ class ImageEncoder(ModelHolder):
 
     # -- shared ------------------------------------------------------------------------------------------
     def prepare(self, item: ImageInput, index: int) -> np.ndarray | dict[str, np.ndarray]:
-        """Decode and preprocess one input (runs in worker threads; PIL releases the GIL)."""
+        """Decode and preprocess one input (runs in worker threads; PIL releases the GIL). The decoded image is
+        held against :data:`~multimodal_embed.images.DECODE_BUDGET` until it is preprocessed, so the workers together
+        stay within the budget whatever the images' sizes."""
         draft = self.draft_size() if self.jpeg_draft else None
         label = describe(item, index)
-        img = load_image(item, max_pixels=self.max_pixels, name=label, draft=draft, allow_urls=self.allow_urls)
-        w, h = img.size
-        if self.max_aspect_ratio is not None and max(w, h) > self.max_aspect_ratio * min(w, h):
-            raise ImageDecodeError(label, f"aspect ratio {w}x{h} is beyond {self.max_aspect_ratio:g}:1, which this "
-                                          f"encoder's preprocessing does not handle in bounded memory")
-        try:
-            return self.preprocess(img)
-        except Exception as exc:  # MemoryError and any preprocessor failure are this item's error
-            logger.debug("%s: preprocessing failed", label, exc_info=True)
-            raise ImageDecodeError(label, f"preprocessing failed: {type(exc).__name__}: {exc}") from None
+        with ExitStack() as held:
+            img = load_image(item, max_pixels=self.max_pixels, name=label, draft=draft, allow_urls=self.allow_urls,
+                             reserve=lambda nbytes: held.enter_context(DECODE_BUDGET.hold(nbytes)))
+            w, h = img.size
+            if self.max_aspect_ratio is not None and max(w, h) > self.max_aspect_ratio * min(w, h):
+                raise ImageDecodeError(label, f"aspect ratio {w}x{h} is beyond {self.max_aspect_ratio:g}:1, which "
+                                              f"this encoder's preprocessing does not handle in bounded memory")
+            try:
+                return self.preprocess(img)
+            except Exception as exc:  # MemoryError and any preprocessor failure are this item's error
+                logger.debug("%s: preprocessing failed", label, exc_info=True)
+                raise ImageDecodeError(label, f"preprocessing failed: {type(exc).__name__}: {exc}") from None
+            finally:
+                del img  # released before the budget is
 
     def collate(self, items: list[np.ndarray | dict[str, np.ndarray]]) -> torch.Tensor | dict[str, torch.Tensor]:
         device = self.device
