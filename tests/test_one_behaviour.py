@@ -103,6 +103,16 @@ def test_each_failure_is_printed_once_on_the_real_stderr(tiny, tmp_path):
         cmd = cmd[:-2]  # the second run uses the recorded model
 
 
+def test_a_run_with_nothing_to_embed_loads_no_model(emb, tmp_path):
+    folder = _broken_folder(tmp_path / "photos")
+    ImageIndex.create(tmp_path / "n.mmindex", emb).close()
+    with ImageIndex.open(tmp_path / "n.mmindex") as idx:  # the recorded model, loaded only when needed
+        assert len(idx.add_folder(folder, show_progress=False).failed) == 2 and idx._embedder is not None
+    with ImageIndex.open(tmp_path / "n.mmindex") as idx:
+        report = idx.add_folder(folder, show_progress=False)
+        assert (report.unchanged, report.known_failed) == (1, 2) and idx._embedder is None
+
+
 def test_a_failure_recorded_by_other_software_is_retried_once(emb, tmp_path):
     folder = _broken_folder(tmp_path / "photos")
     with ImageIndex.create(tmp_path / "r.mmindex", emb) as idx:
