@@ -127,6 +127,8 @@ class EmbeddingCache:
 def _folder_stamp(name: Any) -> Any:
     """A local model folder's files (name, size, mtime), so retrained weights in the same folder are a miss."""
     text = str(name or "")
+    if text.startswith("builtin:"):  # a model shipped in the package: its weights folder
+        text = str(Path(__file__).resolve().parents[1] / "weights" / text.removeprefix("builtin:"))
     for scheme in ("open_clip:", "local-dir:", "hf:"):
         text = text.removeprefix(scheme)
     if not text or not os.path.isdir(text):
@@ -140,10 +142,10 @@ def tower_key(embedder: Any, tower: str) -> str:
     local folder's file stamps), dtype and precision."""
     identity = embedder.identity()
     part = identity.get("text" if tower == "text" else "vision") or {}
-    payload = {"tower": tower, "family": identity.get("family"), "name": part.get("name") or identity.get("name"),
-               "revision": part.get("revision"), "dim": identity.get("dim"), "dtype": embedder.info.get("dtype"),
-               "precision": embedder.info.get("precision"),
-               "stamps": [_folder_stamp(part.get("name")), _folder_stamp(identity.get("name"))]}
+    name = part.get("name") or identity.get("name")  # towers with a name of their own are shared across models
+    payload = {"tower": tower, "family": identity.get("family"), "name": name, "revision": part.get("revision"),
+               "dim": identity.get("dim"), "dtype": embedder.info.get("dtype"),
+               "precision": embedder.info.get("precision"), "stamps": _folder_stamp(name)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -463,6 +465,18 @@ def run_settings() -> dict[str, Any]:
             "python": platform.python_version(), "multimodal_embed": __version__}
 
 
+def _load_model(model: Any, device: str | None, precision: str | None, n: int) -> tuple[str, Any]:
+    """``(name, Embedder)`` of a model name or an already loaded Embedder."""
+    if not isinstance(model, str):
+        return str(model.info.get("name") or model.identity().get("name") or f"model {n + 1}"), model
+    from ..embedder import Embedder
+
+    kwargs: dict[str, Any] = {"device": device} if device else {}
+    if precision not in (None, "exact"):
+        kwargs["precision"] = precision
+    return model, Embedder.from_pretrained(model, **kwargs)
+
+
 def evaluate(data: Sequence[str | os.PathLike | Dataset], models: Sequence[Any], *, dims: Sequence[int] | None = None,
              task: str | None = None, templates: str | Sequence[str] = "openai-imagenet",
              cache_dir: str | os.PathLike | None = "default", batch_size: int = 32,
@@ -492,22 +506,15 @@ def evaluate(data: Sequence[str | os.PathLike | Dataset], models: Sequence[Any],
     cache = EmbeddingCache(default_cache_dir() if cache_dir == "default" else cache_dir)
     results: list[EvalResult] = []
     model_settings = []
-    for model in models:
-        if isinstance(model, str):
-            from ..embedder import Embedder
-
-            kwargs: dict[str, Any] = {"device": device} if device else {}
-            if precision not in (None, "exact"):
-                kwargs["precision"] = precision
-            name, emb = model, Embedder.from_pretrained(model, **kwargs)
-        else:
-            emb = model
-            name = str(emb.info.get("name") or emb.identity().get("name") or f"model {len(model_settings) + 1}")
-        model_settings.append(_model_settings(name, emb))
-        results += evaluate_model(emb, datasets, name=name, dims=dims, cache=cache, templates=templates_used,
-                                  batch_size=batch_size, show_progress=show_progress)
-        del emb
-    cache.close()
+    try:
+        for model in models:
+            name, emb = _load_model(model, device, precision, len(model_settings))
+            model_settings.append(_model_settings(name, emb))
+            results += evaluate_model(emb, datasets, name=name, dims=dims, cache=cache, templates=templates_used,
+                                      batch_size=batch_size, show_progress=show_progress)
+            del emb
+    finally:
+        cache.close()
     settings = {"models": model_settings, "dims": list(dims) if dims else None,
                 "datasets": [d.describe() for d in datasets], "templates": list(templates_used),
                 "templates_name": templates if isinstance(templates, str) else None, "batch_size": batch_size,

@@ -169,3 +169,27 @@ def test_an_unreadable_file_is_a_failure_without_a_model_call(clip, captions, tm
     assert ok.sum() == 24 and not ok[-1] and reasons[24].startswith("cannot read")
     (result,) = evaluate([data], [clip], cache_dir=None, show_progress=False).results
     assert result.counted == 24 and result.failures == [(str(captions.parent / "missing.png"), reasons[24])]
+
+
+def test_an_interrupted_run_keeps_whole_chunks_and_the_next_run_goes_on(clip, photos, tmp_path, monkeypatch):
+    from multimodal_embed.evaluation import runner
+
+    monkeypatch.setattr(runner, "CHUNK", 4)  # 18 images: chunks of 4, 4, 4, 4, 2
+    real = clip.embed_images_with_errors
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(len(args[0]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C during the third chunk
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(clip, "embed_images_with_errors", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate([photos], [clip], templates=TEMPLATES, cache_dir=tmp_path / "cache", show_progress=False)
+    calls.clear()
+    monkeypatch.setattr(clip, "embed_images_with_errors", lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
+    resumed = evaluate([photos], [clip], templates=TEMPLATES, cache_dir=tmp_path / "cache", show_progress=False)
+    assert calls == [4, 4, 2]  # the two finished chunks came from the cache
+    fresh = evaluate([photos], [clip], templates=TEMPLATES, cache_dir=None, show_progress=False)
+    assert resumed.results[0].metrics == fresh.results[0].metrics
