@@ -27,6 +27,7 @@ from .errors import (
     MissingDependencyError,
     ModelNotFoundError,
     MultimodalEmbedError,
+    NotAModelFolderError,
 )
 
 __version__ = "0.1.0"
@@ -51,6 +52,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelSpec",
     "MultimodalEmbedError",
+    "NotAModelFolderError",
     "ZeroShotClassifier",
     "__version__",
     "list_models",

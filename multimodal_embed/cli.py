@@ -13,11 +13,11 @@ import os
 import shutil
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInputError, ModelNotFoundError, MultimodalEmbedError
+from .errors import InvalidInputError, ModelNotFoundError, MultimodalEmbedError, NotAModelFolderError
 from .imagefiles import printable
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_MODEL, EXIT_ERROR = 0, 1, 2, 3, 4
@@ -76,7 +76,10 @@ def _load(name: str, args: argparse.Namespace) -> Any:
         kwargs["precision"] = "fast"
     elif getattr(args, "precision", None) not in (None, "exact"):
         kwargs["precision"] = args.precision
-    return Embedder.from_pretrained(name, **kwargs)
+    try:
+        return Embedder.from_pretrained(name, **kwargs)
+    except NotAModelFolderError as exc:  # --model /etc, an empty folder: the command line is wrong (exit 2)
+        raise UsageError(f"--model {printable(name)}: {printable(str(exc))}") from None
 
 
 def _image_paths(items: Sequence[str], skipped: list[tuple[str, str]] | None = None) -> list[str]:
@@ -87,20 +90,39 @@ def _image_paths(items: Sequence[str], skipped: list[tuple[str, str]] | None = N
     return list_image_paths(items, on_skip=None if skipped is None else (lambda p, r: skipped.append((p, r))))
 
 
+MAX_TEXT_LINE_CHARS = 1_000_000  # the longest --text-file line (a whole document, for --long-text mean)
+
+
+def _read_lines(stream: Any, name: str) -> Iterator[str]:
+    """The lines of a text stream, read one at a time and never more than ``MAX_TEXT_LINE_CHARS`` (+2) characters
+    at once: a longer line is refused (:class:`InvalidInputError` naming the file and the line) before the rest of
+    it is read, so a file without newlines (``/dev/zero``) costs the cap, not the file."""
+    for number, line in enumerate(iter(lambda: stream.readline(MAX_TEXT_LINE_CHARS + 2), ""), 1):
+        text = line.rstrip("\r\n")
+        if len(text) > MAX_TEXT_LINE_CHARS:
+            raise InvalidInputError(f"{printable(name)}: line {number} is longer than {MAX_TEXT_LINE_CHARS} "
+                                    f"characters (the --text-file limit); split it")
+        yield text
+
+
 def _read_texts(args: argparse.Namespace) -> list[str]:
-    """``--text`` items, then every ``--text-file`` line (``-`` is stdin). Blank lines are left out (an empty text
-    embeds to nothing useful and would shift the rows); how many were dropped is said on stderr."""
+    """``--text`` items, then every ``--text-file`` line (``-`` is stdin), streamed line by line with a per-line cap
+    (:func:`_read_lines`). Blank lines are left out (an empty text embeds to nothing useful and would shift the
+    rows); how many were dropped is said on stderr."""
     texts = list(args.text or [])
     for f in args.text_file or []:
         stream = sys.stdin if f == "-" else open(f, encoding="utf-8")  # noqa: SIM115 - closed below unless stdin
+        kept, blank = [], 0
         try:
-            lines = [line.rstrip("\r\n") for line in stream]
+            for line in _read_lines(stream, "stdin" if f == "-" else f):
+                if line.strip():
+                    kept.append(line)
+                else:
+                    blank += 1
         finally:
             if stream is not sys.stdin:
                 stream.close()
-        kept = [line for line in lines if line.strip()]
-        if len(kept) < len(lines):
-            blank = len(lines) - len(kept)
+        if blank:
             print(f"mmembed: {'stdin' if f == '-' else f}: skipped {blank} blank line{'s' if blank != 1 else ''} "
                   f"({len(kept)} texts kept)", file=sys.stderr)
         texts += kept

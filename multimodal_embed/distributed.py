@@ -9,7 +9,8 @@ into shards of ``shard_rows`` consecutive rows. Ray Data maps the shards over a 
 this project's robust loader, embeds, and writes ``part-NNNNN.parquet`` atomically with the columns
 (id, path or text, vector, status, error). Bad items are rows with their error, never a failed job.
 
-Resuming: each shard records (in its Parquet schema) a digest of the items it was made from and of the settings
+Resuming: each shard records (in its Parquet schema) a digest of the items it was made from (for local image files
+also their size and modification time, so a file replaced under the same name is recomputed) and of the settings
 (model, kind, task, first row); ``manifest.json`` in the output folder records the model request and the
 listing. A re-run skips only shards whose recorded digest matches the current listing, recomputes the others
 (a file added that sorts first shifts every shard: all are recomputed), removes shards past the new end, and
@@ -166,14 +167,15 @@ def embed_dataset(
     except ImportError as exc:
         raise MissingDependencyError("embed_dataset needs Ray: pip install 'multimodal-embed[distributed]'") from exc
     t0 = time.perf_counter()
-    kind, items = list_inputs(source, kind)
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_writable(out)
+    kind, items = list_inputs(source, kind)
     text_task = task if task is not None else ("search_document" if kind == "texts" else None)
     request = {"model": model, "model_kwargs": model_kwargs or {}, "kind": kind, "task": text_task}
     _check_manifest(out, request)
     starts = list(range(0, len(items), shard_rows))
-    digests = [shard_input_digest(items[s:s + shard_rows], {**request, "start": s}) for s in starts]
+    keyed = _with_file_stamps(kind, items)  # a file replaced under the same name changes its shard's digest
+    digests = [shard_input_digest(keyed[s:s + shard_rows], {**request, "start": s}) for s in starts]
     todo, recomputed = [], 0
     for k, s in enumerate(starts):
         path = shard_path(out, k)
@@ -188,7 +190,8 @@ def embed_dataset(
     report = DistributedReport(len(starts), 0, len(starts) - len(todo), 0, 0, 0.0, shards_recomputed=recomputed,
                                shards_removed=len(stale))
     if recomputed or stale:
-        logger.warning("%s: the input listing changed since the last run: recomputing %d shards, removing %d",
+        logger.warning("%s: the input changed since the last run (or shards are damaged): recomputing %d shards, "
+                       "removing %d",
                        out, recomputed, len(stale))
     if todo:
         if not ray.is_initialized():
@@ -211,6 +214,37 @@ def embed_dataset(
     report.seconds = round(time.perf_counter() - t0, 2)
     logger.info("embed_dataset: %s", report)
     return report
+
+
+def _check_writable(out: Path) -> None:
+    """Create the output folder and a file in it, or raise :class:`InvalidInputError` naming the folder: before the
+    inputs are listed or Ray is started, rather than in the first actor to finish a shard."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise InvalidInputError(f"the output folder {out} is not writable: {exc.strerror or exc}") from None
+
+
+def _with_file_stamps(kind: str, items: list[str]) -> list[str]:
+    """What each item's shard digest covers: for a local image file, its path with its size and modification time
+    (a file overwritten under the same name is recomputed on resume); URLs and texts as they are."""
+    if kind != "images":
+        return items
+    out = []
+    for item in items:
+        if "://" in item:
+            out.append(item)
+            continue
+        try:
+            st = os.stat(item)
+            out.append(f"{item}\x00{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            out.append(f"{item}\x00missing")
+    return out
 
 
 def _shard_number(path: Path) -> int | None:

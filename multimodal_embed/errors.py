@@ -31,6 +31,11 @@ class ModelNotFoundError(MultimodalEmbedError, FileNotFoundError):
     """A model could not be found locally and could not be downloaded."""
 
 
+class NotAModelFolderError(InvalidInputError):
+    """A folder given as a model holds no model (no ``config.json``, ``modules.json`` or a family's marker file);
+    the CLI treats it as a usage error (exit code 2)."""
+
+
 class IncompatibleModelsError(MultimodalEmbedError, ValueError):
     """Two towers that were not trained together were paired."""
 

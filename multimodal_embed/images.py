@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import http.client
 import io
-import json
 import logging
 import math
 import os
@@ -526,7 +525,9 @@ class ImagePreprocessor:
         """Read ``preprocessor_config.json``. ``variant="shortest_edge"`` selects the original upload's resize
         (short side to the size, then center crop), as used in nomic's training and evaluation."""
         path = Path(folder) / "preprocessor_config.json"
-        cfg = json.loads(path.read_text()) if path.is_file() else {}
+        from .utils import read_json  # torch, which utils imports, is not needed to decode images
+
+        cfg = read_json(path) if path.is_file() else {}
         if variant == "shortest_edge":
             size = cfg.get("size", {})
             edge = size.get("shortest_edge") or min(size.get("height", 224), size.get("width", 224))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,9 +23,9 @@ import torch
 
 from . import hub, registry
 from .encoders import ImageEncoder, Scoring, TextEncoder, describe_text
-from .errors import ConfigError, IncompatibleModelsError, InvalidInputError
+from .errors import ConfigError, IncompatibleModelsError, InvalidInputError, NotAModelFolderError
 from .images import DEFAULT_MAX_PIXELS
-from .utils import resolve_device, resolve_dtype
+from .utils import read_json, resolve_device, resolve_dtype
 
 __all__ = ["FAMILIES", "Family", "LoadOptions", "LoadedModel", "ModelRef", "check_pairing", "detect_family",
            "load", "load_text_encoder", "load_towers", "load_vision_encoder", "parse_model_name"]
@@ -62,6 +61,7 @@ FAMILIES: dict[str, Family] = {
                       marker="align_config.json"),
 }
 NATIVE = ("nomic", "text", "vision")  # loaded tower by tower by load_towers
+MODEL_FILES = ("config.json", "modules.json")  # a folder with neither (nor a family's marker) is not a model
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def parse_model_name(name: str, revision: str | Mapping[str, str] | None = None)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if os.path.lexists(path) else {}  # present but not a regular file: ConfigError
 
 
 def detect_family(model: ModelRef, cache_dir: str | Path | None = None) -> ModelRef:
@@ -133,6 +133,10 @@ def detect_family(model: ModelRef, cache_dir: str | Path | None = None) -> Model
         for family, fam in FAMILIES.items():
             if fam.marker and (path / fam.marker).is_file():
                 return ModelRef(name, family, str(path), None)
+        if not any(os.path.lexists(path / f) for f in MODEL_FILES):  # a FIFO named config.json: read_json refuses
+            markers = sorted({*MODEL_FILES, *(fam.marker for fam in FAMILIES.values() if fam.marker)})
+            raise NotAModelFolderError(f"{name} is not a model folder (it has none of {', '.join(markers)}); give a "
+                                       f"model name (see `mmembed models`) or a downloaded model's folder")
         config = _read_json(path / "config.json")
     elif hub.looks_like_repo_id(name):
         config = _read_json(hub.fetch(name, revision=model.revision, files=hub.CONFIG_FILES, cache_dir=cache_dir)

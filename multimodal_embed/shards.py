@@ -193,7 +193,13 @@ def read_shards(folder: str | os.PathLike) -> tuple[dict[str, Any], Any]:
     files = sorted(Path(folder).glob("part-*.parquet"))
     if not files:
         raise InvalidInputError(f"{folder} has no part-*.parquet shards")
-    tables = [pq.read_table(f) for f in files]
+    tables = []
+    for f in files:
+        try:
+            tables.append(pq.read_table(f))
+        except Exception as exc:  # noqa: BLE001 - ArrowInvalid, OSError...: a truncated or overwritten shard
+            raise InvalidInputError(f"{f}: not a readable Parquet shard ({type(exc).__name__}: {exc}); run "
+                                    f"embed_dataset again on the same output to recompute it") from None
     identities = {(t.schema.metadata or {}).get(PARQUET_MODEL_KEY.encode()) for t in tables}
     if len(identities) != 1 or None in identities:
         raise InvalidInputError(f"{folder}: shards were written by different models")

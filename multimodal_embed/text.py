@@ -7,10 +7,9 @@ long-text policy, length-sorted token-budget batching and order restoration.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,7 +22,16 @@ from .batching import plan_batches
 from .encoders import Scoring, as_batch
 from .errors import InputTypeError, InvalidInputError
 from .models.nomic_bert import NomicBertConfig, NomicBertModel, convert_state_dict, load_converted
-from .utils import ModelHolder, check_batch_size, load_safetensors, progress
+from .utils import (
+    ModelHolder,
+    as_int,
+    check_batch_size,
+    check_max_tokens,
+    load_safetensors,
+    load_tokenizer,
+    progress,
+    read_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +48,8 @@ LONG_TEXT_MODES = ("truncate", "mean")
 def check_texts(texts: Sequence[str]) -> list[str]:
     """One str or a list of str (:func:`~multimodal_embed.encoders.as_batch`, the rule images follow too) as a
     list, or :class:`InputTypeError` naming the first item that is not a str."""
+    if isinstance(texts, (Mapping, set, frozenset)):  # a dict would give its keys, a set no stable order
+        raise InputTypeError(f"texts must be a str or a list of str, not a {type(texts).__name__}")
     texts = as_batch(texts, "texts")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
@@ -96,10 +106,11 @@ class TokenTextEncoder(ModelHolder):
 
     # -- public ------------------------------------------------------------------------------------------
     def check_dimensionality(self, dimensionality: int | None) -> int:
-        if dimensionality is None or dimensionality == self.dim:
+        if dimensionality is None:
             return self.dim
-        if isinstance(dimensionality, bool) or not isinstance(dimensionality, int):
-            raise InvalidInputError(f"dimensionality must be an int, got {dimensionality!r}")
+        dimensionality = as_int(dimensionality, "dimensionality")  # numpy integers too; never 768.0 or True
+        if dimensionality == self.dim:
+            return self.dim
         if not self.matryoshka_dims:
             raise InvalidInputError(
                 f"this model was not trained for Matryoshka truncation: dimensionality must be None or {self.dim}, "
@@ -162,6 +173,7 @@ class TokenTextEncoder(ModelHolder):
         if long_text not in LONG_TEXT_MODES:
             raise InvalidInputError(f"long_text must be one of {LONG_TEXT_MODES}, got {long_text!r}")
         check_batch_size(batch_size)
+        max_tokens = check_max_tokens(max_tokens)
         d = self.check_dimensionality(dimensionality)
         if not texts:
             return torch.empty(0, d)
@@ -245,10 +257,8 @@ class NomicTextEncoder(TokenTextEncoder):
         the config's own value wins when it sets one. ``None`` keeps the config's value.
         ``unpadded`` runs each batch as packed sequences (no compute on padding); ``None``: on CUDA only.
         """
-        from transformers import AutoTokenizer
-
         folder = Path(folder)
-        raw = json.loads((folder / "config.json").read_text())
+        raw = read_json(folder / "config.json")
         config = NomicBertConfig.from_hf_dict(raw)
         if config.rotary_scaling_factor is None and rotary_scaling_factor:
             config = replace(config, rotary_scaling_factor=float(rotary_scaling_factor))
@@ -258,7 +268,7 @@ class NomicTextEncoder(TokenTextEncoder):
         model = NomicBertModel(config)
         load_converted(model, convert_state_dict(load_safetensors(folder)), what=str(name or folder))
         model.to(device=device, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = load_tokenizer(folder)
         tokenizer.model_max_length = 1 << 30
         return cls(model, tokenizer, matryoshka=matryoshka, max_length=max_length, unpadded=unpadded)
 
@@ -312,10 +322,10 @@ class SentenceTransformerTextEncoder(TokenTextEncoder):
         dtype: torch.dtype = torch.float32,
         **_: Any,
     ) -> SentenceTransformerTextEncoder:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         folder = Path(folder)
-        modules = json.loads((folder / "modules.json").read_text())
+        modules = read_json(folder / "modules.json")
         pooling_cfg: dict[str, Any] = {"pooling_mode_mean_tokens": True}
         transformer_path = folder
         for mod in modules:
@@ -323,7 +333,7 @@ class SentenceTransformerTextEncoder(TokenTextEncoder):
             if kind.endswith("models.Transformer"):
                 transformer_path = folder / mod.get("path", "")
             elif kind.endswith("models.Pooling"):
-                pooling_cfg = json.loads((folder / mod["path"] / "config.json").read_text())
+                pooling_cfg = read_json(folder / mod["path"] / "config.json")
             elif not kind.endswith("models.Normalize"):
                 raise InvalidInputError(f"sentence-transformers module {kind!r} in {folder} is not supported")
         modes = [m for m in ("cls_token", "mean_tokens", "max_tokens") if pooling_cfg.get(f"pooling_mode_{m}")]
@@ -332,11 +342,11 @@ class SentenceTransformerTextEncoder(TokenTextEncoder):
                                                                "pooling_mode_lasttoken")):
             raise InvalidInputError(f"pooling configuration {pooling_cfg} in {folder} is not supported")
         st_cfg_file = transformer_path / "sentence_bert_config.json"
-        st_cfg = json.loads(st_cfg_file.read_text()) if st_cfg_file.is_file() else {}
+        st_cfg = read_json(st_cfg_file) if st_cfg_file.is_file() else {}
         model = AutoModel.from_pretrained(str(transformer_path), attn_implementation="sdpa")
         max_length = int(st_cfg.get("max_seq_length") or getattr(model.config, "max_position_embeddings", 512))
         model.to(device=device, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(str(transformer_path))
+        tokenizer = load_tokenizer(transformer_path)
         tokenizer.model_max_length = 1 << 30
         encoder = cls(model, tokenizer, pooling=modes[0], max_length=max_length)
         encoder.lowercase = bool(st_cfg.get("do_lower_case"))

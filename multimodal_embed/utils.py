@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .errors import CheckpointError, InvalidInputError
+from .errors import CheckpointError, ConfigError, InvalidInputError
 from .precision import warn_if_slow_dtype
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,48 @@ def load_safetensors(folder: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # noqa: BLE001 - UnpicklingError (refused code), truncated zip, ...
             raise CheckpointError(f"{pt}: cannot be loaded as plain tensors ({type(exc).__name__}: {exc})") from None
     raise CheckpointError(f"no weights in {folder}: expected model.safetensors")
+
+
+MAX_JSON_BYTES = 256 * 1024 * 1024  # the largest model JSON file read (tokenizer.json files reach tens of MB)
+
+
+def read_json(path: str | Path) -> Any:
+    """A model folder's JSON file (``config.json``, ``tokenizer.json``...), or :class:`ConfigError` naming the file
+    when it is not JSON, not UTF-8, not a regular file (a FIFO or device is never read) or over ``MAX_JSON_BYTES``.
+    A missing file raises ``FileNotFoundError`` as before."""
+    from .imagefiles import open_regular
+
+    try:
+        with open_regular(path) as fh:
+            data = fh.read(MAX_JSON_BYTES + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise ConfigError(f"{path}: over {MAX_JSON_BYTES} bytes, not a model file")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except ValueError as exc:  # JSONDecodeError
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+
+
+def load_tokenizer(folder: str | Path) -> Any:
+    """``AutoTokenizer.from_pretrained(folder)``, with a damaged ``tokenizer.json`` (or any other tokenizer file the
+    library refuses) reported as :class:`ConfigError` naming the file or the folder."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if (folder / "tokenizer.json").is_file():
+        read_json(folder / "tokenizer.json")  # a file that is not JSON is named as such
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except ImportError:  # a missing optional dependency (sentencepiece) says so itself
+        raise
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises its own Exception subclasses
+        raise ConfigError(f"{folder}: the tokenizer cannot be loaded ({type(exc).__name__}: {exc})") from None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -126,6 +168,26 @@ class ModelHolder:
     def truncations(self) -> TruncationNotice:
         """Text towers: the once-per-model notice of truncated texts (created on first use)."""
         return self.__dict__.setdefault("_truncations", TruncationNotice())
+
+
+def as_int(value: Any, name: str) -> int:
+    """``value`` as an int when it is one (a Python or numpy integer, not a bool), else :class:`InvalidInputError`
+    naming the argument."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidInputError(f"{name} must be an int, got {value!r}")
+    return int(value)
+
+
+def check_max_tokens(max_tokens: Any) -> int | None:
+    """``None`` (the encoder's default token budget) or a positive int, else :class:`InvalidInputError`."""
+    if max_tokens is None:
+        return None
+    value = as_int(max_tokens, "max_tokens")
+    if value < 1:
+        raise InvalidInputError(f"max_tokens must be a positive int, got {max_tokens!r}")
+    return value
 
 
 def check_batch_size(batch_size: Any) -> int:

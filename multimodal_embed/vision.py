@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -21,7 +20,7 @@ from .errors import ImageDecodeError, InvalidInputError
 from .images import DECODE_BUDGET, DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor, describe, load_image
 from .models.nomic_bert import load_converted
 from .models.nomic_vision import NomicVisionConfig, NomicVisionModel, convert_state_dict
-from .utils import ModelHolder, check_batch_size, load_safetensors, progress
+from .utils import ModelHolder, check_batch_size, load_safetensors, progress, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +279,7 @@ class NomicVisionEncoder(PreprocessorImageEncoder):
         ``gpu_decode`` decodes JPEGs on the model's device (``None``: when it is CUDA; see gpu_decode.py).
         """
         folder = Path(folder)
-        config = NomicVisionConfig.from_hf_dict(json.loads((folder / "config.json").read_text()))
+        config = NomicVisionConfig.from_hf_dict(read_json(folder / "config.json"))
         model = NomicVisionModel(config)
         load_converted(model, convert_state_dict(load_safetensors(folder)), what=str(name or folder))
         model.to(device=device, dtype=dtype)

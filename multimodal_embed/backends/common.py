@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ..encoders import Scoring
 from ..errors import InvalidInputError
 from ..text import check_texts
-from ..utils import ModelHolder, check_batch_size, progress
+from ..utils import ModelHolder, as_int, check_batch_size, check_max_tokens, progress
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class ContextTextEncoder(ModelHolder):
         ``task`` is accepted for API symmetry and adds nothing (these models have no task prefixes).
         """
         texts = [self.normalize_text(t) for t in check_texts(texts)]
-        if dimensionality not in (None, self.dim):
+        check_max_tokens(max_tokens)  # accepted for API symmetry: batches are bounded by batch_size
+        if dimensionality is not None and as_int(dimensionality, "dimensionality") != self.dim:
             raise InvalidInputError(f"this model has a fixed dimension of {self.dim}; got dimensionality="
                                     f"{dimensionality!r}")
         if long_text != "truncate":

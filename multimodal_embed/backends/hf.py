@@ -9,7 +9,6 @@ no remote code.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ import torch
 from .. import hub
 from ..errors import ConfigError, ModelNotFoundError
 from ..images import DEFAULT_MAX_PIXELS
+from ..utils import load_tokenizer, read_json
 from ..vision import ImageEncoder
 from .common import ContextTextEncoder, Scoring, pooled
 
@@ -65,7 +65,7 @@ def load_hf_contrastive(
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise ModelNotFoundError(f"{folder} has no config.json")
-    config = json.loads(cfg_path.read_text())
+    config = read_json(cfg_path)
     family = hf_family(config)
     if family is None:
         raise ConfigError(f"{ref}: model_type {config.get('model_type')!r} is not one of {sorted(FAMILIES)}")
@@ -75,7 +75,7 @@ def load_hf_contrastive(
     model_cls = getattr(transformers, FAMILIES[family])
     # transformers reads a pickle checkpoint with torch.load(weights_only=True): tensors only, never code
     model = model_cls.from_pretrained(str(folder), use_safetensors=safetensors, dtype=dtype).eval().to(device)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    tokenizer = load_tokenizer(folder)
     image_processor = transformers.AutoImageProcessor.from_pretrained(str(folder))
     bias = getattr(model, "logit_bias", None)
     scoring = Scoring(
