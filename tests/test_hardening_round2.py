@@ -25,8 +25,15 @@ import pytest
 from PIL import Image
 
 from multimodal_embed import Embedder, ImageIndex
-from multimodal_embed.cli import EXIT_PARTIAL, main
-from multimodal_embed.errors import ImageDecodeError, IndexCorruptError, InvalidInputError
+from multimodal_embed.cli import EXIT_ERROR, EXIT_PARTIAL, EXIT_USAGE, main
+from multimodal_embed.errors import (
+    ConfigError,
+    ImageDecodeError,
+    IndexCorruptError,
+    InputTypeError,
+    InvalidInputError,
+    NotAModelFolderError,
+)
 from multimodal_embed.imagefiles import NOT_REGULAR, printable
 from multimodal_embed.images import load_image
 
@@ -512,3 +519,175 @@ def test_decode_workers_together_stay_within_the_budget(fixtures_dir, big_pngs):
     # four workers, four ~590 MB decodes: held one at a time by the 1 GiB budget. Measured 883 MB for four vs 590 for
     # one (the rest is the workers' malloc arenas); without the budget 2,045 MB (and before the strip fix, 8+ GB)
     assert res["four_mb"] < 1.75 * res["one_mb"], res
+
+
+# -- 9. model folders: damaged JSON names the file; a folder that is not a model is a usage error ------------------
+def _text_model_copy(fixtures_dir: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    shutil.copytree(fixtures_dir / "text-v1.5-tiny", folder)
+    return folder
+
+
+@pytest.mark.parametrize("name, content", [("config.json", b"{not json"), ("config.json", b"\xff\xfe{}"),
+                                           ("tokenizer.json", b"<html>not a tokenizer</html>")])
+def test_damaged_model_json_is_config_error_naming_the_file(fixtures_dir, tmp_path, name, content):
+    folder = _text_model_copy(fixtures_dir, tmp_path)
+    (folder / name).write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(str(folder / name))):
+        Embedder.from_pretrained(str(folder), device="cpu")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_model_json_fifo_is_refused_without_blocking(fixtures_dir, tmp_path):
+    folder = _text_model_copy(fixtures_dir, tmp_path)
+    (folder / "config.json").unlink()
+    os.mkfifo(folder / "config.json")
+    with pytest.raises(ConfigError, match="config.json: cannot be read"):
+        _within(60, lambda: Embedder.from_pretrained(str(folder), device="cpu"), _release(folder / "config.json"))
+
+
+def test_folder_that_is_not_a_model_is_a_usage_error(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(SAMPLE / "cat.jpg", photos / "cat.jpg")
+    for folder in (str(empty), str(photos), f"{photos}/../empty"):  # an empty folder, a folder of photos, traversal
+        with pytest.raises(NotAModelFolderError, match="is not a model folder"):
+            Embedder.from_pretrained(folder, device="cpu")
+        code = main(["embed", "--model", folder, "--text", "a cat"])
+        err = capsys.readouterr().err
+        assert code == EXIT_USAGE, err
+        assert err.startswith(f"mmembed embed: error: --model {folder}: {folder} is not a model folder"), err
+        assert "modules.json: No such file" not in err
+
+
+# -- 10. embed_text arguments: max_tokens checked, numpy integers accepted, a dict is not a list of texts ------------
+def test_embed_text_arguments_are_checked(emb):
+    for bad in ("x", 0, -5, 2.5, True):
+        with pytest.raises(InvalidInputError, match="max_tokens must be"):
+            emb.embed_text(["a cat"], max_tokens=bad)
+    want = emb.embed_text(["a cat", "a dog"])
+    np.testing.assert_allclose(emb.embed_text(["a cat", "a dog"], max_tokens=np.int64(64)), want, atol=1e-6)
+    for bad in ({"a cat": 1}, {"a cat"}, frozenset(["a dog"])):
+        with pytest.raises(InputTypeError, match="not a (dict|set|frozenset)"):
+            emb.embed_text(bad)
+    with pytest.raises(InvalidInputError, match="dimensionality must be an int"):
+        emb.embed_text(["a cat"], dimensionality=64.0)
+
+
+def test_numpy_dimensionality_is_an_int(emb, monkeypatch):
+    monkeypatch.setattr(emb.text_encoder, "matryoshka_dims", (64, 32))  # the tiny model's size and a smaller one
+    for dim in (64, 32):
+        got = emb.embed_text(["a cat"], dimensionality=np.int64(dim))
+        np.testing.assert_array_equal(got, emb.embed_text(["a cat"], dimensionality=dim))
+        assert got.shape == (1, dim)
+
+
+# -- 11. --text-file is read line by line with a per-line cap ----------------------------------------------------------
+def test_text_file_line_cap(fixtures_dir, tmp_path, monkeypatch, capsys):
+    from multimodal_embed import cli
+
+    monkeypatch.setattr(cli, "MAX_TEXT_LINE_CHARS", 20)
+    model = str(fixtures_dir / "text-v1.5-tiny")
+    ok = tmp_path / "ok.txt"
+    ok.write_text("a" * 20 + "\r\n\nshort\n")
+    assert main(["embed", "--model", model, "--text-file", str(ok)]) == 0
+    assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == ["a" * 20, "short"]
+    long = tmp_path / "long.txt"
+    long.write_text("short\n" + "b" * 21 + "\n")
+    assert main(["embed", "--model", model, "--text-file", str(long)]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err == f"mmembed: {long}: line 2 is longer than 20 characters (the --text-file limit); split it\n"
+
+
+@linux_only
+@pytest.mark.slow
+def test_text_file_dev_zero_is_refused_in_bounded_memory():
+    res = run_script("""
+        import contextlib, io
+        from multimodal_embed.cli import MAX_TEXT_LINE_CHARS, main
+        before = start(2000)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(["embed", "--model", "minilm-efficientnet-lite0", "--text-file", "/dev/zero"])
+        print(json.dumps({"code": code, "err": err.getvalue(), "grew_mb": peak_mb() - before,
+                          "cap": MAX_TEXT_LINE_CHARS}))
+    """)
+    assert res["code"] == EXIT_ERROR, res
+    assert res["err"] == "mmembed: /dev/zero: line 1 is longer than 1000000 characters (the --text-file limit); " \
+                         "split it\n", res
+    assert res["grew_mb"] < 50, res  # the 1M-character line (NULs: 1 byte each) and the decoder; before: 4 GB in 9 s
+
+
+# -- Ray's embed_dataset under bad input: an unwritable output folder, a changed input on resume, a corrupt shard ---
+@pytest.mark.slow
+def test_embed_dataset_output_folder_not_writable(tmp_path):
+    pytest.importorskip("ray")
+    from multimodal_embed.distributed import embed_dataset
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(SAMPLE / "cat.jpg", images / "cat.jpg")
+    taken = tmp_path / "a-file"
+    taken.write_text("x")
+    with pytest.raises(InvalidInputError, match=f"the output folder {taken} is not writable"):
+        embed_dataset(images, taken, model="unused")  # refused before Ray starts or a model loads
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    res = run_script("""
+        drop_dac()
+        from multimodal_embed.distributed import embed_dataset
+        from multimodal_embed.errors import InvalidInputError
+        try:
+            embed_dataset(sys.argv[1], sys.argv[2] + "/out", model="unused")
+            print(json.dumps({"error": None}))
+        except InvalidInputError as exc:
+            print(json.dumps({"error": str(exc)}))
+    """, str(images), str(locked))
+    assert res["error"] == f"the output folder {locked}/out is not writable: Permission denied", res
+    assert not list(locked.iterdir())
+
+
+@pytest.mark.slow
+def test_embed_dataset_resume_after_a_file_changed_and_a_shard_was_damaged(fixtures_dir, tmp_path):
+    ray = pytest.importorskip("ray")
+    from multimodal_embed.distributed import embed_dataset, read_shards
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    photos = sorted(SAMPLE.glob("*.jpg"))
+    for i, p in enumerate(photos[:5]):
+        shutil.copy(p, folder / f"{i:02d}.jpg")
+    vision = str(fixtures_dir / "vision-v1.5-tiny")
+    out = tmp_path / "out"
+    single = Embedder.from_pretrained(vision, device="cpu")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        first = embed_dataset(folder, out, model=vision, num_actors=1, shard_rows=2)
+        assert (first.shards_total, first.shards_written) == (3, 3)
+
+        # the same names, one file's content replaced: its shard (only) is recomputed, not skipped as before
+        shutil.copy(photos[9], folder / "02.jpg")
+        st = (folder / "02.jpg").stat()
+        os.utime(folder / "02.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        again = embed_dataset(folder, out, model=vision, num_actors=1, shard_rows=2)
+        assert (again.shards_written, again.shards_skipped, again.shards_recomputed) == (1, 2, 1)
+        paths = sorted(str(p) for p in folder.iterdir())
+        _, table = read_shards(out)
+        np.testing.assert_allclose(np.array(table.column("vector").to_pylist(), np.float32),
+                                   single.embed_images(paths), atol=1e-5)
+
+        # a damaged shard: reading names it; a re-run recomputes it and only it
+        shard = out / "part-00000.parquet"
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+        with pytest.raises(InvalidInputError, match=re.escape(f"{shard}: not a readable Parquet shard")):
+            read_shards(out)
+        fixed = embed_dataset(folder, out, model=vision, num_actors=1, shard_rows=2)
+        assert (fixed.shards_written, fixed.shards_skipped) == (1, 2)
+        _, table = read_shards(out)
+        assert table.column("id").to_pylist() == list(range(5)) and table.column("path").to_pylist() == paths
+        np.testing.assert_allclose(np.array(table.column("vector").to_pylist(), np.float32),
+                                   single.embed_images(paths), atol=1e-5)
+    finally:
+        ray.shutdown()
