@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInputError, ModelNotFoundError, MultimodalEmbedError, NotAModelFolderError
-from .imagefiles import printable
+from .imagefiles import IMAGE_EXTENSIONS, printable
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_MODEL, EXIT_ERROR = 0, 1, 2, 3, 4
-DEFAULT_MODEL = os.environ.get("MMEMBED_MODEL", "nomic-embed-v1.5")
+DEFAULT_MODEL_HELP = ("default: $MMEMBED_MODEL, else the config file's model, else nomic-embed-v1.5 when cached or "
+                      "reachable, else the built-in minilm-efficientnet-lite0 (with a notice)")
 logger = logging.getLogger("multimodal_embed.cli")
 
 
@@ -64,8 +65,21 @@ def _check_output(output: str | None) -> None:
             raise UsageError(str(exc)) from None
 
 
-def _load(name: str, args: argparse.Namespace) -> Any:
+def _model_name(name: str | None) -> str:
+    """``--model``, else the toolkit's default rule (:func:`multimodal_embed.defaults.choose_model`); the
+    built-in model's one-line notice goes to stderr when it stands in for nomic-embed-v1.5."""
+    from .defaults import choose_model
+
+    choice = choose_model(name)
+    if choice.notice:
+        print(f"mmembed: {choice.notice}", file=sys.stderr)
+    return choice.name
+
+
+def _load(name: str | None, args: argparse.Namespace) -> Any:
     from .embedder import Embedder
+
+    name = _model_name(name)
 
     kwargs: dict[str, Any] = {}
     if getattr(args, "device", None):
@@ -181,7 +195,7 @@ def _embed_on_ray(args: argparse.Namespace) -> int:
     if len(sources) != 1 or not args.output:
         raise UsageError("mmembed embed --ray: give one --input (folder, glob, .parquet, .jsonl) or one --images "
                          "folder, and --output DIR for the Parquet shards")
-    report = embed_dataset(sources[0], args.output, model=args.model, address=args.address,
+    report = embed_dataset(sources[0], args.output, model=_model_name(args.model), address=args.address,
                            num_actors=args.actors, num_gpus_per_actor=args.gpus_per_actor,
                            shard_rows=args.shard_rows, task=args.task if args.task != "search_document" else None)
     print(json.dumps(report.__dict__, indent=2))
@@ -226,12 +240,20 @@ def cmd_index(args: argparse.Namespace) -> int:
     if path.exists():
         index = _open_index_for(path, args.model, args)
     else:
-        index = ImageIndex.create(path, _load(args.model or DEFAULT_MODEL, args))
+        index = ImageIndex.create(path, _load(args.model, args))
     status = EXIT_OK
     with index:
         for folder in args.folders:
             report = index.add_folder(folder, follow_symlinks=args.follow_symlinks, batch_size=args.batch_size,
                                       show_progress=not args.quiet)
+            found = (report.embedded + report.unchanged + report.moved + report.copied + len(report.failed)
+                     + len(report.skipped))
+            if not found:  # an empty folder, or one with no image files: said, not a silent 0-image index
+                removed = f" ({report.removed} removed from the index)" if report.removed else ""
+                print(f"{printable(folder)}: no images found in {printable(folder)}, 0 indexed{removed}")
+                print(f"mmembed: warning: no images found in {printable(folder)} (image files: "
+                      f"{len(IMAGE_EXTENSIONS)} extensions: .jpg, .png, .webp, ...)", file=sys.stderr)
+                continue
             print(f"{printable(folder)}: {report}")
             for p, reason in report.failed:
                 print(f"mmembed: failed: {printable(p)}: {printable(reason)}", file=sys.stderr)
@@ -243,15 +265,100 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    with _open_index_for(Path(args.index), args.model, args) as index:
-        hits = index.search(args.query, k=args.k, min_score=args.min_score, path_filter=args.filter,
-                            include_query=args.include_query)
+    if args.server:
+        hits = _search_server(args)
+    elif args.index is None:
+        raise UsageError("give the index and the query: mmembed search photos.mmindex 'a frog' (or --server URL)")
+    else:
+        with _open_index_for(Path(args.index), args.model, args) as index:
+            if not len(index):  # nothing to rank: no model is loaded
+                print(f"mmembed: the index is empty; run mmembed index {printable(args.index)} FOLDER to add "
+                      f"images", file=sys.stderr)
+                return EXIT_OK
+            hits = index.search(args.query, k=args.k, min_score=args.min_score, path_filter=args.filter,
+                                include_query=args.include_query)
     if args.json:
         print(json.dumps([h.__dict__ for h in hits], indent=2))
     else:
         for rank, h in enumerate(hits, 1):
             print(f"{rank:3d}  {h.score:7.4f}  {printable(h.path)}")
     return EXIT_OK
+
+
+SERVER_TIMEOUT_S = 60.0
+
+
+def _server_query(query: str) -> Any:
+    """The ``/v1/search`` query for a CLI query: the text, or a marked image path read into a data URI (the
+    rule of :func:`multimodal_embed.index.query_kind`; a missing marked path is an error), or an image URL."""
+    import base64
+    import mimetypes
+
+    from .imagefiles import is_image_name
+    from .search import is_query_mix
+
+    if is_query_mix(query):
+        raise UsageError("query mixes ('a + ./b.jpg') are combined locally: drop --server and give the index")
+    if not ("://" in query or query.startswith(("/", ".", "~")) or is_image_name(query)):
+        return query  # plain text: no need to import the index module (and torch)
+    from .index import query_kind
+
+    kind = query_kind(query)
+    if kind == "text":
+        return query
+    if kind == "url":
+        return {"type": "image_url", "image_url": {"url": query}}
+    path = os.path.expanduser(query)
+    mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    with open(path, "rb") as fh:
+        data = base64.b64encode(fh.read()).decode("ascii")
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}
+
+
+def _search_server(args: argparse.Namespace) -> list[Any]:
+    """``POST {server}/v1/search`` (a running ``mmembed serve --index``): the hits as objects with ``path`` and
+    ``score`` (and the server's other fields). Unreachable servers and error answers raise
+    :class:`MultimodalEmbedError` with the server's message."""
+    import urllib.error
+    import urllib.request
+    from types import SimpleNamespace
+
+    if args.index is not None:
+        raise UsageError("with --server the server's own index is searched (mmembed serve --index PATH): drop "
+                         f"{printable(args.index)}")
+    query = _server_query(args.query)
+    own: set[str] = set()  # as locally: an indexed file that is the query itself is left out of the hits
+    if isinstance(query, dict) and not args.include_query and "://" not in args.query:
+        path = os.path.expanduser(args.query)
+        own = {os.path.abspath(path), os.path.realpath(path)}
+    body: dict[str, Any] = {"query": query, "top_k": args.k + (1 if own else 0)}
+    if args.model:
+        body["model"] = args.model
+    if args.filter:
+        body["filter"] = args.filter
+    if args.min_score is not None:
+        body["min_score"] = args.min_score
+    url = args.server.rstrip("/") + "/v1/search"
+    headers = {"Content-Type": "application/json"}
+    key = os.environ.get("MMEMBED_API_KEY")
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=SERVER_TIMEOUT_S) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except Exception:  # noqa: BLE001 - not the server's JSON error shape
+            message = exc.reason
+        raise MultimodalEmbedError(f"{url}: {exc.code} {printable(str(message))}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise MultimodalEmbedError(f"cannot reach the server at {printable(url)}: {reason} (start one with "
+                                   f"`mmembed serve --index INDEX`)") from None
+    hits = [SimpleNamespace(**hit) for hit in answer.get("data", []) if hit.get("path") not in own]
+    return hits[: args.k]
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -468,8 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--model", dest="refused_model", metavar="NAME", help=f"not taken: {no_model}")
             p.set_defaults(refused_model_reason=no_model)
         if model:
-            p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL}; see "
-                                                                    f"`mmembed models`)")
+            p.add_argument("--model", help=f"model name (see `mmembed models`); {DEFAULT_MODEL_HELP}")
             p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
             p.add_argument("--fast", action="store_true", help="the fast precision for this CPU (bf16 with native "
                                                                "bf16, else fp32 through OpenVINO where faster); "
@@ -498,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-rows", type=_positive_int, default=1000, help="rows per output shard (--ray)")
 
     p = add("index", "create or update an image index from folders (incremental)", cmd_index, model=False)
-    p.add_argument("--model", help=f"for a new index: the model (default {DEFAULT_MODEL}); for an existing one it "
+    p.add_argument("--model", help=f"for a new index: the model ({DEFAULT_MODEL_HELP}); for an existing one it "
                                    f"must be the recorded model (else IndexMismatchError, exit 4), and may be omitted")
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     p.add_argument("index", help="index file (created if missing)")
@@ -512,8 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the index's recorded model is used; --model, when given, must name it (else "
                                    "IndexMismatchError, exit 4)")
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
-    p.add_argument("index")
+    p.add_argument("index", nargs="?", help="the index file (not with --server)")
     p.add_argument("query")
+    p.add_argument("--server", metavar="URL",
+                   help="ask a running `mmembed serve --index INDEX` (e.g. http://127.0.0.1:8000) instead of loading "
+                        "the model here: no start-up cost per query ($MMEMBED_API_KEY is sent when set)")
     p.add_argument("--include-query", action="store_true",
                    help="keep an indexed file that is itself the query (left out by default: it would be first at 1.0)")
     p.add_argument("-k", type=_positive_int, default=10)
@@ -619,6 +728,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # quiet loading: no third-party progress bars or notices (transformers, the hub)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:
         if getattr(args, "refused_model", None) is not None:
             raise UsageError(f"--model is not taken here: {args.refused_model_reason}")

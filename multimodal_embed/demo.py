@@ -19,13 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInputError, ModelNotFoundError, MultimodalEmbedError
+from .errors import InvalidInputError, MultimodalEmbedError
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "demo_assets"
-DEFAULT_MODEL = "nomic-embed-v1.5"
-FALLBACK_MODEL = "minilm-efficientnet-lite0"
 MAX_UPLOAD = "10mb"
 TEMPLATE_SETS = ["simple", "openai-imagenet", "none"]
 DISPLAY_MIN_SIDE = 192  # smaller images (e.g. 32x32 CIFAR) are upscaled for display only
@@ -40,19 +38,16 @@ MAX_TEXT_CHARS = 20_000  # a search query, the Compare texts, the label list
 
 
 def load_model(name: str | None) -> tuple[Any, str | None]:
-    """The requested model, or nomic-embed-v1.5 falling back to the offline model; returns (embedder, notice)."""
+    """The requested model, else the toolkit's default (:func:`multimodal_embed.defaults.choose_model`);
+    returns (embedder, notice), the notice (Markdown) saying when the built-in model stands in."""
+    from .defaults import choose_model
     from .embedder import Embedder
 
-    if name:
-        return Embedder.from_pretrained(name), None
-    try:
-        return Embedder.from_pretrained(DEFAULT_MODEL), None
-    except (ModelNotFoundError, MultimodalEmbedError, OSError) as exc:
-        logger.warning("%s unavailable (%s); using the offline model %s", DEFAULT_MODEL, exc, FALLBACK_MODEL)
-        notice = (f"**Notice:** {DEFAULT_MODEL} is neither cached nor downloadable here, so this demo runs the "
-                  f"offline model `{FALLBACK_MODEL}` (all-MiniLM-L6-v2 + EfficientNet-Lite0 aligned with "
-                  f"`mmembed align`). Its quality is far below nomic-embed's.")
-        return Embedder.from_pretrained(FALLBACK_MODEL), notice
+    choice = choose_model(name)
+    if choice.notice:
+        logger.warning("%s", choice.notice)
+        return Embedder.from_pretrained(choice.name), f"**Notice:** {choice.notice}."
+    return Embedder.from_pretrained(choice.name), None
 
 
 def demo_cache_dir() -> Path:

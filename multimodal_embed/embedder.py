@@ -60,7 +60,7 @@ class Embedder:
             model: a registry name (``"nomic-embed-v1.5"``, see :func:`multimodal_embed.list_models`),
                 ``"open_clip:ARCH/TAG"`` / ``"open_clip:hf-hub:ORG/REPO"``, ``"hf:ORG/REPO"`` (CLIP, SigLIP,
                 SigLIP2), a hub id of a text model (``nomic-ai/nomic-embed-text-v1.5``), or a local folder
-                (family detected from its files).
+                (family detected from its files); ``None``: :func:`multimodal_embed.defaults.choose_model`.
             vision: a nomic-embed-vision tower (hub id or folder) to pair with the text model.
             text: the text tower, by keyword (same as ``model`` for a text model).
             device: ``None`` picks CUDA, then MPS, then CPU.

@@ -114,8 +114,9 @@ def query_kind(term: str) -> str:
 
     * ``http://`` / ``https://`` (any case) is a URL (fetched as an image); another ``scheme://`` raises
       :class:`InvalidInputError` (see :func:`multimodal_embed.images.source_kind`);
-    * a path is *marked*: it starts with ``/``, ``./``, ``../`` or ``~``, or ends with an image extension, and it
-      names an existing file: then it is an image;
+    * a path is *marked*: it starts with ``/``, ``./``, ``../`` or ``~``, or ends with an image extension; it must
+      name an existing file (then it is an image), else :class:`InvalidInputError` says so (a typo in a path is
+      not searched as text);
     * everything else is text, even when a file of that name exists (``red`` is the word red). Write ``./red``
       to search by such a file.
     """
@@ -123,10 +124,14 @@ def query_kind(term: str) -> str:
 
     if source_kind(term) == "url":
         return "url"
-    marked = term.startswith(PATH_PREFIXES) or is_image_name(term)
-    if marked and os.path.isfile(os.path.expanduser(term)):
+    if not (term.startswith(PATH_PREFIXES) or is_image_name(term)):
+        return "text"
+    path = os.path.expanduser(term)
+    if os.path.isfile(path):
         return "path"
-    return "text"
+    what = "a folder, not an image file" if os.path.isdir(path) else "no such file"
+    raise InvalidInputError(f"{printable(term)}: {what} (a query that looks like a path must name an image file; "
+                            f"reword it to search for the words)")
 
 
 def _locked(method: Callable) -> Callable:
@@ -290,6 +295,9 @@ class ImageIndex:
         not an image index (left untouched, not even switched to WAL), a damaged header, meta table or model
         record raise :class:`IndexCorruptError` naming the file."""
         path = Path(path).expanduser()
+        if path.is_dir():
+            raise InvalidInputError(f"{path} is a folder, not an index file: build one with `mmembed index "
+                                    f"photos.mmindex {path}` and search that")
         if not path.is_file():
             raise InvalidInputError(f"{path} is not an image index (no such file)")
         try:
@@ -489,7 +497,9 @@ class ImageIndex:
         """Embed ``files`` batch by batch; one transaction per batch, so rows and vectors land together."""
         batches = [files[s:s + batch_size] for s in range(0, len(files), batch_size)]
         encoder = self.embedder if batches else None  # a run with nothing to embed loads no model
-        for batch in progress(batches, show_progress, desc="index images", unit="batch"):
+        bar = progress(range(len(files)), show_progress if batches else False, desc="index images", unit="image")
+        update = getattr(bar, "update", lambda n: None)  # counts images, not batches
+        for batch in batches:
             res = encoder.embed_images_with_errors([b.path for b in batch], batch_size=batch_size,
                                                    show_progress=False)
             vectors = dict(zip(res.indices, res.vectors))
@@ -499,6 +509,8 @@ class ImageIndex:
                 for j, (path, st, sha, dims) in enumerate(batch):
                     self._record(path, root, st, sha, dims, vectors.get(j), reasons.get(j, "unknown error"), report)
             self._cache = None
+            update(len(batch))
+        getattr(bar, "close", lambda: None)()
 
     @_locked
     def add_embeddings(self, shards: str | os.PathLike, root: str | os.PathLike, *,

@@ -162,6 +162,10 @@ def load_pretrained(model: str | os.PathLike | None, *, text: str | os.PathLike 
     ``options`` are the remaining :class:`LoadOptions` fields."""
     if model is not None and text is not None:
         raise InvalidInputError("give the model positionally or as text=, not both")
+    if model is None and text is None and vision is None:
+        from .defaults import default_model_name
+
+        model = default_model_name()  # the toolkit's one default rule
     dev = resolve_device(device)
     load_options = LoadOptions(device=dev, dtype=resolve_dtype(dtype, dev), **options)
     parsed = None if model is None else detect_family(parse_model_name(os.fspath(model), revision),

@@ -1,8 +1,9 @@
 """Text-to-image search over the sample gallery shipped in the package, with the built-in offline model.
 
 ``python -m multimodal_embed.quickstart "a cup of coffee" [-k 5] [--model NAME]`` prints the best matches
-(score and file). Nothing outside the package is read: the gallery is ``demo_assets/`` (31 permissively
-licensed photos, see its LICENSE.md) and ``minilm-efficientnet-lite0``'s weights ship with the package.
+(score and file). The model is the toolkit's default (:func:`multimodal_embed.defaults.choose_model`): offline,
+that is the built-in ``minilm-efficientnet-lite0``, whose weights ship with the package; the gallery is
+``demo_assets/`` (31 permissively licensed photos, see its LICENSE.md).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .defaults import BUILTIN_MODEL
+
 GALLERY_DIR = Path(__file__).resolve().parent / "demo_assets"
-BUILTIN_MODEL = "minilm-efficientnet-lite0"
 
 
 @dataclass(frozen=True)
@@ -50,19 +52,24 @@ def main(argv: list[str] | None = None) -> int:
                                      description="search the sample gallery shipped in the package")
     parser.add_argument("query", nargs="?", default="a cup of coffee")
     parser.add_argument("-k", type=int, default=5, help="how many matches to print (default 5)")
-    parser.add_argument("--model", default=BUILTIN_MODEL, help=f"default: {BUILTIN_MODEL} (offline, built in)")
+    parser.add_argument("--model", help="default: $MMEMBED_MODEL, the config file's model, nomic-embed-v1.5 when "
+                                        f"cached or reachable, else {BUILTIN_MODEL} (offline, built in)")
     args = parser.parse_args(argv)
 
+    from .defaults import choose_model
     from .embedder import Embedder
     from .errors import MultimodalEmbedError
 
     try:
-        embedder = Embedder.from_pretrained(args.model)
+        choice = choose_model(args.model)
+        if choice.notice:
+            print(f"note: {choice.notice}", file=sys.stderr)
+        embedder = Embedder.from_pretrained(choice.name)
         hits = search_gallery(embedder, args.query, args.k)
     except MultimodalEmbedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.query!r} over {len(load_gallery())} sample photos ({args.model}):")
+    print(f"{args.query!r} over {len(load_gallery())} sample photos ({choice.name}):")
     for rank, (score, path) in enumerate(hits, 1):
         print(f"{rank:>2}. {score:.3f}  {path.name}")
     return 0

