@@ -367,3 +367,45 @@ def test_importing_the_package_and_the_cli_loads_no_server_dependency():
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'prometheus_client', 'starlette') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_health_is_503_while_loading_or_after_a_failed_load(tmp_path):
+    from multimodal_embed.serving import ModelSource, ServeConfig, create_app
+
+    (tmp_path / "empty").mkdir()
+    app = create_app(ServeConfig(models=[ModelSource(model=str(tmp_path / "empty"))]))
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        deadline = time.monotonic() + 30
+        while (health := httpx.get(f"{base}/health")).json()["status"] == "loading":
+            assert health.status_code == 503 and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert health.status_code == 503 and health.json()["status"] == "failed"
+        assert "empty" in health.json()["error"]
+        err = assert_error(post(base, "/v1/embeddings", {"input": "a"}), 503, code="not_ready")
+        assert "failed to load" in err["message"]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_tiny_and_odd_images_are_embedded(url, nomic):
+    import io
+
+    from PIL import Image
+
+    blobs = []
+    for mode, size in (("RGB", (1, 1)), ("L", (3, 500)), ("RGBA", (20, 20)), ("P", (7, 7))):
+        buf = io.BytesIO()
+        Image.new(mode, size).save(buf, format="PNG")
+        blobs.append(buf.getvalue())
+    got = vectors(post(url, "/v1/embeddings", {"model": "nomic", "modality": "image",
+                                               "input": [data_uri(b, "image/png") for b in blobs]}))
+    np.testing.assert_allclose(got, nomic.embed_images(blobs), atol=TOL)
