@@ -409,3 +409,29 @@ def test_tiny_and_odd_images_are_embedded(url, nomic):
     got = vectors(post(url, "/v1/embeddings", {"model": "nomic", "modality": "image",
                                                "input": [data_uri(b, "image/png") for b in blobs]}))
     np.testing.assert_allclose(got, nomic.embed_images(blobs), atol=TOL)
+
+
+def test_urls_are_fetched_only_when_the_operator_allows_it(builtin, stamps, tmp_path):
+    import functools
+    import http.server
+
+    from multimodal_embed.serving import ServeConfig, create_app
+
+    (tmp_path / "s.png").write_bytes(stamps[0].read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    image_url = f"http://127.0.0.1:{files.server_address[1]}/s.png"
+    try:
+        app = create_app(ServeConfig(allow_url_fetch=True), embedders={"builtin": builtin})
+        with running(app) as base:
+            part = {"type": "image_url", "image_url": {"url": image_url}}
+            got = vectors(post(base, "/v1/embeddings", {"input": [part]}))
+            np.testing.assert_allclose(got, builtin.embed_images([stamps[0]]), atol=TOL)
+            missing = {"type": "image_url", "image_url": {"url": image_url.replace("s.png", "nope.png")}}
+            assert_error(post(base, "/v1/embeddings", {"input": [part, missing]}), 400, "input[1]", "invalid_image")
+            local = {"type": "image_url", "image_url": {"url": str(tmp_path / "s.png")}}
+            assert_error(post(base, "/v1/embeddings", {"input": [local]}), 400, "input[0]")
+    finally:
+        files.shutdown()
