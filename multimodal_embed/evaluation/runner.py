@@ -291,8 +291,10 @@ class EvalReport:
             for r in rows:
                 cells = [_cell(r.metrics.get(m)) for m in names] if r.metrics else ["n/a"] * len(names)
                 out.append(f"| {r.model} | {r.dim or '–'} | " + " | ".join(cells)
-                           + f" | {r.counted} | {len(r.failures)} |" + (f" {r.note}" if r.note else ""))
+                           + f" | {r.counted} | {len(r.failures)} |")
             out.append("")
+            notes = list(dict.fromkeys(f"- {r.model}: {r.note}" for r in rows if r.note))
+            out += [*notes, ""] if notes else []
         return "\n".join(out)
 
     def plot(self, path: str | os.PathLike) -> None:
@@ -429,7 +431,8 @@ def evaluate_model(embedder: Any, datasets: Sequence[Dataset], *, name: str, dim
         need = ("text",) if data.task == "text-retrieval" else ("text", "image")
         missing = [m for m in need if m not in embedder.modalities]
         if missing:
-            out.append(EvalResult(data.name, data.task, name, None, {}, 0, [], f"no {'/'.join(missing)} tower"))
+            out += [EvalResult(data.name, data.task, name, d, {}, 0, [], f"no {'/'.join(missing)} tower")
+                    for d in sizes]
             continue
         if data.task == "zeroshot":
             rows = _zeroshot(embedder, data, sizes, cache, _templates(templates), name, batch_size, show_progress)
