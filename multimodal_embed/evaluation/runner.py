@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, ModelNotFoundError
 from . import metrics as M
 from .datasets import CaptionData, ClassificationData, Dataset, ImageSet, TextRetrievalData, load_dataset
 
@@ -509,9 +509,20 @@ def evaluate(data: Sequence[str | os.PathLike | Dataset], models: Sequence[Any],
     cache = EmbeddingCache(default_cache_dir() if cache_dir == "default" else cache_dir)
     results: list[EvalResult] = []
     model_settings = []
+    missing: list[ModelNotFoundError] = []
     try:
         for model in models:
-            name, emb = _load_model(model, device, precision, len(model_settings))
+            try:
+                name, emb = _load_model(model, device, precision, len(model_settings))
+            except ModelNotFoundError as exc:  # the other models are still compared; all missing: the error
+                missing.append(exc)
+                if len(missing) == len(models):
+                    raise
+                logger.info("not loaded: %s", exc)
+                model_settings.append({"name": str(model), "error": str(exc)})
+                results += [EvalResult(d.name, d.task, str(model), None, {}, 0, [(f"model {model}", str(exc))],
+                                       "not loaded") for d in datasets]
+                continue
             model_settings.append(_model_settings(name, emb))
             results += evaluate_model(emb, datasets, name=name, dims=dims, cache=cache, templates=templates_used,
                                       batch_size=batch_size, show_progress=show_progress)

@@ -65,3 +65,15 @@ def test_cli_errors(photos, tmp_path, capsys):
         main(["eval", str(photos), "--dim", "64,abc"])
     with pytest.raises(SystemExit):
         main(["eval", str(photos), "--task", "ranking"])
+
+
+def test_a_missing_model_is_reported_and_the_others_compared(clip_folder, captions, tmp_path, capsys):
+    argv = ["eval", str(captions), "--model", "pypi:no-such-model", "--model", f"hf:{clip_folder}", "--no-cache",
+            "--json", str(tmp_path / "r.json"), "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "mmembed: failed: model pypi:no-such-model: unknown model name 'pypi:no-such-model'" in err
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [(r["model"], r["note"], bool(r["metrics"])) for r in results] == \
+        [("pypi:no-such-model", "not loaded", False), (f"hf:{clip_folder}", "", True)]
+    assert main(["eval", str(captions), "--model", "pypi:no-such-model", "--no-cache", "-q"]) == 3  # nothing to run
