@@ -33,12 +33,17 @@ def _positive(text: str) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run the evaluation; the tables to stdout, failures to stderr; exit 1 when some items were left out."""
-    import os
-
+    from ..defaults import choose_model
     from ..imagefiles import printable
     from .runner import evaluate
 
-    models = args.model or [os.environ.get("MMEMBED_MODEL", "nomic-embed-v1.5")]
+    if args.model:
+        models = args.model
+    else:  # the toolkit's default rule, with its notice when the built-in model stands in
+        choice = choose_model(None)
+        if choice.notice:
+            print(f"mmembed: {choice.notice}", file=sys.stderr)
+        models = [choice.name]
     dims = sorted({d for group in args.dim or [] for d in group}, reverse=True) or None
     report = evaluate(args.paths, models, dims=dims, task=args.task, templates=args.templates,
                       cache_dir=None if args.no_cache else (args.cache_dir or "default"),
@@ -83,8 +88,9 @@ def add_eval_command(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> a
                     "retrieval (COCO JSON, CSV/JSONL of path,caption, captioned folders) and text retrieval (BEIR); "
                     "Markdown tables to stdout", cmd_eval, model=False)
     p.add_argument("paths", nargs="+", help="data sets, recognised by their layout (--task forces one)")
-    p.add_argument("--model", action="append", help="a model to evaluate (repeat for several; default "
-                                                    "$MMEMBED_MODEL or nomic-embed-v1.5)")
+    p.add_argument("--model", action="append", help="a model to evaluate (repeat for several; default: "
+                                                    "$MMEMBED_MODEL, the config file, nomic-embed-v1.5 where "
+                                                    "available, else the built-in model)")
     p.add_argument("--dim", type=_dims, action="append", help="Matryoshka sizes, e.g. 768,256,64 (models that are "
                                                               "not Matryoshka are evaluated at their full size)")
     p.add_argument("--task", choices=TASK_CHOICES, help="read every path as this task")
