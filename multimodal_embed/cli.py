@@ -719,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .serving.cli import add_serve_command  # argparse only: the server's dependencies load when it runs
     add_serve_command(sub, _positive_int)
     from .evaluation.cli import add_eval_command  # argparse only: the evaluation's modules load when it runs
-    add_eval_command(sub, add)
+    add_eval_command(sub, add, _positive_int)
     return parser
 
 

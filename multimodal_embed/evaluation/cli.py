@@ -21,16 +21,6 @@ def _dims(text: str) -> list[int]:
     return dims
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run the evaluation; the tables to stdout, failures to stderr; exit 1 when some items were left out."""
     from ..defaults import choose_model
@@ -82,8 +72,9 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
         raise
 
 
-def add_eval_command(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    """Register ``mmembed eval`` with ``build_parser``'s ``add`` helper."""
+def add_eval_command(sub: Any, add: Callable[..., argparse.ArgumentParser],
+                     positive_int: Callable[[str], int]) -> argparse.ArgumentParser:
+    """Register ``mmembed eval`` with ``build_parser``'s ``add`` helper and its positive-integer type."""
     p = add("eval", "measure models on local data: zero-shot (ImageFolder, CSV/JSONL of path,label), image-text "
                     "retrieval (COCO JSON, CSV/JSONL of path,caption, captioned folders) and text retrieval (BEIR); "
                     "Markdown tables to stdout", cmd_eval, model=False)
@@ -97,7 +88,7 @@ def add_eval_command(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> a
     p.add_argument("--templates", default="openai-imagenet", help="zero-shot label templates: openai-imagenet "
                                                                   "(default), simple, none")
     p.add_argument("--split", default="test", help="BEIR qrels split (default test)")
-    p.add_argument("--limit-per-class", type=_positive, help="zero-shot: the first N images of each class")
+    p.add_argument("--limit-per-class", type=positive_int, help="zero-shot: the first N images of each class")
     p.add_argument("--image-root", help="COCO JSON: folder the file_name paths are relative to (default: the "
                                         "JSON's folder)")
     p.add_argument("--json", help="write every number and the run's settings here (- for stdout)")
@@ -105,7 +96,7 @@ def add_eval_command(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> a
     p.add_argument("--cache-dir", help="embedding cache (default $MMEMBED_CACHE/eval or ~/.cache/multimodal_embed/"
                                        "eval)")
     p.add_argument("--no-cache", action="store_true", help="embed everything, write no cache")
-    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--fast", action="store_true", help="same as --precision fast")
     p.add_argument("--precision", choices=["exact", "fast", "int8"], default="exact")
