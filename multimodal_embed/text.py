@@ -322,7 +322,7 @@ class SentenceTransformerTextEncoder(TokenTextEncoder):
         dtype: torch.dtype = torch.float32,
         **_: Any,
     ) -> SentenceTransformerTextEncoder:
-        from transformers import AutoModel
+        from .models.bert import load_fast_tokenizer, load_native_bert
 
         folder = Path(folder)
         modules = read_json(folder / "modules.json")
@@ -343,10 +343,15 @@ class SentenceTransformerTextEncoder(TokenTextEncoder):
             raise InvalidInputError(f"pooling configuration {pooling_cfg} in {folder} is not supported")
         st_cfg_file = transformer_path / "sentence_bert_config.json"
         st_cfg = read_json(st_cfg_file) if st_cfg_file.is_file() else {}
-        model = AutoModel.from_pretrained(str(transformer_path), attn_implementation="sdpa")
+        # plain BERT (all-MiniLM-L6-v2...) runs natively, without importing transformers (most of a cold start)
+        model = load_native_bert(transformer_path, read_json(transformer_path / "config.json"))
+        if model is None:
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(str(transformer_path), attn_implementation="sdpa")
         max_length = int(st_cfg.get("max_seq_length") or getattr(model.config, "max_position_embeddings", 512))
         model.to(device=device, dtype=dtype)
-        tokenizer = load_tokenizer(transformer_path)
+        tokenizer = load_fast_tokenizer(transformer_path) or load_tokenizer(transformer_path)
         tokenizer.model_max_length = 1 << 30
         encoder = cls(model, tokenizer, pooling=modes[0], max_length=max_length)
         encoder.lowercase = bool(st_cfg.get("do_lower_case"))
