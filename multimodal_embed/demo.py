@@ -14,6 +14,7 @@ import html
 import logging
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,17 +138,65 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _heatmap(rows: list[str], cols: list[str], sims: np.ndarray) -> str:
-    """An HTML table coloured by similarity (no plotting dependency)."""
-    def cell(v: float) -> str:
-        t = max(0.0, min(1.0, (v + 1) / 2))
-        color = f"rgb({int(255 * (1 - t))}, {int(120 + 100 * t)}, {int(255 * t)})"
-        return f'<td style="background:{color};padding:6px;text-align:center">{v:.3f}</td>'
+THUMB_SIDE = 96  # Compare's column thumbnails (pixels, longest side)
+LOW_RGB, MID_RGB, HIGH_RGB = (33, 102, 172), (247, 247, 247), (178, 24, 43)  # ColorBrewer RdBu ends, white middle
 
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join(f"<tr><th>{html.escape(r)}</th>{''.join(cell(float(v)) for v in row)}</tr>"
-                   for r, row in zip(rows, sims))
-    return f'<table id="similarity-heatmap"><tr><th></th>{head}</tr>{body}</table>'
+
+def diverging_color(value: float, centre: float, spread: float) -> str:
+    """A blue-white-red colour for ``value``: white at ``centre``, full blue / red at ``centre -/+ spread``."""
+    t = 0.0 if spread <= 0 else max(-1.0, min(1.0, (value - centre) / spread))
+    end = HIGH_RGB if t > 0 else LOW_RGB
+    rgb = [round(m + (e - m) * abs(t)) for m, e in zip(MID_RGB, end)]
+    return f"rgb({rgb[0]}, {rgb[1]}, {rgb[2]})"
+
+
+def _thumbnail(path: str) -> str:
+    """A small JPEG of ``path`` as a data URI (the table is one HTML block: no file is served for it)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            rgba = im.convert("RGBA")
+        flat = Image.new("RGBA", rgba.size, "white")
+        flat.alpha_composite(rgba)
+        thumb = flat.convert("RGB")
+        thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        buf = io.BytesIO()
+        thumb.save(buf, "JPEG", quality=85)
+    except (OSError, ValueError):
+        return ""
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _heatmap(rows: list[str], cols: list[str], sims: np.ndarray, thumbs: list[str] | None = None) -> str:
+    """The similarity table as HTML (no plotting dependency): ``rows`` x ``cols`` cells coloured on a diverging
+    blue-white-red scale centred on the table's median, so that near values in a narrow band (cosines of one
+    model often span 0.1-0.4) still differ visibly; each cell prints its value. ``thumbs`` (data URIs) head the
+    columns when given."""
+    vals = sims.astype(float).ravel()
+    centre = float(np.median(vals)) if vals.size else 0.0
+    spread = float(np.max(np.abs(vals - centre))) if vals.size else 0.0
+
+    def cell(v: float) -> str:
+        ink = "#fff" if spread and abs(v - centre) / spread > 0.6 else "#111"
+        return (f'<td style="background:{diverging_color(v, centre, spread)};color:{ink};padding:6px 10px;'
+                f'text-align:center;font-variant-numeric:tabular-nums">{v:.3f}</td>')
+
+    def head(i: int, name: str) -> str:
+        img = (f'<img src="{thumbs[i]}" alt="{html.escape(name)}" style="display:block;margin:0 auto 4px;'
+               f'max-width:{THUMB_SIDE}px;max-height:{THUMB_SIDE}px">') if thumbs and thumbs[i] else ""
+        return f'<th style="padding:4px;font-weight:normal;font-size:0.85em">{img}{html.escape(name)}</th>'
+
+    top = "".join(head(i, c) for i, c in enumerate(cols))
+    body = "".join(f'<tr><th style="text-align:right;padding:4px 8px">{html.escape(r)}</th>'
+                   f"{''.join(cell(float(v)) for v in row)}</tr>" for r, row in zip(rows, sims))
+    legend = (f'<p class="compare-legend" style="font-size:0.85em">Cosine similarity. White: the table\'s median '
+              f'({centre:.3f}); red: higher, blue: lower (full colour at ±{spread:.3f}).</p>')
+    return (f'<table id="similarity-heatmap" style="border-collapse:collapse"><tr><th></th>{top}</tr>{body}</table>'
+            f"{legend}")
 
 
 def _display(path: str, width: int | None = None, height: int | None = None) -> Any:
@@ -257,6 +306,27 @@ def _status_line(index: Any) -> str:
     return line
 
 
+def compare_table(embedder: Any, lines: list[str], paths: list[str]) -> str:
+    """The Compare tab's table: texts (rows) x images (columns, with thumbnails), each pair's cosine once; with
+    only texts or only images, those against themselves. Images that cannot be read are left out."""
+    names: list[str] = []
+    thumbs: list[str] = []
+    images = None
+    if paths:
+        res = embedder.embed_images_with_errors(paths)
+        images = res.vectors
+        names = _unique([Path(paths[i]).name for i in res.indices])
+        thumbs = [_thumbnail(paths[i]) for i in res.indices]
+    texts = embedder.embed_text(lines, task=embedder.query_task) if lines else None
+    if texts is not None and images is not None and len(images):
+        return _heatmap(_unique(lines), names, texts @ images.T, thumbs)
+    if texts is not None:
+        return _heatmap(_unique(lines), _unique(lines), texts @ texts.T)
+    if images is None or not len(images):
+        raise InvalidInputError("none of the images could be read")
+    return _heatmap(names, names, images @ images.T, thumbs)
+
+
 def build_app(embedder: Any, index: Any, notice: str | None = None, served: list[str] | None = None) -> Any:
     """The Gradio Blocks app (not launched). ``served``: the files results may show (default: the indexed
     images under the index's folders, see :func:`served_files`)."""
@@ -266,6 +336,7 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
 
     allowed = set(served_files(index, index.roots) if served is None else served)
     roots = index.roots  # result captions are paths relative to these
+    offered, source = default_labels(index.vectors()[1], roots)  # Zero-shot's labels (and its empty-box fallback)
 
     def search(query: str, image: Any, k: float) -> tuple[list[tuple[str, str]], str]:
         # text is text: never a path or a URL (texts_only); images come only from the upload widget (PIL)
@@ -288,11 +359,11 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
 
     def zero_shot(image: Any, labels: str, templates: str) -> dict[str, float]:
         try:
-            names = parse_labels(labels)
+            names = parse_labels(labels) or list(offered)  # an emptied box: the default labels, as its hint says
         except InvalidInputError as exc:
             raise gr.Error(str(exc)) from None
-        if image is None or not names:
-            raise gr.Error("Upload an image and give comma-separated labels.")
+        if image is None:
+            raise gr.Error("Upload an image to classify (the Image box is empty).")
         try:
             clf = ZeroShotClassifier(embedder, names, templates=templates)
         except MultimodalEmbedError as exc:
@@ -300,27 +371,17 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
         probs = clf.probabilities([image])[0]
         return {name: float(p) for name, p in zip(names, probs)}
 
-    def compare(texts: str, files: list[Any] | None) -> tuple[str, Any]:
+    def compare(texts: str, files: list[Any] | None) -> str:
         try:
             lines, paths = compare_inputs(texts, files)
         except InvalidInputError as exc:
             raise gr.Error(str(exc)) from None
         if not lines and not paths:
             raise gr.Error("Give some texts (one per line) and/or images.")
-        vecs, names = [], []
-        if lines:
-            vecs.append(embedder.embed_text(lines, task=embedder.query_task))
-            names += lines
-        if paths:
-            res = embedder.embed_images_with_errors(paths)
-            vecs.append(res.vectors)
-            names += [Path(paths[i]).name for i in res.indices]
-        mat = np.concatenate(vecs)
-        sims = mat @ mat.T
-        rows = [[n, *[round(float(v), 4) for v in row]] for n, row in zip(names, sims)]
-        import pandas as pd  # a gradio dependency
-
-        return _heatmap(names, names, sims), pd.DataFrame(rows, columns=["", *_unique(names)])
+        try:
+            return compare_table(embedder, lines, paths)
+        except MultimodalEmbedError as exc:
+            raise gr.Error(str(exc)) from None
 
     with gr.Blocks(title="multimodal_embed demo") as app:
         model_name = embedder.info.get("name") or embedder.info.get("text", {}).get("name")
@@ -334,20 +395,24 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
                 qimage = gr.Image(label="...or an image", type="pil", elem_id="search-image")
                 k = gr.Slider(1, 50, value=8, step=1, label="k")
             go = gr.Button("Search", elem_id="search-button", variant="primary")
-            _, paths, _ = index.vectors()  # before any query: show what the index holds
-            preview = [(_display(p), shown_name(p, roots)) for p in [p for p in paths if p in allowed][:12]]
-            gallery = gr.Gallery(value=preview, label="Results", elem_id="search-results", columns=4, height="auto",
+            # before the first search: an empty state that says what to do, not the index in file-name order
+            hint = gr.Markdown(f"**No search yet.** Type what you are looking for (*a dog on a beach*) or upload an "
+                               f"image, then press Search: the closest of the {len(index)} indexed images appear "
+                               f"here, best first.", elem_id="search-empty")
+            gallery = gr.Gallery(value=[], label="Results", elem_id="search-results", columns=4, height="auto",
                                  object_fit="contain")
             ranking = gr.Textbox(label="Ranking", elem_id="search-ranking", lines=4)
             # the button and Enter in the box are one event: one API endpoint, /search
-            gr.on([go.click, query.submit], search, [query, qimage, k], [gallery, ranking], api_name="search")
+            searched = gr.on([go.click, query.submit], search, [query, qimage, k], [gallery, ranking],
+                             api_name="search")
+            searched.then(lambda: gr.update(visible=False), None, hint, api_name=False)  # the empty state goes
         with gr.Tab("Zero-shot"):
             with gr.Row():
                 zimage = gr.Image(label="Image", type="pil", elem_id="zs-image")
                 with gr.Column():
-                    offered, source = default_labels(paths, index.roots)
                     labels = gr.Textbox(label="Labels (comma-separated)", value=", ".join(offered),
-                                        info=f"Default: {source}", elem_id="zs-labels")
+                                        info=f"Default (also used when the box is empty): {source}",
+                                        elem_id="zs-labels")
                     templates = gr.Dropdown(TEMPLATE_SETS, value="simple", label="Templates")
                     zgo = gr.Button("Classify", elem_id="zs-button", variant="primary")
             bars = gr.Label(label="Probabilities", num_top_classes=10, elem_id="zs-result")
@@ -355,10 +420,9 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
         with gr.Tab("Compare"):
             texts = gr.Textbox(label="Texts (one per line)", lines=4, value="a cat\na rocket launch")
             files = gr.File(label="Images", file_count="multiple", file_types=["image"])
-            cgo = gr.Button("Compare", elem_id="compare-button")
-            heat = gr.HTML(label="Similarity heatmap", elem_id="compare-heatmap")
-            table = gr.Dataframe(label="Cosine similarity", elem_id="compare-table")
-            cgo.click(compare, [texts, files], [heat, table], api_name="compare")
+            cgo = gr.Button("Compare", elem_id="compare-button", variant="primary")
+            heat = gr.HTML(label="Texts x images", elem_id="compare-heatmap")
+            cgo.click(compare, [texts, files], heat, api_name="compare")
     return app
 
 
@@ -391,6 +455,10 @@ def launch(model: str | None = None, index: str | None = None, images: str | Non
     served = served_files(idx, trusted)
     app = build_app(embedder, idx, notice, served=served)
     app.queue(max_size=32, default_concurrency_limit=1)
+    # quiet: Gradio's own banner ends with "set share=True in launch()", advice a CLI user cannot follow
     app.launch(server_name=host, server_port=port, share=share, allowed_paths=served, max_file_size=MAX_UPLOAD,
-               prevent_thread_lock=not block, show_error=False, auth=login)
+               prevent_thread_lock=True, show_error=False, auth=login, quiet=True)
+    print(f"mmembed demo: open {app.local_url} in a browser (Ctrl+C to stop)", file=sys.stderr, flush=True)
+    if block:
+        app.block_thread()
     return app

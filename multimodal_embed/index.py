@@ -245,6 +245,7 @@ class ImageIndex:
         self.identity = identity
         self.dim = int(identity["dim"])
         self._embedder = embedder
+        self._text_embedder: Any = None  # the text tower alone, for text queries before the model is needed
         self.schema_version = SCHEMA_VERSION
         self._cache: tuple[int, list[int], list[str], np.ndarray] | None = None
         self._ann = AnnCache()
@@ -374,6 +375,21 @@ class ImageIndex:
             logger.info("loading the index's model %s", self.identity)
             self._embedder = Embedder.from_identity(self.identity)
         return self._embedder
+
+    def _text_model(self) -> Any:
+        """What embeds text queries: the model once loaded; before that, where the text tower loads alone
+        (:meth:`Embedder.from_identity` ``text_only``), that tower only, so a text search (``mmembed search``)
+        does not import and build the image tower."""
+        if self._embedder is not None:
+            return self._embedder
+        if self._text_embedder is None:
+            from .embedder import Embedder
+
+            if self.identity.get("family") != "aligned":
+                return self.embedder
+            logger.info("loading the text tower of the index's model %s", self.identity)
+            self._text_embedder = Embedder.from_identity(self.identity, text_only=True)
+        return self._text_embedder
 
     @property
     def roots(self) -> list[str]:
@@ -615,7 +631,7 @@ class ImageIndex:
                 raise InvalidInputError(f"query vector has dimension {v.shape[0]}, the index {self.dim}")
             return v
         if isinstance(item, str) and (texts_only or query_kind(item) == "text"):
-            emb = self.embedder
+            emb = self._text_model()
             return emb.embed_text([item], task=emb.query_task, show_progress=False)[0]
         if isinstance(item, str) and query_kind(item) == "path":
             item = os.path.expanduser(item)

@@ -93,12 +93,19 @@ def test_gradio_client_api(server):
     gallery, ranking = client.predict("a frog", None, 3, api_name="/search")
     assert ranking.splitlines()[0].startswith("1. frog/frog.png"), ranking  # relative to the folder
     assert len(gallery) == 3
-    heatmap, table = client.predict("a frog\na dog\na frog", None, api_name="/compare")
-    assert 'id="similarity-heatmap"' in heatmap
-    assert table["headers"] == ["", "a frog", "a dog", "a frog (2)"]  # the texts, not 1 2 3
-    rows = table["data"]
-    assert [r[0] for r in rows] == ["a frog", "a dog", "a frog"]
-    assert rows[0][1] == pytest.approx(1.0, abs=1e-3) and rows[0][3] == pytest.approx(1.0, abs=1e-3)
+    heatmap = client.predict("a frog\na dog\na frog", None, api_name="/compare")  # one output: the table
+    assert heatmap.count('id="similarity-heatmap"') == 1
+    heads = re.findall(r"<th[^>]*>(?:<img[^>]*>)?([^<]*)</th>", heatmap)
+    assert heads == ["", "a frog", "a dog", "a frog (2)", "a frog", "a dog", "a frog (2)"]  # texts x texts
+    cells = [float(v) for v in re.findall(r">(-?\d\.\d{3})</td>", heatmap)]
+    assert len(cells) == 9 and cells[0] == pytest.approx(1.0, abs=1e-3) and cells[2] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_demo_console_has_its_own_line_and_no_share_advice(server):
+    _, _, log = server
+    text = log.read_text(encoding="utf-8")
+    assert "mmembed demo: open http://127.0.0.1:" in text, text[-2000:]
+    assert "share=True" not in text and "public link" not in text
 
 
 def test_indexing_at_start_shows_progress(server):
@@ -140,24 +147,35 @@ def test_browser_search_zero_shot_and_compare(server):
         status.wait_for(timeout=30_000)
         assert "6 images" in status.inner_text() and gallery.name in status.inner_text()
 
-        # before any query the gallery previews the index: whole images, the 32x32 one upscaled
-        page.locator("#search-results img").nth(5).wait_for(timeout=30_000)
-        for img in page.locator("#search-results img").all():
-            img.scroll_into_view_if_needed()  # thumbnails may load lazily
+        # before any query: an empty state saying what to do, not the index in file-name order
+        empty = page.locator("#search-empty")
+        empty.wait_for(timeout=30_000)
+        assert "No search yet" in empty.inner_text() and "6 indexed images" in empty.inner_text()
+        assert page.locator("#search-results img").count() == 0
+        primary = "b => b.classList.contains('primary')"  # one style for the three tabs' action buttons
+        assert page.locator("#search-button").evaluate(primary)
+        _shot(page, "demo-start.png")
+
+        page.locator("#search-query textarea").fill("a building")
+        page.locator("#search-button").click()
+        page.wait_for_function("() => document.querySelector('#search-ranking textarea').value.length > 0",
+                               timeout=60_000)
+        empty.wait_for(state="hidden", timeout=30_000)  # the empty state goes with the first results
+        # whole images, the 32x32 one upscaled for display
+        page.locator("#search-results img").first.wait_for(timeout=30_000)
         page.wait_for_function("() => [...document.querySelectorAll('#search-results img')]"
                                ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
-        page.evaluate("window.scrollTo(0, 0)")
         thumbs = page.eval_on_selector_all("#search-results img", """imgs => imgs.map(i => ({
             fit: getComputedStyle(i).objectFit, w: i.naturalWidth, h: i.naturalHeight, cw: i.clientWidth}))""")
         assert len(thumbs) == 6 and all(t["fit"] == "contain" for t in thumbs), thumbs
         assert all(min(t["w"], t["h"]) >= 192 for t in thumbs), thumbs  # none is a speck
         assert all(t["cw"] >= 150 for t in thumbs), thumbs
-        _shot(page, "demo-start.png")
 
+        ranking = page.locator("#search-ranking textarea")
+        before = ranking.input_value()
         page.locator("#search-query textarea").fill("a frog")
         page.locator("#search-button").click()
-        ranking = page.locator("#search-ranking textarea")
-        page.wait_for_function("() => document.querySelector('#search-ranking textarea').value.length > 0",
+        page.wait_for_function("prev => document.querySelector('#search-ranking textarea').value !== prev", arg=before,
                                timeout=60_000)
         first = ranking.input_value().splitlines()[0]
         assert first.startswith("1. frog/frog.png"), ranking.input_value()
@@ -170,25 +188,45 @@ def test_browser_search_zero_shot_and_compare(server):
         page.get_by_role("tab", name="Zero-shot").click()
         offered = page.locator("#zs-labels textarea").input_value()
         assert offered == "apple red, building, carrot, dog, frog, tree", offered  # the index's folder names
+        assert page.locator("#zs-button").evaluate(primary)
+        page.locator("#zs-button").click()  # no image yet: the error names what is missing
+        page.get_by_text("Upload an image to classify").first.wait_for(timeout=30_000)
+        _shot(page, "demo-zero-shot-missing-image.png")
         page.locator("#zs-image input[type=file]").set_input_files(str(gallery / "frog" / "frog.png"))
-        page.locator("#zs-labels textarea").fill("frog, dog, carrot")
+        page.locator("#zs-labels textarea").fill("")  # an emptied box falls back to the offered labels
         page.locator("#zs-button").click()
         result = page.locator("#zs-result")
         page.wait_for_function("() => document.querySelector('#zs-result').innerText.includes('%')",
                                timeout=60_000)
         lines = [ln.strip() for ln in result.inner_text().splitlines() if ln.strip()]
         assert lines[0] == "Probabilities" and lines[1] == "frog", lines  # the top class heads the bars
+        assert sum(ln.endswith("%") for ln in lines) == 6, lines  # all six offered labels were scored
+        page.locator("#zs-labels textarea").fill("frog, dog, carrot")
+        page.locator("#zs-button").click()
+        page.wait_for_function("() => document.querySelector('#zs-result').innerText.split('%').length - 1 == 3",
+                               timeout=60_000)
         _shot(page, "demo-zero-shot.png")
 
         page.get_by_role("tab", name="Compare").click()
+        assert page.locator("#compare-button").evaluate(primary)
         page.get_by_label("Texts (one per line)").fill("a frog\na red apple")
+        page.locator("#compare-tab input[type=file], input[type=file]").last.set_input_files(
+            [str(gallery / "frog" / "frog.png"), str(gallery / "apple_red" / "apple_red.png")])
         page.locator("#compare-button").click()
         page.wait_for_function("() => document.querySelector('#similarity-heatmap') !== null", timeout=60_000)
-        page.wait_for_function("() => [...document.querySelectorAll('#compare-table th')]"
-                               ".some(th => th.innerText.includes('a red apple'))", timeout=30_000)
-        headers = [h.strip() for h in page.eval_on_selector_all("#compare-table thead th",
-                                                                "ths => ths.map(th => th.innerText)")]
-        assert "a frog" in headers and "a red apple" in headers and "1" not in headers, headers
+        assert page.locator("#similarity-heatmap").count() == 1 and page.locator("#compare-table").count() == 0
+        table = page.eval_on_selector("#similarity-heatmap", """t => ({
+            rows: [...t.rows].slice(1).map(r => r.cells[0].innerText.trim()),
+            cols: [...t.rows[0].cells].slice(1).map(c => c.innerText.trim()),
+            thumbs: [...t.rows[0].querySelectorAll('img')].map(i => i.complete && i.naturalWidth > 0),
+            colors: [...t.querySelectorAll('td')].map(c => getComputedStyle(c).backgroundColor),
+            values: [...t.querySelectorAll('td')].map(c => parseFloat(c.innerText))})""")
+        assert table["rows"] == ["a frog", "a red apple"] and table["cols"] == ["frog.png", "apple_red.png"], table
+        assert table["thumbs"] == [True, True], table  # texts x images, each image shown
+        rgb = [tuple(int(x) for x in re.findall(r"\d+", c)[:3]) for c in table["colors"]]
+        hi, lo = rgb[table["values"].index(max(table["values"]))], rgb[table["values"].index(min(table["values"]))]
+        assert hi[0] > hi[2] and lo[2] > lo[0] and sum(abs(a - b) for a, b in zip(hi, lo)) > 150, (hi, lo)
+        assert table["values"][0] > table["values"][1] and table["values"][3] > table["values"][2], table
         _shot(page, "demo-compare.png")
         browser.close()
 
@@ -207,6 +245,7 @@ def test_falls_back_to_the_offline_model_with_a_notice(tmp_path):
                          timeout=300).stdout.splitlines()
     assert out[0] == "minilm-efficientnet-lite0"
     assert "neither cached nor downloadable" in out[1] and "offline model" in out[1]
+    assert "mmembed download nomic-embed-v1.5" in out[1] and "\n" not in out[1]  # how to get the better one
 
 
 def test_default_labels_come_from_the_index(tmp_path):

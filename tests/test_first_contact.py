@@ -146,6 +146,20 @@ def test_offline_first_index_and_search_work_quietly(tmp_path, photos):
     assert search.returncode == 0 and search.stdout.splitlines()[0].endswith("coffee.jpg"), search
     assert "Loading weights" not in search.stderr and "%|" not in search.stderr
 
+    # a text query loads the text tower alone (no timm, no image tower), with the whole model's query vectors
+    probe = ("import sys, numpy as np; from multimodal_embed import Embedder, ImageIndex\n"
+             "with ImageIndex.open('photos.mmindex') as index:\n"
+             "    hits = index.search('a cup of coffee', k=5)\n"
+             "    lean = index._embedder is None and 'timm' not in sys.modules\n"
+             "    full = Embedder.from_identity(index.identity)\n"
+             "    want = full.embed_text(['a cup of coffee'], task=full.query_task)[0]\n"
+             "    same = np.allclose(index.query_vector('a cup of coffee'), want / np.linalg.norm(want), atol=1e-6)\n"
+             "    print(lean, same, [h.path.rsplit('/', 1)[1] for h in hits][:2])\n")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env(tmp_path),
+                         cwd=tmp_path, timeout=300, check=False)
+    assert run.stdout.split(" ", 2)[:2] == ["True", "True"], run
+    assert search.stdout.splitlines()[1].endswith(run.stdout.split("'")[3]), (search.stdout, run.stdout)
+
     # the empty cases each get a clear line
     for folder in (empty, texts):
         run = _mmembed(tmp_path, "index", "empty.mmindex", str(folder), "-q")
