@@ -295,9 +295,8 @@ def _server_query(query: str) -> Any:
     import mimetypes
 
     from .imagefiles import is_image_name
-    from .search import is_query_mix
 
-    if is_query_mix(query):
+    if any(c in query for c in "+-:") and _is_query_mix(query):  # search.py (numpy) only for a possible mix
         raise UsageError("query mixes ('a + ./b.jpg') are combined locally: drop --server and give the index")
     if not ("://" in query or query.startswith(("/", ".", "~")) or is_image_name(query)):
         return query  # plain text: no need to import the index module (and torch)
@@ -313,6 +312,12 @@ def _server_query(query: str) -> Any:
     with open(path, "rb") as fh:
         data = base64.b64encode(fh.read()).decode("ascii")
     return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}
+
+
+def _is_query_mix(query: str) -> bool:
+    from .search import is_query_mix
+
+    return is_query_mix(query)
 
 
 def _search_server(args: argparse.Namespace) -> list[Any]:

