@@ -1,7 +1,8 @@
 """The Gradio demo: Search, Zero-shot and Compare tabs over one model and one image index.
 
-``mmembed demo [--index PATH | --images DIR] [--model NAME]`` or ``python demos/app.py``. With no model it tries
-nomic-embed-v1.5 and falls back, with a visible notice, to the offline aligned model. With no index or folder
+``mmembed demo [--index PATH | --images DIR] [--model NAME]`` or ``python demos/app.py``. With no model it uses
+the toolkit's default (:func:`multimodal_embed.defaults.choose_model`), showing a notice when the built-in model
+stands in for nomic-embed-v1.5. With no index or folder
 it indexes the small sample gallery shipped in the package. Binds 127.0.0.1; serves only the indexed images
 under the folders given on the command line; text queries are only text; uploads are capped; requests are
 queued. See SECURITY.md.
@@ -30,7 +31,7 @@ TEMPLATE_SETS = ["simple", "openai-imagenet", "none"]
 DISPLAY_MIN_SIDE = 192  # smaller images (e.g. 32x32 CIFAR) are upscaled for display only
 GENERIC_LABELS = ["cat", "dog", "car", "person", "landscape"]
 MAX_DEFAULT_LABELS = 20
-# Per-request caps, checked before any work: a request's cost (an N x N matrix and table in Compare, N labels x
+# Per-request caps, checked before any work: a request's cost (a texts x images table in Compare, N labels x
 # templates in Zero-shot) stays bounded by them whatever a client sends (SECURITY.md).
 MAX_COMPARE_TEXTS = 32
 MAX_COMPARE_IMAGES = 16
@@ -264,7 +265,7 @@ def parse_labels(labels: str | None) -> list[str]:
 
 def compare_inputs(texts: str | None, files: list[Any] | None) -> tuple[list[str], list[str]]:
     """The Compare tab's lines and image paths, refused (:class:`InvalidInputError`) past ``MAX_COMPARE_TEXTS``
-    lines, ``MAX_COMPARE_IMAGES`` images or ``MAX_TEXT_CHARS`` characters, so its N x N matrix, table and heatmap
+    lines, ``MAX_COMPARE_IMAGES`` images or ``MAX_TEXT_CHARS`` characters, so its table (and thumbnails)
     stay small whatever a client sends."""
     lines = [t.strip() for t in _capped_text(texts, "the Compare texts").splitlines() if t.strip()]
     paths = [getattr(f, "name", f) for f in (files or [])]
