@@ -6,9 +6,10 @@ Builds (once, cached in ``--work``) a folder of ``--images`` JPEGs cut from the 
 index of it with the built-in model (minilm-efficientnet-lite0), then measures, each ``--runs`` times:
 
 * a cold CLI text query, ``mmembed search INDEX "a frog"`` in a new process (wall clock, median);
-* the same steps in a new process, timed stage by stage: interpreter start, imports (the CLI, the index module
-  with torch and numpy), index open (schema check), weight loading (the text tower and what it imports), the
-  query (text embedding and exact top-k over the index's vectors, read from SQLite on first use);
+* the same steps in a new process, timed stage by stage: imports (the CLI, the index module with torch and
+  numpy), index open (schema check), weight loading (the text tower and what it imports), the query (text
+  embedding and exact top-k over the index's vectors, read from SQLite on first use), and the rest of the
+  process's wall time (interpreter start and exit: freeing torch and the model at exit is most of it);
 * a ``POST /v1/search`` to ``mmembed serve --index INDEX`` (warm server, same machine), and a cold
   ``mmembed search --server URL "a frog"`` process.
 
@@ -43,8 +44,11 @@ from multimodal_embed.index import ImageIndex  # numpy, torch (through utils)
 t["imports"] = time.perf_counter()
 index = ImageIndex.open(sys.argv[1])
 t["index open"] = time.perf_counter()
-from multimodal_embed.embedder import Embedder
-index._embedder = Embedder.from_identity(index.identity)  # what index.embedder does on the first text query
+if hasattr(index, "_text_model"):
+    index._text_model()  # what the first text query loads: the text tower (and what it imports)
+else:  # a version before it (--baseline): the whole model, as index.embedder loads it
+    from multimodal_embed.embedder import Embedder
+    index._embedder = Embedder.from_identity(index.identity)
 t["weight loading"] = time.perf_counter()
 hits = index.search(sys.argv[2], k=5)
 t["query"] = time.perf_counter()
@@ -52,9 +56,9 @@ print(json.dumps({"t": t, "first": hits[0].path}))
 """
 
 
-def _env() -> dict[str, str]:
+def _env(package_root: Path = ROOT) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMEMBED_")}
-    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    env.update(PYTHONPATH=str(package_root), HF_HUB_OFFLINE="1")
     return env
 
 
@@ -91,9 +95,10 @@ def build_index(work: Path, n: int) -> Path:
     return index
 
 
-def _timed(cmd: list[str]) -> tuple[float, str]:
+def _timed(cmd: list[str], package_root: Path = ROOT) -> tuple[float, str]:
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=_env()).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=_env(package_root),
+                         cwd=package_root).stdout  # python -m puts the working folder first on the path
     return time.perf_counter() - t0, out
 
 
@@ -103,18 +108,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(index: Path, runs: int) -> dict[str, list[float]]:
+def measure(index: Path, runs: int, baseline: Path | None = None) -> dict[str, list[float]]:
     cli = [sys.executable, "-m", "multimodal_embed.cli"]
     res: dict[str, list[float]] = {}
-    for _ in range(runs):
-        wall, out = _timed([*cli, "search", str(index), QUERY, "-k", "5"])
-        res.setdefault("cold CLI query (wall)", []).append(wall)
-        wall, out = _timed([sys.executable, "-c", STAGES, str(index), QUERY])
-        t = json.loads(out)["t"]
-        steps = list(t)
-        res.setdefault("interpreter start", []).append(wall - (t[steps[-1]] - t["start"]))
-        for prev, step in itertools.pairwise(steps):
-            res.setdefault(step, []).append(t[step] - t[prev])
+    for root, label in ([(baseline, "baseline: ")] if baseline else []) + [(ROOT, "")]:
+        for _ in range(runs):
+            wall, out = _timed([*cli, "search", str(index), QUERY, "-k", "5"], root)
+            res.setdefault(f"{label}cold CLI query (wall)", []).append(wall)
+            wall, out = _timed([sys.executable, "-c", STAGES, str(index), QUERY], root)
+            t = json.loads(out)["t"]
+            steps = list(t)
+            res.setdefault(f"{label}interpreter start + exit", []).append(wall - (t[steps[-1]] - t["start"]))
+            for prev, step in itertools.pairwise(steps):
+                res.setdefault(f"{label}{step}", []).append(t[step] - t[prev])
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([*cli, "serve", "--index", str(index), "--port", str(port)], env=_env(),
@@ -161,11 +167,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--work", default="/tmp/mmembed-cli-latency")
+    parser.add_argument("--baseline", type=Path, help="a folder holding another version's multimodal_embed/ "
+                                                     "(e.g. `git archive COMMIT multimodal_embed | tar -x -C DIR`): "
+                                                     "its cold CLI query is timed first, in the same run")
     args = parser.parse_args()
     work = Path(args.work)
     index = build_index(work, args.images)
     print(f"CPU: {cpu()}")
-    res = measure(index, args.runs)
+    res = measure(index, args.runs, args.baseline)
     print(f"\n{args.images}-image index, built-in model, query {QUERY!r}, median of {args.runs} (min-max)\n")
     print("| step | seconds |\n|---|---|")
     for step, values in res.items():
