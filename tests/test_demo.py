@@ -205,6 +205,7 @@ def test_browser_search_zero_shot_and_compare(server):
         page.locator("#zs-button").click()
         page.wait_for_function("() => document.querySelector('#zs-result').innerText.split('%').length - 1 == 3",
                                timeout=60_000)
+        page.wait_for_timeout(800)  # the bars' fade-in
         _shot(page, "demo-zero-shot.png")
 
         page.get_by_role("tab", name="Compare").click()
