@@ -280,3 +280,37 @@ def test_readme_tour_runs_offline_as_pasted(tmp_path):
                          timeout=600, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.replace(str(tmp_path.resolve()), "/home/you") == bash_out
+
+
+def test_serve_with_only_an_index_serves_the_model_it_records(fixtures_dir, tmp_path):
+    """``mmembed serve --index INDEX`` (no --model) for an index of another model than the built-in one: the
+    server loads the recorded model and answers /v1/search as the local index does (it used to load the built-in
+    model, fail the index's model check and stay unhealthy)."""
+    pytest.importorskip("fastapi")
+    from starlette.testclient import TestClient
+
+    from multimodal_embed import Embedder, ImageIndex
+    from multimodal_embed.cli import build_parser
+    from multimodal_embed.serving.app import create_app
+    from multimodal_embed.serving.cli import config_from_args
+
+    text, vision = fixtures_dir / "text-v1.5-tiny", fixtures_dir / "vision-v1.5-tiny"
+    emb = Embedder.from_pretrained(text=str(text), vision=str(vision), device="cpu")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("cat.jpg", "coffee.jpg", "rocket.jpg"):
+        shutil.copy(GALLERY / name, folder / name)
+    path = tmp_path / "tiny.mmindex"
+    with ImageIndex.create(path, emb) as index:
+        index.add_folder(folder, show_progress=False)
+        want = index.search("a cat", k=3)
+    config = config_from_args(build_parser().parse_args(["serve", "--index", str(path), "--device", "cpu"]))
+    assert [(m.model, m.text, m.vision) for m in config.models] == [(None, str(text), str(vision))]
+    with TestClient(create_app(config)) as client:
+        deadline = time.time() + 120
+        while client.get("/health").status_code != 200:
+            assert time.time() < deadline, client.get("/health").json()
+            time.sleep(0.2)
+        got = client.post("/v1/search", json={"query": "a cat", "top_k": 3}).json()["data"]
+    assert [h["path"] for h in got] == [h.path for h in want]
+    assert [h["score"] for h in got] == pytest.approx([h.score for h in want], abs=1e-5)

@@ -29,7 +29,8 @@ def add_serve_command(sub: Any, positive_int: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--fast", action="store_true", help="same as --precision fast")
     p.add_argument("--precision", choices=["exact", "fast", "int8"], default="exact")
-    p.add_argument("--index", help="an image index to answer /v1/search (built with the first model)")
+    p.add_argument("--index", help="an image index to answer /v1/search (built with the first model; with no --model, "
+                                  "the model it records is served)")
     p.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' on every route but /health (or set "
                                      f"${API_KEY_ENV})")
     p.add_argument("--allow-url-fetch", action="store_true",
@@ -48,6 +49,18 @@ def add_serve_command(sub: Any, positive_int: Any) -> argparse.ArgumentParser:
     return p
 
 
+def index_model_source(path: str) -> Any:
+    """The model an index records, as a :class:`ModelSource` (its registry name, else its towers)."""
+    from ..index import ImageIndex
+    from .app import ModelSource
+
+    with ImageIndex.open(path) as index:
+        identity = index.identity
+    if identity.get("name"):
+        return ModelSource(model=identity["name"])
+    return ModelSource(text=(identity.get("text") or {}).get("name"), vision=(identity.get("vision") or {}).get("name"))
+
+
 def config_from_args(args: argparse.Namespace) -> Any:
     from ..errors import InvalidInputError
     from .app import BUILTIN_MODEL, ModelSource, ServeConfig
@@ -55,6 +68,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     sources = [ModelSource(model=m) for m in (args.model or [])]
     if args.text or args.vision:
         sources.append(ModelSource(text=args.text, vision=args.vision))
+    if not sources and args.index:  # the index's own model (the built-in one would not match its vectors)
+        sources = [index_model_source(args.index)]
     if not sources:
         sources = [ModelSource(model=BUILTIN_MODEL)]
     names = args.served_name or []
