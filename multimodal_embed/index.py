@@ -42,7 +42,7 @@ from .search import (
     parse_query,
     use_ann,
 )
-from .utils import progress
+from .utils import AUTO_PROGRESS_MIN_STEPS, progress
 
 logger = logging.getLogger(__name__)
 
@@ -513,7 +513,8 @@ class ImageIndex:
         """Embed ``files`` batch by batch; one transaction per batch, so rows and vectors land together."""
         batches = [files[s:s + batch_size] for s in range(0, len(files), batch_size)]
         encoder = self.embedder if batches else None  # a run with nothing to embed loads no model
-        bar = progress(range(len(files)), show_progress if batches else False, desc="index images", unit="image")
+        show = bool(batches) and (len(batches) >= AUTO_PROGRESS_MIN_STEPS if show_progress is None else show_progress)
+        bar = progress(range(len(files)), show, desc="index images", unit="image")
         update = getattr(bar, "update", lambda n: None)  # counts images, not batches
         for batch in batches:
             res = encoder.embed_images_with_errors([b.path for b in batch], batch_size=batch_size,
