@@ -112,14 +112,17 @@ class Embedder:
     @classmethod
     def from_identity(cls, identity: Mapping[str, Any], *, text_only: bool = False, **kwargs: Any) -> Embedder:
         """Load the model an :meth:`identity` describes. ``text_only=True``: for a model whose text tower is a
-        model of its own (``aligned``: the frozen text model the image tower was trained against), only that
-        tower, which embeds texts exactly as the whole model does (a text query then pays no image tower)."""
+        model of its own (``aligned``: the frozen text model the image tower was trained against; ``nomic``: the
+        text repository or folder), only that tower, which embeds texts exactly as the whole model does (a text
+        query then pays no image tower); other families load whole."""
         name = identity.get("name")
-        text_name = (identity.get("text") or {}).get("name")
-        if text_only and identity.get("family") == "aligned" and text_name:
+        text_tower = identity.get("text") or {}
+        if text_only and identity.get("family") == "aligned" and text_tower.get("name"):
             from .models.aligned import resolve_packaged
 
-            return cls.from_pretrained(text=resolve_packaged(text_name), **kwargs)
+            return cls.from_pretrained(text=resolve_packaged(text_tower["name"]), **kwargs)
+        if text_only and identity.get("family") == "nomic" and text_tower.get("name"):
+            return cls.from_pretrained(text=text_tower["name"], revision=text_tower.get("revision"), **kwargs)
         if name and identity.get("family") != "nomic":
             return cls.from_pretrained(name, **kwargs)
         text, vision = identity.get("text") or {}, identity.get("vision") or {}

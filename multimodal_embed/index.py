@@ -385,7 +385,7 @@ class ImageIndex:
         if self._text_embedder is None:
             from .embedder import Embedder
 
-            if self.identity.get("family") != "aligned":
+            if self.identity.get("family") not in ("aligned", "nomic"):  # one checkpoint for both towers
                 return self.embedder
             logger.info("loading the text tower of the index's model %s", self.identity)
             self._text_embedder = Embedder.from_identity(self.identity, text_only=True)

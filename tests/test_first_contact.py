@@ -314,3 +314,27 @@ def test_serve_with_only_an_index_serves_the_model_it_records(fixtures_dir, tmp_
         got = client.post("/v1/search", json={"query": "a cat", "top_k": 3}).json()["data"]
     assert [h["path"] for h in got] == [h.path for h in want]
     assert [h["score"] for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
+
+
+def test_text_queries_load_the_nomic_text_tower_alone_with_the_same_vectors(fixtures_dir, tmp_path):
+    from multimodal_embed import Embedder, ImageIndex
+
+    emb = Embedder.from_pretrained(text=str(fixtures_dir / "text-v1.5-tiny"),
+                                   vision=str(fixtures_dir / "vision-v1.5-tiny"), device="cpu")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("cat.jpg", "coffee.jpg", "rocket.jpg"):
+        shutil.copy(GALLERY / name, folder / name)
+    with ImageIndex.create(tmp_path / "n.mmindex", emb) as index:
+        index.add_folder(folder, show_progress=False)
+        want = [(h.path, h.score) for h in index.search("a cat", k=3)]
+        whole = index.query_vector("a cat")
+    with ImageIndex.open(tmp_path / "n.mmindex") as index:
+        got = [(h.path, h.score) for h in index.search("a cat", k=3)]
+        assert index._embedder is None and index._text_embedder.vision_encoder is None  # no image tower loaded
+        lean = index.query_vector("a cat")
+        assert [p for p, _ in got] == [p for p, _ in want]
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-6)
+        assert float(lean @ whole) == pytest.approx(1.0, abs=1e-6)
+        index.search(str(folder / "cat.jpg"), k=1)  # an image query loads the whole model
+        assert index._embedder is not None and index._embedder.vision_encoder is not None
