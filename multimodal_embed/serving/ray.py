@@ -53,9 +53,12 @@ def run_on_ray(config: ServeConfig, *, host: str, port: int, replicas: int, addr
     serve.run(build_deployment(config, replicas=replicas), name="multimodal-embed", route_prefix="/")
     logger.warning("mmembed serve --ray: http://%s:%d/v1 on %d replicas", host, port, replicas)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    while not stop.is_set():
+        # Ray's core worker installs its own fatal-signal handler (a stack dump, exit 15) some time after init: keep
+        # ours in place so that SIGTERM / SIGINT shut Serve down and the command exits 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait(0.2)
     serve.shutdown()
     ray.shutdown()
     return 0

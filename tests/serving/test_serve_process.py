@@ -24,13 +24,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+def start(*args: str, env: dict[str, str] | None = None, wait_s: float = 120) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "multimodal_embed.cli", "serve", "--port", str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + wait_s
     while True:
         assert proc.poll() is None, proc.communicate()
         try:
@@ -102,7 +102,7 @@ def test_ray_serve_two_replicas_answer_the_same(builtin, stamps):
     pytest.importorskip("ray.serve", reason="pip install 'ray[serve]'")
     from .conftest import data_uri
 
-    proc, url = start("--ray", "--replicas", "2", env={"RAY_USAGE_STATS_ENABLED": "0"})
+    proc, url = start("--ray", "--replicas", "2", env={"RAY_USAGE_STATS_ENABLED": "0"}, wait_s=300)
     try:
         texts = ["a cat", "a dog on a beach"]
         got = [httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=60) for _ in range(4)]
