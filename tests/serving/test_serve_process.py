@@ -31,15 +31,15 @@ def start(*args: str, env: dict[str, str] | None = None, wait_s: float = 120) ->
                             env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + wait_s
-    while True:
-        assert proc.poll() is None, proc.communicate()
+    while proc.poll() is None and time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/health", timeout=5).status_code == 200:
                 return proc, url
         except httpx.TransportError:
             pass
-        assert time.monotonic() < deadline, "the server did not become healthy"
         time.sleep(0.2)
+    rc, err = stop(proc)  # never leave a server (or its Ray cluster) behind
+    raise AssertionError(f"the server did not become healthy in {wait_s:g} s (rc {rc}): {err[-3000:]}")
 
 
 def stop(proc: subprocess.Popen) -> tuple[int, str]:
