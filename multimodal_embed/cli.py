@@ -160,6 +160,8 @@ def _write_rows(rows: list[dict[str, Any]], vectors: Any, output: str | None) ->
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .encoders import truncate_unit
+
     if args.ray:
         return _embed_on_ray(args)
     _check_output(args.output)
@@ -179,8 +181,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if images:
         res = emb.embed_images_with_errors(images)
         rows += [{"kind": "image", "path": images[i]} for i in res.indices]
-        vecs.append(res.vectors[:, : args.dim] / np.linalg.norm(res.vectors[:, : args.dim], axis=1, keepdims=True)
-                    if args.dim else res.vectors)
+        vecs.append(truncate_unit(res.vectors, args.dim) if args.dim else res.vectors)
         for f in res.failures:
             print(f"mmembed: failed: {printable(f.item)}: {printable(f.reason)}", file=sys.stderr)
         status = EXIT_PARTIAL if res.failures or skipped else EXIT_OK

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .encoders import ImageEncoder, Scoring, TextEncoder
+from .encoders import ImageEncoder, Scoring, TextEncoder, matryoshka_size
 from .errors import InvalidInputError
 from .images import DEFAULT_MAX_PIXELS, ImageInput
 from .loading import load_pretrained
@@ -177,19 +177,8 @@ class Embedder:
         check = getattr(self.text_encoder, "check_dimensionality", None)
         if check is not None:
             return check(dimensionality)
-        if dimensionality is None:
-            return self.dim
-        if isinstance(dimensionality, bool) or not isinstance(dimensionality, (int, np.integer)):
-            raise InvalidInputError(f"dimensionality must be an int, got {dimensionality!r}")
-        full = int(self.dim)
-        trained = tuple(getattr(self.text_encoder or self.vision_encoder, "matryoshka_dims", ()) or ())
-        if not trained and dimensionality != full:
-            raise InvalidInputError(f"this model was not trained for Matryoshka truncation: dimensionality must be "
-                                    f"None or {full}, got {dimensionality}")
-        low = min(trained) if trained else full
-        if not low <= dimensionality <= full:
-            raise InvalidInputError(f"dimensionality must be between {low} and {full}, got {dimensionality}")
-        return int(dimensionality)
+        trained = getattr(self.text_encoder or self.vision_encoder, "matryoshka_dims", ()) or ()
+        return matryoshka_size(dimensionality, int(self.dim), tuple(trained))
 
     def embed_images(
         self,

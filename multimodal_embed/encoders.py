@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .images import ImageInput
 
-__all__ = ["ImageEncoder", "ImageFailure", "Scoring", "TextEncoder", "as_batch"]
+__all__ = ["ImageEncoder", "ImageFailure", "Scoring", "TextEncoder", "as_batch", "matryoshka_size", "truncate_unit"]
 
 
 def _single_image(item: Any) -> bool:
@@ -120,3 +120,41 @@ def describe_text(encoder: TextEncoder) -> dict[str, Any]:
     """The text tower's part of :attr:`Embedder.info <multimodal_embed.Embedder.info>` (name and revision aside)."""
     return {"dim": encoder.dim, "max_length": encoder.max_length, "encoder": type(encoder).__name__,
             "prefixes": dict(encoder.prefixes), "matryoshka_dims": list(encoder.matryoshka_dims)}
+
+
+def matryoshka_size(dimensionality: Any, full: int, trained: Sequence[int]) -> int:
+    """The output size for ``dimensionality`` (``None``: ``full``), or :class:`~multimodal_embed.InvalidInputError`:
+    an int (numpy integers too, never a bool or a float), below ``full`` only for a model trained at the sizes
+    ``trained`` (Matryoshka) and within their range; an untrained size in range is allowed with a warning."""
+    import logging
+
+    from .errors import InvalidInputError
+    from .utils import as_int
+
+    if dimensionality is None:
+        return full
+    dimensionality = as_int(dimensionality, "dimensionality")
+    if dimensionality == full:
+        return full
+    if not trained:
+        raise InvalidInputError(f"this model was not trained for Matryoshka truncation: dimensionality must be None "
+                                f"or {full}, got {dimensionality}")
+    low = min(trained)
+    if not low <= dimensionality <= full:
+        raise InvalidInputError(f"dimensionality must be between {low} and {full} (trained: {list(trained)}), "
+                                f"got {dimensionality}")
+    if dimensionality not in trained:
+        logging.getLogger(__name__).warning("dimensionality %d was not trained; trained sizes are %s", dimensionality,
+                                            tuple(trained))
+    return dimensionality
+
+
+def truncate_unit(vectors: Any, dim: int) -> Any:
+    """Unit rows cut to their first ``dim`` values and renormalised (how image vectors and stored full-size vectors
+    take a Matryoshka size); the rows themselves when ``dim`` is their size or more."""
+    import numpy as np
+
+    if dim >= vectors.shape[1]:
+        return vectors
+    cut = vectors[:, :dim]
+    return (cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)).astype(np.float32)

@@ -19,12 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import plan_batches
-from .encoders import Scoring, as_batch
+from .encoders import Scoring, as_batch, matryoshka_size
 from .errors import InputTypeError, InvalidInputError
 from .models.nomic_bert import NomicBertConfig, NomicBertModel, convert_state_dict, load_converted
 from .utils import (
     ModelHolder,
-    as_int,
     check_batch_size,
     check_max_tokens,
     load_safetensors,
@@ -106,27 +105,7 @@ class TokenTextEncoder(ModelHolder):
 
     # -- public ------------------------------------------------------------------------------------------
     def check_dimensionality(self, dimensionality: int | None) -> int:
-        if dimensionality is None:
-            return self.dim
-        dimensionality = as_int(dimensionality, "dimensionality")  # numpy integers too; never 768.0 or True
-        if dimensionality == self.dim:
-            return self.dim
-        if not self.matryoshka_dims:
-            raise InvalidInputError(
-                f"this model was not trained for Matryoshka truncation: dimensionality must be None or {self.dim}, "
-                f"got {dimensionality}"
-            )
-        low = min(self.matryoshka_dims)
-        if not low <= dimensionality <= self.dim:
-            raise InvalidInputError(
-                f"dimensionality must be between {low} and {self.dim} (trained: {list(self.matryoshka_dims)}), "
-                f"got {dimensionality}"
-            )
-        if dimensionality not in self.matryoshka_dims:
-            logger.warning(
-                "dimensionality %d was not trained; trained sizes are %s", dimensionality, self.matryoshka_dims
-            )
-        return dimensionality
+        return matryoshka_size(dimensionality, self.dim, self.matryoshka_dims)
 
     def apply_prefix(self, texts: Sequence[str], task: str | None) -> list[str]:
         if task is not None and task not in self.tasks:

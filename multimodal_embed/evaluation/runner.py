@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..encoders import truncate_unit
 from ..errors import InvalidInputError, ModelNotFoundError
 from . import metrics as M
 from .datasets import CaptionData, ClassificationData, Dataset, ImageSet, TextRetrievalData, load_dataset
@@ -228,14 +229,6 @@ def embed_images(embedder: Any, images: ImageSet, cache: EmbeddingCache, *, batc
     return vectors, ok, reasons
 
 
-def at_dim(vectors: np.ndarray, dim: int) -> np.ndarray:
-    """The first ``dim`` components, renormalised (Matryoshka); the vectors themselves at full size."""
-    if dim >= vectors.shape[1]:
-        return vectors
-    cut = vectors[:, :dim]
-    return (cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
 # -- results -----------------------------------------------------------------------------------------------------
 @dataclass
 class EvalResult:
@@ -373,8 +366,8 @@ def _zeroshot(emb: Any, data: ClassificationData, dims: list[int], cache: Embedd
     failures = [(data.images.files[i], reasons[i]) for i in sorted(reasons)]
     out = []
     for d in dims:
-        classes = average_templates(at_dim(prompt_vectors, d), len(data.classes), len(templates))
-        scores = at_dim(vectors[ok], d) @ classes.T
+        classes = average_templates(truncate_unit(prompt_vectors, d), len(data.classes), len(templates))
+        scores = truncate_unit(vectors[ok], d) @ classes.T
         out.append(EvalResult(data.name, data.task, name, d, M.classification_metrics(scores, y), int(ok.sum()),
                               failures))
     return out
@@ -392,7 +385,7 @@ def _image_text(emb: Any, data: CaptionData, dims: list[int], cache: EmbeddingCa
     failures = [(data.images.files[i], reasons[i]) for i in sorted(reasons)]
     out = []
     for d in dims:
-        scores = at_dim(text, d) @ at_dim(vectors[ok], d).T
+        scores = truncate_unit(text, d) @ truncate_unit(vectors[ok], d).T
         out.append(EvalResult(data.name, data.task, name, d, M.image_text_recall(scores, new_index[owner[keep]],
                                                                                   RECALL_KS), int(ok.sum()), failures))
     return out
@@ -407,10 +400,10 @@ def _text_retrieval(emb: Any, data: TextRetrievalData, dims: list[int], cache: E
     no_relevant = sum(1 for j in data.qrels if not any(g >= 1 for g in j.values()))
     out = []
     for d in dims:
-        dv = at_dim(docs, d)
+        dv = truncate_unit(docs, d)
         ranked: list[list[str]] = []
         for start in range(0, len(q), QUERY_CHUNK):
-            top = M.rank_documents(at_dim(q[start:start + QUERY_CHUNK], d) @ dv.T, data.doc_ids, M.RECALL_K)
+            top = M.rank_documents(truncate_unit(q[start:start + QUERY_CHUNK], d) @ dv.T, data.doc_ids, M.RECALL_K)
             ranked += [[data.doc_ids[j] for j in row] for row in top]
         per_query = M.retrieval_metrics(ranked, data.qrels)
         means = {k: float(np.mean(v)) if v else float("nan") for k, v in per_query.items()}

@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..encoders import truncate_unit
 from ..errors import MultimodalEmbedError
 from .batcher import Batcher, BatcherClosedError, ImageResult, QueueFullError, TextResult, Work
 from .inputs import Item, Limits, parse_input
@@ -265,14 +266,6 @@ def _check_texts(items: list[Item]) -> None:
                                code="invalid_input") from None
 
 
-def _truncate_images(vectors: np.ndarray, dim: int) -> np.ndarray:
-    """The CLI's rule for image vectors at a Matryoshka size: the first ``dim`` values, renormalised."""
-    if dim >= vectors.shape[1]:
-        return vectors
-    cut = vectors[:, :dim]
-    return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
-
-
 def _encode(vec: np.ndarray, fmt: str) -> Any:
     if fmt == "base64":
         return base64.b64encode(np.ascontiguousarray(vec, dtype="<f4").tobytes()).decode("ascii")
@@ -289,12 +282,6 @@ def _image_error(result: ImageResult, positions: list[int]) -> ApiError | None:
 
 def _error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-
-def _safe_path(path: str) -> str:
-    from ..imagefiles import utf8_text
-
-    return utf8_text(path)
 
 
 # -- middleware ----------------------------------------------------------------------------------------------
@@ -403,7 +390,6 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state.health_lock = asyncio.Lock()
         loading = asyncio.get_running_loop().create_task(state.start())
         if not config.load_in_background:
             await loading
@@ -490,7 +476,7 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
                 error = _image_error(result, [i for i, _ in images])
                 if error is not None:
                     raise error
-                for pos, v in zip(result.indices, _truncate_images(result.vectors, dim)):
+                for pos, v in zip(result.indices, truncate_unit(result.vectors, dim)):
                     vectors[images[pos][0]] = v
         state.metrics.tokens.labels(served.name).inc(tokens)
         state.metrics.images.labels(served.name).inc(len(images))
@@ -590,10 +576,12 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
 
 
 def _search(index: Any, vector: np.ndarray, req: SearchRequest) -> list[dict[str, Any]]:
+    from ..imagefiles import utf8_text
+
     ids, paths, _ = index.vectors()
     by_path = dict(zip(paths, ids))
     hits = index.search(vector, req.top_k, min_score=req.min_score, path_filter=req.filter)
-    return [{"id": by_path.get(h.path), "path": _safe_path(h.path), "score": h.score, "width": h.width,
+    return [{"id": by_path.get(h.path), "path": utf8_text(h.path), "score": h.score, "width": h.width,
              "height": h.height, "sha256": h.sha256} for h in hits]
 
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,7 +44,6 @@ class Work:
     options: tuple[Any, ...] = ()  # texts: (task, dimensionality, long_text)
     future: asyncio.Future | None = None
     cancelled: bool = False
-    enqueued: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -80,7 +78,6 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mmembed-model-{name}")
         self._closing = False
-        self.busy = False
         self.queued_items = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -180,11 +177,7 @@ class Batcher:
             batch = self._take_batch()
             if not batch:
                 continue
-            self.busy = True
-            try:
-                results = await loop.run_in_executor(self._executor, self._run, batch)
-            finally:
-                self.busy = False
+            results = await loop.run_in_executor(self._executor, self._run, batch)
             for work, result in zip(batch, results):
                 if work.future is None or work.future.done():
                     continue

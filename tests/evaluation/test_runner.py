@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from multimodal_embed.encoders import truncate_unit
 from multimodal_embed.evaluation import datasets as D
-from multimodal_embed.evaluation.runner import EmbeddingCache, at_dim, embed_images, embed_texts, evaluate
+from multimodal_embed.evaluation.runner import EmbeddingCache, embed_images, embed_texts, evaluate
 
 from .conftest import CLASSES
 
@@ -130,7 +131,7 @@ def test_matryoshka_sizes_and_a_second_run_from_the_cache(nomic, clip, photos, t
                                dimensionality=32)
     classes = prompts.reshape(len(data.classes), len(TEMPLATES), -1).mean(1)
     classes /= np.linalg.norm(classes, axis=1, keepdims=True)
-    pred = np.argmax(at_dim(nomic.embed_images(data.images.files), 32) @ classes.T, axis=1)
+    pred = np.argmax(truncate_unit(nomic.embed_images(data.images.files), 32) @ classes.T, axis=1)
     assert first.results[1].metrics["acc@1"] == pytest.approx(np.mean(pred == np.array(data.labels)), abs=1e-9)
     calls = spy.calls
     again = evaluate([photos], [nomic], dims=[32], templates=TEMPLATES, cache_dir=cache, show_progress=False)
