@@ -245,7 +245,8 @@ class Embedder:
             long_text: ``"truncate"`` (default; a warning counts the cut texts) or ``"mean"`` (chunks of the
                 maximum length, averaged by token count, then normalised).
             show_progress: tqdm bar: ``True``, ``False`` or ``None`` (on for long jobs).
-            max_tokens: padded tokens per batch (the token budget; default 2048 on CPU, 32768 on GPU).
+            max_tokens: tokens per batch (the token budget, counting padding where a batch runs padded;
+                default 2048 on CPU, 32768 on GPU).
         """
         if self.text_encoder is None:
             raise InvalidInputError("this Embedder has no text tower")

@@ -7,6 +7,7 @@ long-text policy, length-sorted token-budget batching and order restoration.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -69,7 +70,14 @@ class TokenTextEncoder(ModelHolder):
 
     Subclasses set ``self.model``, ``self.tokenizer``, ``self.max_length``, ``self.dim`` and implement
     :meth:`_hidden` (token states) and :meth:`_finish` (pooled vectors -> final unit vectors).
+
+    Batches run *packed* (sequences end to end, no compute on padding, batched by their real token count) when
+    the model has ``forward_packed`` (the native BERT and NomicBERT modules) and ``unpadded`` is not False;
+    otherwise right-padded with a mask (transformers and exported graphs). Both give the same vectors within
+    fp32 rounding (tests/test_text_packed.py).
     """
+
+    unpadded: bool | None = None  # None: packed wherever the model supports it; False: always padded
 
     model: nn.Module
     tokenizer: Any
@@ -89,9 +97,26 @@ class TokenTextEncoder(ModelHolder):
     def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _hidden_packed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, width: int) -> torch.Tensor:
+        """Token states ``(T, D)`` of sequences packed end to end (``width``: the longest of them)."""
+        return self.model.forward_packed(input_ids, cu_seqlens)
+
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = mask.to(torch.float32).unsqueeze(-1)
         return (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+    def _pool_packed(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """:meth:`_pool` of packed states ``(T, D)``: mean over each sequence's tokens."""
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        seq = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths,
+                                      output_size=hidden.shape[0])
+        total = hidden.new_zeros(len(lengths), hidden.shape[1], dtype=torch.float32)
+        return total.index_add_(0, seq, hidden.float()) / lengths[:, None].clamp(min=1).float()
+
+    @property
+    def packed(self) -> bool:
+        """Whether batches run packed (see the class docstring)."""
+        return self.unpadded is not False and callable(getattr(self.model, "forward_packed", None))
 
     def _finish(self, pooled: torch.Tensor, dimensionality: int | None) -> torch.Tensor:
         return F.normalize(pooled, dim=-1)
@@ -169,16 +194,23 @@ class TokenTextEncoder(ModelHolder):
         self.truncations.add(n_cut, len(texts), self.max_length, " (use long_text='mean' to embed them whole)")
 
         lengths = [len(p) for p in pieces]
+        packed = self.packed
         batches = plan_batches(
             lengths, max_batch_size=batch_size, max_tokens=max(max_tokens or self.default_max_tokens,
                                                                max(lengths)),
-            solo=self._solo_length,
+            solo=self._solo_length, packed=packed,
         )
         pooled = torch.empty(len(pieces), self.dim, dtype=torch.float32)
         device = self.device
         with torch.inference_mode():
             for batch in progress(batches, show_progress, desc="embed text", unit="batch"):
                 width = max(lengths[j] for j in batch)
+                if packed:
+                    ids = torch.tensor(list(itertools.chain.from_iterable(pieces[j] for j in batch)), dtype=torch.long)
+                    cu = torch.tensor([0, *itertools.accumulate(lengths[j] for j in batch)], dtype=torch.long)
+                    ids, cu = ids.to(device), cu.to(device)
+                    pooled[batch] = self._pool_packed(self._hidden_packed(ids, cu, width), cu).cpu()
+                    continue
                 ids = torch.zeros(len(batch), width, dtype=torch.long)
                 mask = torch.zeros(len(batch), width, dtype=torch.long)
                 for row, j in enumerate(batch):
@@ -234,7 +266,7 @@ class NomicTextEncoder(TokenTextEncoder):
         ``matryoshka`` selects the v1.5 recipe; ``None`` infers it from the model name (``...-v1.5``).
         ``rotary_scaling_factor`` enables dynamic-NTK scaling past 2048 tokens (the model cards use 2);
         the config's own value wins when it sets one. ``None`` keeps the config's value.
-        ``unpadded`` runs each batch as packed sequences (no compute on padding); ``None``: on CUDA only.
+        ``unpadded=False`` runs each batch right-padded instead of packed (no compute on padding; the default).
         """
         folder = Path(folder)
         raw = read_json(folder / "config.json")
@@ -256,17 +288,11 @@ class NomicTextEncoder(TokenTextEncoder):
         return bool(self.config.rotary_scaling_factor) and n > self.config.max_trained_positions
 
     def _hidden(self, input_ids, attention_mask):
-        unpadded = self.unpadded if self.unpadded is not None else input_ids.device.type == "cuda"
-        keep = attention_mask.bool()
-        if not unpadded or bool(keep.all()):
-            return self.model(input_ids, attention_mask)
-        # unpadded: the right-padded batch packed end to end, run, and put back in place for pooling
-        lengths = keep.sum(1)
-        cu = F.pad(lengths.cumsum(0), (1, 0))
-        packed = self.model.forward_packed(input_ids[keep], cu, rotary_length=input_ids.shape[1])
-        hidden = packed.new_zeros(*input_ids.shape, packed.shape[-1])
-        hidden[keep] = packed
-        return hidden
+        return self.model(input_ids, attention_mask)
+
+    def _hidden_packed(self, input_ids, cu_seqlens, width):
+        # the rotary base of dynamic NTK follows the padded length the batch would have: its longest sequence
+        return self.model.forward_packed(input_ids, cu_seqlens, rotary_length=width)
 
     def _finish(self, pooled: torch.Tensor, dimensionality: int | None) -> torch.Tensor:
         if self.matryoshka:
@@ -351,3 +377,14 @@ class SentenceTransformerTextEncoder(TokenTextEncoder):
         if self.pooling == "max_tokens":
             return hidden.float().masked_fill(~mask.bool()[..., None], -1e9).max(1).values
         return super()._pool(hidden, mask)
+
+    def _pool_packed(self, hidden, cu_seqlens):
+        if self.pooling == "cls_token":
+            return hidden[cu_seqlens[:-1]].float()
+        if self.pooling == "max_tokens":
+            lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+            seq = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths,
+                                          output_size=hidden.shape[0])
+            out = hidden.new_full((len(lengths), hidden.shape[1]), float("-inf"), dtype=torch.float32)
+            return out.scatter_reduce_(0, seq[:, None].expand(-1, hidden.shape[1]), hidden.float(), "amax")
+        return super()._pool_packed(hidden, cu_seqlens)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
+from .packing import Packing, packed_attention
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +61,10 @@ class _Embeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
 
-    def forward(self, ids: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(ids.shape[1], device=ids.device)
-        x = self.word_embeddings(ids) + self.token_type_embeddings(types) + self.position_embeddings(pos)[None]
+    def forward(self, ids: torch.Tensor, types: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        if positions is None:  # padded (B, L): the same positions in every row
+            positions = torch.arange(ids.shape[1], device=ids.device)[None]
+        x = self.word_embeddings(ids) + self.token_type_embeddings(types) + self.position_embeddings(positions)
         return self.LayerNorm(x)
 
 
@@ -84,7 +86,14 @@ class _SelfAttention(nn.Module):
         self.key = nn.Linear(c.hidden_size, c.hidden_size)
         self.value = nn.Linear(c.hidden_size, c.hidden_size)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing | None) -> torch.Tensor:
+        if isinstance(mask, Packing):  # x: (T, D) packed tokens
+            t, d = x.shape
+
+            def heads(y: torch.Tensor) -> torch.Tensor:
+                return y.view(t, self.heads, d // self.heads)
+
+            return packed_attention(heads(self.query(x)), heads(self.key(x)), heads(self.value(x)), mask).reshape(t, d)
         b, n, d = x.shape
 
         def split(t: torch.Tensor) -> torch.Tensor:
@@ -115,7 +124,7 @@ class _Layer(nn.Module):
         self.intermediate = _Intermediate(c)
         self.output = _Dense(c.intermediate_size, c.hidden_size, c.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing | None) -> torch.Tensor:
         x = self.attention.output(self.attention.self(x, mask), x)
         return self.output(F.gelu(self.intermediate.dense(x)), x)
 
@@ -145,6 +154,18 @@ class BertModel(nn.Module):
         for layer in self.encoder.layer:
             x = layer(x, mask)
         return SimpleNamespace(last_hidden_state=x)
+
+    def forward_packed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor,
+                       token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Unpadded forward: ``input_ids`` ``(T,)`` are sequences packed end to end, ``cu_seqlens`` ``(B + 1,)``
+        their boundaries; returns the last hidden state ``(T, D)``, equal to :meth:`forward` on the right-padded
+        batch at the real tokens, without computing the padding."""
+        packing = Packing(cu_seqlens)
+        types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        x = self.embeddings(input_ids, types, packing.positions)
+        for layer in self.encoder.layer:
+            x = layer(x, packing)
+        return x
 
 
 class FastBertTokenizer:

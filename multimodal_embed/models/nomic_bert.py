@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from .packing import Packing, packed_attention
 
 __all__ = ["NomicBertConfig", "NomicBertModel", "Packing", "convert_state_dict", "load_converted", "packed_attention",
            "rotary_base_for_length"]
@@ -231,56 +232,6 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-class Packing:
-    """Sequences packed end to end (no padding): ``cu_seqlens`` = ``[0, len0, len0 + len1, ...]``; ``index``
-    is each token's place in the ``(B * max_len)`` padded layout (used where attention runs padded)."""
-
-    def __init__(self, cu_seqlens: torch.Tensor, lengths: torch.Tensor, index: torch.Tensor, max_len: int):
-        self.cu_seqlens = cu_seqlens
-        self.lengths = lengths
-        self.index = index
-        self.max_len = max_len
-
-
-_varlen_ok: bool | None = None  # torch.nn.attention.varlen works here (decided on first use)
-
-
-def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing) -> torch.Tensor:
-    """Attention within each packed sequence; ``q, k, v``: ``(T, H, Dh)``.
-
-    CUDA + fp16/bf16: ``torch.nn.attention.varlen.varlen_attn`` (flash, no padding at all) when present.
-    Elsewhere only the attention itself runs padded (SDPA with a key mask); the projections and the MLP, most
-    of the work, stay unpadded.
-    """
-    global _varlen_ok
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _varlen_ok is not False:
-        try:
-            from torch.nn.attention.varlen import varlen_attn
-
-            cu = packing.cu_seqlens.to(torch.int32)
-            out = varlen_attn(q, k, v, cu, cu, packing.max_len, packing.max_len)
-            _varlen_ok = True
-            return out
-        except Exception as exc:
-            if _varlen_ok:
-                raise
-            _varlen_ok = False
-            import logging
-
-            logging.getLogger(__name__).info("varlen attention unavailable (%s); attention runs padded", exc)
-    b, n = packing.lengths.shape[0], packing.max_len
-    _, h, d = q.shape
-
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        out = t.new_zeros(b * n, h, d)
-        out[packing.index] = t
-        return out.view(b, n, h, d).transpose(1, 2)
-
-    mask = (torch.arange(n, device=q.device) < packing.lengths[:, None])[:, None, None, :]
-    out = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=mask)
-    return out.transpose(1, 2).reshape(b * n, h, d)[packing.index]
-
-
 class NomicBertAttention(nn.Module):
     def __init__(self, config: NomicBertConfig):
         super().__init__()
@@ -387,20 +338,13 @@ class NomicBertModel(nn.Module):
         their boundaries; returns ``(T, D)``. Equal to :meth:`forward` on the right-padded batch (whose padded
         length, which sets the dynamic-NTK rotary base, is the longest sequence unless ``rotary_length`` says
         otherwise), without computing the padding."""
-        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-        max_len = int(lengths.max())
+        packing = Packing(cu_seqlens)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings.word_embeddings(input_ids) + self.embeddings.token_type_embeddings(token_type_ids)
         x = self.emb_ln(x)
-        cos, sin = _rotary_cos_sin(self.config, rotary_length or max_len, x.device, x.dtype)
-        starts = torch.repeat_interleave(cu_seqlens[:-1].to(torch.long), lengths.to(torch.long),
-                                         output_size=input_ids.shape[0])
-        pos = torch.arange(input_ids.shape[0], device=input_ids.device) - starts
-        seq = torch.repeat_interleave(torch.arange(len(lengths), device=input_ids.device), lengths.to(torch.long),
-                                      output_size=input_ids.shape[0])
-        packing = Packing(cu_seqlens, lengths, seq * max_len + pos, max_len)
-        cos, sin = cos[pos], sin[pos]
+        cos, sin = _rotary_cos_sin(self.config, rotary_length or packing.max_len, x.device, x.dtype)
+        cos, sin = cos[packing.positions], sin[packing.positions]
         for layer in self.encoder.layers:
             x = layer(x, cos, sin, packing)
         return x

@@ -23,7 +23,7 @@ def test_native_bert_equals_transformers(minilm_dir):
     want = reference(TEXTS, add_special_tokens=True, truncation=False, return_attention_mask=False,
                      return_token_type_ids=False, verbose=False)["input_ids"]
     assert native.tokenizer(TEXTS)["input_ids"] == [list(ids) for ids in want]
-    ours = native.encode(TEXTS, batch_size=4)  # padded batches of different lengths
+    ours = native.encode(TEXTS, batch_size=4)  # packed batches (transformers below runs them padded)
     native.model = AutoModel.from_pretrained(str(minilm_dir), attn_implementation="sdpa").eval()
     native.tokenizer = reference
     theirs = native.encode(TEXTS, batch_size=4)
