@@ -34,8 +34,11 @@ def cpu_line() -> str:
 
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
+    forced = " ".join(f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+                                                        "ONEDNN_MAX_CPU_ISA") if os.environ.get(k))
     return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads")
+            f"({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
+            + (f", forced: {forced}" if forced else ""))
 
 
 def free_port() -> int:

@@ -89,8 +89,8 @@ class TokenTextEncoder(ModelHolder):
 
     @property
     def default_max_tokens(self) -> int:
-        # Measured (benchmarks/RESULTS.md): on CPU small batches waste less on padding and run faster per
-        # token; accelerators want large batches.
+        # Measured (benchmarks/RESULTS.md): on CPU ~2048-token batches run fastest per token, packed or padded
+        # (larger ones fall out of cache); accelerators want large batches.
         return 2048 if self.device.type == "cpu" else 32768
 
     # -- hooks -------------------------------------------------------------------------------------------
