@@ -23,13 +23,14 @@ import itertools
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from serve_throughput import free_port, start  # a sibling script: benchmarks/ is sys.path[0]
 
 ROOT = Path(__file__).resolve().parents[1]
 GALLERY = ROOT / "multimodal_embed" / "demo_assets"
@@ -102,12 +103,6 @@ def _timed(cmd: list[str], package_root: Path = ROOT) -> tuple[float, str]:
     return time.perf_counter() - t0, out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(index: Path, runs: int, baseline: Path | None = None) -> dict[str, list[float]]:
     cli = [sys.executable, "-m", "multimodal_embed.cli"]
     res: dict[str, list[float]] = {}
@@ -121,21 +116,10 @@ def measure(index: Path, runs: int, baseline: Path | None = None) -> dict[str, l
             res.setdefault(f"{label}interpreter start + exit", []).append(wall - (t[steps[-1]] - t["start"]))
             for prev, step in itertools.pairwise(steps):
                 res.setdefault(f"{label}{step}", []).append(t[step] - t[prev])
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([*cli, "serve", "--index", str(index), "--port", str(port)], env=_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start([*cli, "serve", "--index", str(index), "--port", str(port)], url + "/health", env=_env())
     try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("mmembed serve did not start") from None
-                time.sleep(0.5)
         body = json.dumps({"query": QUERY, "top_k": 5}).encode()
         for i in range(runs + 1):
             req = urllib.request.Request(url + "/v1/search", data=body, headers={"Content-Type": "application/json"})

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -47,19 +48,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(cmd: list[str], health: str, log: Path) -> subprocess.Popen:
-    import httpx
-
-    env = {**os.environ, "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}  # no telemetry calls
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+def start(cmd: list[str], health: str, log: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a server (``cmd``) and wait until ``health`` answers 200; its output goes to ``log`` (or nowhere)."""
+    env = {**(os.environ if env is None else env), "DO_NOT_TRACK": "1",
+           "INFINITY_ANONYMOUS_USAGE_STATS": "0"}  # no telemetry calls
+    out = log.open("w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{cmd[0]} exited: see {log}")
+            raise RuntimeError(f"{cmd[0]} exited" + (f": see {log}" if log else ""))
         try:
-            if httpx.get(health, timeout=5).status_code == 200:
-                return proc
-        except httpx.TransportError:
+            with urllib.request.urlopen(health, timeout=5) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:  # refused while starting, 503 while loading
             pass
         time.sleep(0.5)
     proc.kill()

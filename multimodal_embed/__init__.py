@@ -28,6 +28,7 @@ from .errors import (
     ModelNotFoundError,
     MultimodalEmbedError,
     NotAModelFolderError,
+    ServingError,
 )
 
 __version__ = "0.1.0"
@@ -53,6 +54,7 @@ __all__ = [
     "ModelSpec",
     "MultimodalEmbedError",
     "NotAModelFolderError",
+    "ServingError",
     "ZeroShotClassifier",
     "__version__",
     "list_models",

@@ -68,3 +68,7 @@ class IndexAccessError(MultimodalEmbedError, OSError):
 
 class HubUnreachableError(ModelNotFoundError):
     """A model is not cached and the Hugging Face hub cannot be reached (the message says what to run)."""
+
+
+class ServingError(MultimodalEmbedError, RuntimeError):
+    """The server could not start or stopped on its own (its cause in the message)."""

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,8 @@ import pytest
 from multimodal_embed.defaults import BUILTIN_MODEL, PREFERRED_MODEL, choose_model, configured_model
 from multimodal_embed.errors import ConfigError
 from multimodal_embed.registry import lookup
+
+from .serving.process import start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 GALLERY = ROOT / "multimodal_embed" / "demo_assets"
@@ -219,22 +220,8 @@ def test_search_through_a_running_server_equals_the_local_search(tmp_path, photo
     env = _env(tmp_path)
     index = tmp_path / "p.mmindex"
     assert _mmembed(tmp_path, "index", "--model", BUILTIN_MODEL, str(index), str(photos), "-q").returncode == 0
-    port = _closed_port()
-    log = open(tmp_path / "serve.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
-    server = subprocess.Popen([sys.executable, "-m", "multimodal_embed.cli", "serve", "--index", str(index),
-                               "--port", str(port)], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server("--index", str(index), env=env, cwd=tmp_path, wait_s=240)
     try:
-        deadline = time.time() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.5)
         for query in ("a cup of coffee", str(photos / "horse.jpg")):
             remote = _mmembed(tmp_path, "search", "--server", url, query, "-k", "3", "--json")
             local = _mmembed(tmp_path, "search", str(index), query, "-k", "3", "--json")
@@ -247,9 +234,7 @@ def test_search_through_a_running_server_equals_the_local_search(tmp_path, photo
         missing = _mmembed(tmp_path, "search", "--server", url, "./missing.jpg")
         assert missing.returncode == 4 and "no such file" in missing.stderr
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-        log.close()
+        stop_server(server)
 
 
 # -- the README's Tour runs offline as pasted and prints what it shows -----------------------------------------

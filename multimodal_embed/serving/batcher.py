@@ -6,7 +6,8 @@ the batch on the model's own thread, so accepting requests, ``/health`` and ``/m
 pass. While a batch runs, new work queues up and forms the next batch. A batch calls the public
 :meth:`~multimodal_embed.Embedder.embed_text` once per (task, dimensions, truncation) group and
 :meth:`~multimodal_embed.Embedder.embed_images_with_errors` once for its images, so every answer is what those verbs
-give on the same input, whatever it was batched with (rows differ only by padding, <= 1e-6).
+give on the same input, whatever it was batched with (text batches run packed, so neighbours add no padding;
+rows differ by fp32 rounding only, <= 1e-6).
 """
 
 from __future__ import annotations
@@ -78,7 +79,19 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mmembed-model-{name}")
         self._closing = False
-        self.queued_items = 0
+        self._queued_tokens = self._queued_texts = self._queued_images = 0  # running totals of the queue
+
+    @property
+    def queued_items(self) -> int:
+        """Texts and images waiting (not yet in a running batch)."""
+        return self._queued_texts + self._queued_images
+
+    def _account(self, work: Work, sign: int) -> None:
+        if work.kind == "text":
+            self._queued_tokens += sign * work.cost
+            self._queued_texts += sign * len(work.items)
+        else:
+            self._queued_images += sign * len(work.items)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -112,7 +125,7 @@ class Batcher:
             raise QueueFullError(f"model {self.name!r} has {self.queued_items} items queued (limit {self.max_queue})")
         work.future = asyncio.get_running_loop().create_future()
         self._queue.append(work)
-        self.queued_items += len(work.items)
+        self._account(work, +1)
         self._wake.set()
         return work.future
 
@@ -125,7 +138,7 @@ class Batcher:
             self._queue.remove(work)
         except ValueError:
             return  # already taken into a batch: it finishes, and its answer is dropped
-        self.queued_items -= len(work.items)
+        self._account(work, -1)
         if work.future is not None and not work.future.done():
             work.future.cancel()
 
@@ -143,7 +156,7 @@ class Batcher:
             if not fits:
                 break
             self._queue.popleft()
-            self.queued_items -= len(work.items)
+            self._account(work, -1)
             if work.kind == "text":
                 tokens, texts = tokens + work.cost, texts + len(work.items)
             else:
@@ -152,10 +165,8 @@ class Batcher:
         return batch
 
     def _budget_full(self) -> bool:
-        tokens = sum(w.cost for w in self._queue if w.kind == "text")
-        n_texts = sum(len(w.items) for w in self._queue if w.kind == "text")
-        n_images = sum(len(w.items) for w in self._queue if w.kind == "image")
-        return tokens >= self.max_batch_tokens or n_texts >= self.max_batch_texts or n_images >= self.max_batch_images
+        return (self._queued_tokens >= self.max_batch_tokens or self._queued_texts >= self.max_batch_texts
+                or self._queued_images >= self.max_batch_images)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,47 +13,14 @@ import numpy as np
 import pytest
 
 from .conftest import httpx
+from .process import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(*args: str, env: dict[str, str] | None = None, wait_s: float = 120) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "multimodal_embed.cli", "serve", "--port", str(port), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + wait_s
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    rc, err = stop(proc)  # never leave a server (or its Ray cluster) behind
-    raise AssertionError(f"the server did not become healthy in {wait_s:g} s (rc {rc}): {err[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> tuple[int, str]:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return proc.returncode, err
-
-
 def test_cli_served_name_api_key_from_env_and_sigterm_drain(builtin):
-    proc, url = start("--served-name", "mini", "--host", "0.0.0.0", env={"MMEMBED_API_KEY": "k1"})
+    proc, url = start_server("--served-name", "mini", "--host", "0.0.0.0",
+                             env={**os.environ, "MMEMBED_API_KEY": "k1"})
     key = {"Authorization": "Bearer k1"}
     try:
         assert httpx.get(f"{url}/v1/models").status_code == 401
@@ -86,8 +52,8 @@ def test_cli_served_name_api_key_from_env_and_sigterm_drain(builtin):
 
 
 def test_cli_warns_when_bound_beyond_loopback_without_a_key():
-    proc, _ = start("--host", "0.0.0.0")
-    rc, err = stop(proc)
+    proc, _ = start_server("--host", "0.0.0.0")
+    rc, err = stop_server(proc)
     assert rc == 0 and "without an API key" in err
 
 
@@ -102,7 +68,8 @@ def test_ray_serve_two_replicas_answer_the_same(builtin, stamps):
     pytest.importorskip("ray.serve", reason="pip install 'ray[serve]'")
     from .conftest import data_uri
 
-    proc, url = start("--ray", "--replicas", "2", env={"RAY_USAGE_STATS_ENABLED": "0"}, wait_s=300)
+    proc, url = start_server("--ray", "--replicas", "2", env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+                             wait_s=300)
     try:
         texts = ["a cat", "a dog on a beach"]
         got = [httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=60) for _ in range(4)]
@@ -118,5 +85,5 @@ def test_ray_serve_two_replicas_answer_the_same(builtin, stamps):
         pids = {httpx.get(f"{url}/health", timeout=30).json()["pid"] for _ in range(12)}
         assert len(pids) == 2, pids
     finally:
-        rc, err = stop(proc)
-    assert rc == 0, err[-2000:]
+        rc, err = stop_server(proc)
+    assert rc == 0, (rc, err[-2000:])
