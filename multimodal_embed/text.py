@@ -23,6 +23,7 @@ from .batching import plan_batches
 from .encoders import Scoring, as_batch, matryoshka_size
 from .errors import InputTypeError, InvalidInputError
 from .models.nomic_bert import NomicBertConfig, NomicBertModel, convert_state_dict, load_converted
+from .models.packing import segment_sum
 from .utils import (
     ModelHolder,
     check_batch_size,
@@ -107,11 +108,8 @@ class TokenTextEncoder(ModelHolder):
 
     def _pool_packed(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """:meth:`_pool` of packed states ``(T, D)``: mean over each sequence's tokens."""
-        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-        seq = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths,
-                                      output_size=hidden.shape[0])
-        total = hidden.new_zeros(len(lengths), hidden.shape[1], dtype=torch.float32)
-        return total.index_add_(0, seq, hidden.float()) / lengths[:, None].clamp(min=1).float()
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).clamp(min=1)
+        return segment_sum(hidden.float(), cu_seqlens) / lengths[:, None].float()
 
     @property
     def packed(self) -> bool:
