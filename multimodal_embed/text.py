@@ -23,7 +23,7 @@ from .batching import plan_batches
 from .encoders import Scoring, as_batch, matryoshka_size
 from .errors import InputTypeError, InvalidInputError
 from .models.nomic_bert import NomicBertConfig, NomicBertModel, convert_state_dict, load_converted
-from .models.packing import segment_sum
+from .models.packing import segment_reduce
 from .utils import (
     ModelHolder,
     check_batch_size,
@@ -109,7 +109,7 @@ class TokenTextEncoder(ModelHolder):
     def _pool_packed(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """:meth:`_pool` of packed states ``(T, D)``: mean over each sequence's tokens."""
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).clamp(min=1)
-        return segment_sum(hidden.float(), cu_seqlens) / lengths[:, None].float()
+        return segment_reduce(hidden.float(), cu_seqlens) / lengths[:, None].float()
 
     @property
     def packed(self) -> bool:
@@ -264,7 +264,7 @@ class NomicTextEncoder(TokenTextEncoder):
         ``matryoshka`` selects the v1.5 recipe; ``None`` infers it from the model name (``...-v1.5``).
         ``rotary_scaling_factor`` enables dynamic-NTK scaling past 2048 tokens (the model cards use 2);
         the config's own value wins when it sets one. ``None`` keeps the config's value.
-        ``unpadded=False`` runs each batch right-padded instead of packed (no compute on padding; the default).
+        ``unpadded=False`` runs each batch right-padded instead of packed (the default: no compute on padding).
         """
         folder = Path(folder)
         raw = read_json(folder / "config.json")
@@ -380,9 +380,5 @@ class SentenceTransformerTextEncoder(TokenTextEncoder):
         if self.pooling == "cls_token":
             return hidden[cu_seqlens[:-1]].float()
         if self.pooling == "max_tokens":
-            lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-            seq = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths,
-                                          output_size=hidden.shape[0])
-            out = hidden.new_full((len(lengths), hidden.shape[1]), float("-inf"), dtype=torch.float32)
-            return out.scatter_reduce_(0, seq[:, None].expand(-1, hidden.shape[1]), hidden.float(), "amax")
+            return segment_reduce(hidden.float(), cu_seqlens, "amax")
         return super()._pool_packed(hidden, cu_seqlens)

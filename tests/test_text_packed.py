@@ -7,7 +7,7 @@ import torch
 
 from multimodal_embed.batching import plan_batches
 from multimodal_embed.models.bert import BertConfig, BertModel
-from multimodal_embed.models.packing import Packing, packed_attention, segment_sum
+from multimodal_embed.models.packing import Packing, packed_attention, segment_reduce
 from multimodal_embed.text import SentenceTransformerTextEncoder
 
 TEXTS = ["a frog", "a frog on a log", "the frog", "a red fox jumps", "word " * 40, "", "tiny", "x y",
@@ -109,7 +109,7 @@ def test_models_without_forward_packed_run_padded(minilm_dir):
     torch.testing.assert_close(enc.encode(TEXTS), want, atol=2e-6, rtol=0)
 
 
-def test_segment_sum_is_as_accurate_as_a_padded_sum():
+def test_segment_reduce_is_as_accurate_as_a_padded_sum():
     """Mean pooling of thousands of tokens: the packed sum keeps the padded sum's accuracy (index_add_, which
     accumulates row by row, was ~20x off: 4e-6 on 8192 rows)."""
     torch.manual_seed(0)
@@ -117,8 +117,10 @@ def test_segment_sum_is_as_accurate_as_a_padded_sum():
     x = torch.randn(sum(lengths), 64, dtype=torch.float64) * 2 + 1
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
     exact = torch.stack([x[s:e].sum(0) for s, e in zip(cu[:-1].tolist(), cu[1:].tolist())])
-    got = segment_sum(x.float(), cu).double()
+    got = segment_reduce(x.float(), cu).double()
     assert float(((got - exact) / torch.tensor(lengths)[:, None]).abs().max()) <= 1e-6
+    highest = torch.stack([x[s:e].amax(0) for s, e in zip(cu[:-1].tolist(), cu[1:].tolist())])
+    assert torch.equal(segment_reduce(x, cu, "amax"), highest)  # max pooling: exact
 
 
 @pytest.mark.parametrize("long_text", ["truncate", "mean"])

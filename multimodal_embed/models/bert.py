@@ -87,21 +87,15 @@ class _SelfAttention(nn.Module):
         self.value = nn.Linear(c.hidden_size, c.hidden_size)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing | None) -> torch.Tensor:
-        if isinstance(mask, Packing):  # x: (T, D) packed tokens
-            t, d = x.shape
-
-            def heads(y: torch.Tensor) -> torch.Tensor:
-                return y.view(t, self.heads, d // self.heads)
-
-            return packed_attention(heads(self.query(x)), heads(self.key(x)), heads(self.value(x)), mask).reshape(t, d)
-        b, n, d = x.shape
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)),
-                                             attn_mask=mask)
-        return out.transpose(1, 2).reshape(b, n, d)
+        """``x``: ``(B, L, D)`` with a key mask, or ``(T, D)`` packed tokens with their :class:`Packing`."""
+        *lead, d = x.shape
+        q, k, v = (lin(x).view(*lead, self.heads, d // self.heads) for lin in (self.query, self.key, self.value))
+        if isinstance(mask, Packing):
+            out = packed_attention(q, k, v, mask)
+        else:  # (B, L, H, Dh) -> (B, H, L, Dh) and back
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 attn_mask=mask).transpose(1, 2)
+        return out.reshape(*lead, d)
 
 
 class _Attention(nn.Module):

@@ -13,7 +13,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Packing", "equal_length_runs", "packed_attention", "segment_sum"]
+__all__ = ["Packing", "equal_length_runs", "packed_attention", "segment_reduce"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +56,20 @@ def equal_length_runs(lengths: list[int]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def segment_sum(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """Per-sequence sums ``(B, D)`` of packed rows ``x`` ``(T, D)``: one ``sum`` per run of equal-length sequences,
-    as accurate as summing the padded batch (``index_add_`` accumulates row by row: ~20x the rounding error over
-    thousands of tokens)."""
+def _run(t: torch.Tensor, start: int, count: int, n: int) -> torch.Tensor:
+    """The ``count`` sequences of length ``n`` packed from row ``start`` of ``t``, as ``(count, n, ...)``."""
+    return t[start:start + count * n].view(count, n, *t.shape[1:])
+
+
+def segment_reduce(x: torch.Tensor, cu_seqlens: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Per-sequence ``sum`` or ``amax`` ``(B, D)`` of packed rows ``x`` ``(T, D)``: one reduction per run of
+    equal-length sequences, as accurate as reducing the padded batch (``index_add_`` accumulates row by row: ~20x
+    the rounding error of a sum over thousands of tokens)."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     out = x.new_empty(len(lengths), x.shape[1])
     row = 0
     for start, count, n in equal_length_runs(lengths):
-        out[row:row + count] = x[start:start + count * n].view(count, n, x.shape[1]).sum(1)
+        out[row:row + count] = getattr(_run(x, start, count, n), op)(1)
         row += count
     return out
 
@@ -76,13 +81,8 @@ def _attention_by_runs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packin
     """One unmasked SDPA per run of equal-length sequences: no padding at all (CPU, where a call is cheap)."""
     out = torch.empty_like(q)
     for start, count, n in packing.runs:
-        end = start + count * n
-
-        def heads(t: torch.Tensor, start: int = start, end: int = end, count: int = count, n: int = n):
-            return t[start:end].view(count, n, *t.shape[1:]).transpose(1, 2)  # (count, H, n, Dh)
-
-        out[start:end] = F.scaled_dot_product_attention(heads(q), heads(k), heads(v)).transpose(1, 2).reshape(
-            count * n, *q.shape[1:])
+        q_, k_, v_ = (_run(t, start, count, n).transpose(1, 2) for t in (q, k, v))  # (count, H, n, Dh)
+        _run(out, start, count, n).copy_(F.scaled_dot_product_attention(q_, k_, v_).transpose(1, 2))
     return out
 
 

@@ -71,19 +71,17 @@ def run_on_ray(config: ServeConfig, *, host: str, port: int, replicas: int, addr
         theirs.close()
         error = None
         while child.is_alive() and not stop.is_set():
-            if ours.poll(0.2):
+            if ours.poll(0.2):  # the child only ever sends its error, or closes the pipe by exiting
                 try:
-                    kind, message = ours.recv()
+                    error = ours.recv()
                 except EOFError:
-                    break
-                if kind == "error":
-                    error = message
-                    break
+                    pass
+                break
         if not stop.is_set() and error is None:  # ended on its own
             child.join(5)
             error = f"the Ray driver process exited ({child.exitcode})"
         try:
-            ours.send(("stop", None))
+            ours.send("stop")
         except OSError:
             pass  # already gone
         child.join(120)
@@ -101,7 +99,8 @@ def run_on_ray(config: ServeConfig, *, host: str, port: int, replicas: int, addr
 
 
 def _ray_driver(config: ServeConfig, host: str, port: int, replicas: int, address: str | None, conn: Any) -> None:
-    """In the child: start Ray and Serve, say "ready", wait for "stop" (or the parent's end), shut down."""
+    """In the child: start Ray and Serve, wait for "stop" (or the parent's end), shut down; an error goes to the
+    parent as one line."""
     os.setsid()  # a terminal's Ctrl+C reaches the parent, which stops this process in order
     for key, value in _SERVE_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -116,13 +115,12 @@ def _ray_driver(config: ServeConfig, host: str, port: int, replicas: int, addres
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_deployment(config, replicas=replicas), name="multimodal-embed", route_prefix="/")
         logger.warning("mmembed serve --ray: http://%s:%d/v1 on %d replicas", host, port, replicas)
-        conn.send(("ready", None))
         conn.recv()
     except EOFError:
         pass  # the parent is gone: shut down
     except Exception as exc:  # noqa: BLE001 - reported by the parent as a one-line error
         try:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            conn.send(f"{type(exc).__name__}: {exc}")
         except OSError:
             pass
     finally:
