@@ -308,10 +308,16 @@ def _server_query(query: str) -> Any:
         return query
     if kind == "url":
         return {"type": "image_url", "image_url": {"url": query}}
+    from .imagefiles import open_regular
+    from .images import URL_MAX_BYTES
+
     path = os.path.expanduser(query)
     mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
-    with open(path, "rb") as fh:
-        data = base64.b64encode(fh.read()).decode("ascii")
+    with open_regular(path) as fh:  # a regular file only (never a FIFO or /dev/zero), read to the loader's cap
+        raw = fh.read(URL_MAX_BYTES + 1)
+    if len(raw) > URL_MAX_BYTES:
+        raise InvalidInputError(f"{printable(query)}: over {URL_MAX_BYTES} bytes, the most an image query may be")
+    data = base64.b64encode(raw).decode("ascii")
     return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}
 
 

@@ -203,6 +203,26 @@ def test_search_arguments(tmp_path):
     assert main(["search", "--server", "http://127.0.0.1:1", "2:dog + cat"]) == EXIT_USAGE
 
 
+def test_server_image_query_is_read_bounded_and_from_a_regular_file_only(tmp_path, capsys):
+    """The query image is read here and sent as a data URI: a FIFO is refused at once, a file over the loader's cap
+    before it is read whole, and both before any connection (the port is closed)."""
+    from multimodal_embed.cli import EXIT_ERROR, main
+    from multimodal_embed.images import URL_MAX_BYTES
+
+    server = f"http://127.0.0.1:{_closed_port()}"
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    assert main(["search", "--server", server, str(fifo)]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "pipe.jpg" in err and "cannot reach" not in err
+    big = tmp_path / "big.jpg"
+    with open(big, "wb") as fh:
+        fh.truncate(URL_MAX_BYTES + 1)  # sparse: no disk used
+    assert main(["search", "--server", server, str(big)]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "big.jpg" in err and f"over {URL_MAX_BYTES} bytes" in err and "cannot reach" not in err
+
+
 def test_search_server_that_is_not_running_is_one_line(tmp_path, capsys):
     from multimodal_embed.cli import EXIT_ERROR, main
 
