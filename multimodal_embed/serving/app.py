@@ -31,7 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..encoders import truncate_unit
 from ..errors import MultimodalEmbedError
 from .batcher import Batcher, BatcherClosedError, ImageResult, QueueFullError, TextResult, Work
-from .inputs import Item, Limits, parse_input
+from .body import CLOSE, check_json_size, declares_body, read_body
+from .inputs import Item, Limits, parse_input, text_item
 from .metrics import Metrics
 from .schemas import ApiError, ClassifyRequest, EmbeddingsRequest, SearchRequest
 
@@ -41,6 +42,8 @@ BUILTIN_MODEL = "minilm-efficientnet-lite0"
 TASKS = ("search_query", "search_document", "clustering", "classification")
 INLINE_TOKENIZE_CHARS = 20_000  # request texts up to this size are counted on the event loop (well under 1 ms)
 ROUTES = ("/v1/embeddings", "/v1/search", "/v1/classify", "/v1/models", "/health", "/metrics")
+INLINE_SCAN_BYTES = 1 << 20  # bodies up to this size have their JSON values counted on the event loop
+KEYLESS = ("/health",)  # answered without the API key, so they take no body
 
 
 @dataclass
@@ -69,6 +72,9 @@ class ServeConfig:
     allow_url_fetch: bool = False
     truncate: bool = False  # cut over-long texts instead of refusing them
     max_body_bytes: int = 32 * 1024 * 1024
+    max_json_values: int = 100_000  # JSON values and keys parsed per request (each costs 50-100 bytes as Python)
+    body_idle_s: float = 10.0  # a body that sends no byte for this long is refused (408) and its connection closed
+    body_timeout_s: float = 60.0  # the whole body must arrive within this long of the request's start (408)
     max_items: int = 2048
     max_images: int = 64
     max_image_bytes: int = 20 * 1024 * 1024
@@ -224,11 +230,17 @@ class ServerState:
         for w in works:
             batcher.cancel(w)
         gathered.cancel()
+        gathered.add_done_callback(_quiet)  # its CancelledError is expected: retrieve it, so nothing is logged
         self.metrics.cancelled.labels(served.name, reason).inc()
         if reason == "disconnect":
             raise ApiError(499, "the client closed the connection", code="client_closed")
         raise ApiError(503, f"the request did not finish within {self.config.request_timeout_s:g} s",
                        type_="server_error", code="deadline_exceeded", headers={"Retry-After": "1"})
+
+
+def _quiet(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def _client_gone(request: Request) -> None:
@@ -254,7 +266,8 @@ def _task(req: EmbeddingsRequest, emb: Any) -> str | None:
     return task if task is not None else "search_document"
 
 
-def _check_texts(items: list[Item]) -> None:
+def _check_texts(items: list[Item], param: str = "input") -> None:
+    """The library's text check per item, the error naming ``param[i]`` (or ``param`` for a lone query)."""
     from ..text import check_texts
 
     for i, it in enumerate(items):
@@ -262,7 +275,8 @@ def _check_texts(items: list[Item]) -> None:
             try:
                 check_texts([it.value])
             except MultimodalEmbedError as exc:
-                raise ApiError(400, f"input[{i}]: {str(exc).removeprefix('texts[0] ')}", param=f"input[{i}]",
+                where = f"{param}[{i}]" if param == "input" else param
+                raise ApiError(400, f"{where}: {str(exc).removeprefix('texts[0] ')}", param=where,
                                code="invalid_input") from None
 
 
@@ -286,8 +300,9 @@ def _error_response(exc: ApiError) -> JSONResponse:
 
 # -- middleware ----------------------------------------------------------------------------------------------
 class _Guard:
-    """Pure ASGI middleware: draining (503), the in-flight cap (429), the API key (401), the body cap (413, the
-    body read at most once and never past the cap), and the request metrics. Every refusal is OpenAI-shaped."""
+    """Pure ASGI middleware: draining (503), the in-flight cap (429), the API key (401), the body (read only after
+    those checks, bounded in bytes, time and JSON values by :mod:`.body`; a route that takes none refuses one
+    unread), and the request metrics. Every refusal is OpenAI-shaped."""
 
     def __init__(self, app: Any, state: ServerState) -> None:
         self.app = app
@@ -309,74 +324,68 @@ class _Guard:
                 status_box["status"] = message["status"]
             await send(message)
 
-        start = time.perf_counter()
+        start, began = time.perf_counter(), time.monotonic()
         try:
-            refusal = self._refusal(scope, path)
+            headers = dict(scope.get("headers") or [])
+            refusal = self._refusal(scope, path, headers)
             if refusal is not None:
                 await _error_response(refusal)(scope, receive, send_counted)
                 return
             state.inflight += 1
             try:
-                body = await self._read_body(scope, receive)
-                if isinstance(body, ApiError):
-                    await _error_response(body)(scope, receive, send_counted)
-                    return
-                if scope.get("method") == "POST":  # the body is JSON whatever the client labelled it (curl -d)
+                takes_body = scope.get("method") == "POST" and path not in KEYLESS
+                if takes_body:
+                    cfg = state.config
+                    try:
+                        body = await read_body(receive, headers, cap=cfg.max_body_bytes, idle_s=cfg.body_idle_s,
+                                               budget_s=cfg.body_timeout_s, started=began)
+                        if len(body) > INLINE_SCAN_BYTES:  # a scan of many MB takes 0.1-0.5 s: not on the loop
+                            await asyncio.to_thread(check_json_size, body, cfg.max_json_values)
+                        else:
+                            check_json_size(body, cfg.max_json_values)
+                    except ApiError as exc:
+                        await _error_response(exc)(scope, receive, send_counted)
+                        return
+                    # the body is JSON whatever the client labelled it (curl -d)
                     scope = dict(scope, headers=[(k, v) for k, v in scope.get("headers") or []
                                                  if k != b"content-type"] + [(b"content-type", b"application/json")])
-                replayed = False
+                    replayed = False
 
-                async def replay() -> dict:
-                    nonlocal replayed
-                    if not replayed:
-                        replayed = True
-                        return {"type": "http.request", "body": body, "more_body": False}
-                    return await receive()
+                    async def replay() -> dict:
+                        nonlocal replayed
+                        if not replayed:
+                            replayed = True
+                            return {"type": "http.request", "body": body, "more_body": False}
+                        return await receive()
 
-                await self.app(scope, replay, send_counted)
+                    await self.app(scope, replay, send_counted)
+                else:
+                    await self.app(scope, receive, send_counted)
             finally:
                 state.inflight -= 1
         finally:
             state.metrics.requests.labels(route, str(status_box["status"])).inc()
             state.metrics.latency.labels(route).observe(time.perf_counter() - start)
 
-    def _refusal(self, scope: dict, path: str) -> ApiError | None:
+    def _refusal(self, scope: dict, path: str, headers: dict[bytes, bytes]) -> ApiError | None:
         state = self.state
-        if path == "/health":
-            return None
+        if path in KEYLESS or scope.get("method") != "POST":
+            if declares_body(headers):  # never read: a keyless route would let anyone hold memory and a slot
+                return ApiError(400, f"{scope.get('method')} {path} takes no request body", code="body_not_allowed",
+                                headers=CLOSE)
+            if path in KEYLESS:
+                return None
         if self.key is not None:
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.key):
                 return ApiError(401, "a valid API key is required: send 'Authorization: Bearer <key>'",
-                                code="invalid_api_key")
+                                code="invalid_api_key", headers=CLOSE if declares_body(headers) else None)
         if state.draining:
             return ApiError(503, "the server is shutting down", type_="server_error", code="draining")
         if state.inflight >= state.config.max_inflight:
             return ApiError(429, f"the server is handling {state.inflight} requests already; retry later",
                             type_="rate_limit_error", code="too_many_requests", headers={"Retry-After": "1"})
         return None
-
-    async def _read_body(self, scope: dict, receive: Any) -> bytes | ApiError:
-        cap = self.state.config.max_body_bytes
-        too_big = ApiError(413, f"the request body is larger than {cap} bytes", code="body_too_large")
-        headers = dict(scope.get("headers") or [])
-        try:
-            if int(headers.get(b"content-length", b"0")) > cap:
-                return too_big
-        except ValueError:
-            return ApiError(400, "bad Content-Length header")
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return ApiError(499, "the client closed the connection", code="client_closed")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > cap:
-                return too_big
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
 
 
 # -- the app -------------------------------------------------------------------------------------------------
@@ -417,6 +426,10 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
         message = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             message, param = "the request body is not valid JSON", None
+        elif first.get("type") == "extra_forbidden":  # as OpenAI: a misspelt field is named, never ignored
+            known = sorted(f for f in _fields(request) if f != param)
+            return _error_response(ApiError(400, f"unknown field {param!r}; this route takes {known}", param=param,
+                                            code="unknown_field"))
         return _error_response(ApiError(400, f"{param + ': ' if param else ''}{message}", param=param))
 
     @app.exception_handler(StarletteHTTPException)
@@ -498,13 +511,13 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
         emb = served.embedder
         q = req.query
         if isinstance(q, str):
-            item = Item("text", q)
+            item = text_item(q, "query")
         elif isinstance(q, dict):
             item = parse_input([q], modality=None, limits=state.limits, param="query")[0]
         else:
             raise ApiError(400, "query must be a text or an image_url content part", param="query")
         if item.kind == "text":
-            _check_texts([item])
+            _check_texts([item], param="query")
             n = (await asyncio.to_thread(emb.count_tokens, [item.value], emb.query_task))[0]
             work = Work("text", [item.value], cost=min(n, emb.max_text_length or n), options=(emb.query_task, None,
                                                                                               "truncate"))
@@ -573,6 +586,13 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
 
     app.add_middleware(_Guard, state=state)
     return app
+
+
+def _fields(request: Request) -> list[str]:
+    """The body fields the request's route takes (from its pydantic model)."""
+    route = request.scope.get("route")
+    body = getattr(getattr(route, "body_field", None), "type_", None)
+    return list(getattr(body, "model_fields", {}))
 
 
 def _search(index: Any, vector: np.ndarray, req: SearchRequest) -> list[dict[str, Any]]:

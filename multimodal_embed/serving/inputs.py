@@ -68,13 +68,20 @@ def decode_image(value: Any, param: str, limits: Limits) -> Item:
                "URLs are never read", param)
 
 
+def text_item(value: str, param: str) -> Item:
+    """A text item; an empty string is refused, as OpenAI does (it has nothing to embed)."""
+    if not value:
+        raise _bad(f"{param}: a text cannot be an empty string", param)
+    return Item("text", value)
+
+
 def _part(part: dict[str, Any], param: str, limits: Limits) -> Item:
     kind = part.get("type")
     if kind == "text":
         text = part.get("text")
         if not isinstance(text, str):
             raise _bad(f"{param}: a text part needs a string 'text'", param)
-        return Item("text", text)
+        return text_item(text, param)
     if kind in ("image_url", "image"):
         url = part.get("image_url", part.get("image"))
         if isinstance(url, dict):
@@ -102,7 +109,7 @@ def parse_input(value: Any, *, modality: str | None, limits: Limits, param: str 
     for i, v in enumerate(value):
         where = f"{param}[{i}]"
         if isinstance(v, str):
-            items.append(decode_image(v, where, limits) if modality == "image" else Item("text", v))
+            items.append(decode_image(v, where, limits) if modality == "image" else text_item(v, where))
         elif isinstance(v, dict):
             items.append(_part(v, where, limits))
         else:

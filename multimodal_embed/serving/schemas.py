@@ -29,7 +29,9 @@ class ApiError(Exception):
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (``user``)
+    """Every request body: an unknown field is refused with 400 naming it (as OpenAI does), never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class EmbeddingsRequest(_Request):
@@ -58,7 +60,8 @@ class SearchRequest(_Request):
     model: str | None = None
     top_k: int = Field(default=10, ge=1, le=1000)
     filter: str | None = Field(default=None, max_length=1024, description="glob on the stored path")
-    min_score: float | None = None
+    min_score: float | None = Field(default=None, ge=-1.0, le=1.0, allow_inf_nan=False,
+                                    description="the lowest cosine score returned, in [-1, 1]")
 
 
 class ClassifyRequest(_Request):
