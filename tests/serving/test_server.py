@@ -59,7 +59,7 @@ def assert_error(resp: httpx.Response, status: int, param: str | None = None, co
     return body["error"]
 
 
-TEXTS = ["a red bicycle", " ", "what is TSNE?", "x " * 40]  # (an empty string is refused: see test_limits)
+TEXTS = ["a red bicycle", " ", "what is TSNE?", "x " * 40]  # (an empty string is refused: see test_empty_texts_...)
 
 
 # -- the OpenAI contract ---------------------------------------------------------------------------------------
@@ -163,6 +163,43 @@ def test_every_bad_request_is_a_4xx_in_the_openai_shape_and_the_next_good_one_wo
     # still serving
     np.testing.assert_allclose(vectors(post(url, e, {"model": "nomic", "input": ["fine"]})),
                                nomic.embed_text(["fine"]), atol=TOL)
+
+
+def test_unknown_fields_are_refused_naming_the_field_on_every_route(url, stamps):
+    image = data_uri(stamps[0], "image/png")
+    for route, body, field in (
+            ("/v1/embeddings", {"model": "nomic", "input": "a", "inptu_type": "query"}, "inptu_type"),
+            ("/v1/embeddings", {"input": "a", "dimension": 32}, "dimension"),
+            ("/v1/search", {"query": "a penguin", "k": 3}, "k"),
+            ("/v1/search", {"query": "a penguin", "min-score": 0.2}, "min-score"),
+            ("/v1/classify", {"model": "nomic", "images": [image], "labels": ["a", "b"], "topk": 1}, "topk")):
+        err = assert_error(post(url, route, body), 400, field, "unknown_field")
+        assert repr(field) in err["message"], err
+    # the fields OpenAI's client sends are all known
+    assert post(url, "/v1/embeddings", {"model": "nomic", "input": "a", "user": "u1", "encoding_format": "float",
+                                        "dimensions": 32}).status_code == 200
+
+
+def test_empty_texts_are_refused_as_openai_does(url):
+    e = "/v1/embeddings"
+    err = assert_error(post(url, e, {"model": "nomic", "input": ""}), 400, "input[0]", "invalid_input")
+    assert "empty" in err["message"]
+    assert_error(post(url, e, {"model": "nomic", "input": ["fine", "", "also fine"]}), 400, "input[1]")
+    assert_error(post(url, e, {"model": "builtin", "input": [{"type": "text", "text": ""}]}), 400, "input[0]")
+    assert_error(post(url, "/v1/search", {"query": ""}), 400, "query")
+    assert post(url, e, {"model": "nomic", "input": [" "]}).status_code == 200  # blank is a text, empty is none
+
+
+def test_search_errors_name_the_query_and_min_score_is_a_cosine(url):
+    lone = b'{"query": "\\ud800 lone"}'  # a JSON escape Python decodes to a lone surrogate
+    err = assert_error(httpx.post(f"{url}/v1/search", content=lone, timeout=10), 400, "query")
+    assert "input" not in err["message"]
+    for bad in ("NaN", "Infinity", "-Infinity", "1.5", "-1.01", "1e309"):
+        body = b'{"query": "a penguin", "min_score": %s}' % bad.encode()
+        assert_error(httpx.post(f"{url}/v1/search", content=body, timeout=10), 400, "min_score")
+    hits = post(url, "/v1/search", {"query": "a penguin", "top_k": 20, "min_score": -1.0}).json()["data"]
+    assert len(hits) == 12
+    assert post(url, "/v1/search", {"query": "a penguin", "min_score": 1.0}).json()["data"] == []
 
 
 def test_over_long_texts_are_refused_unless_truncation_is_asked(url, builtin):
@@ -340,6 +377,27 @@ def test_the_deadline_drops_queued_work(url, blocked):
     assert_error(resp, 503, code="deadline_exceeded")
     assert state.models["nomic"].batcher.queued_items == 0
     assert _metric(url, "mmembed_cancelled_work_total", model="nomic", reason="deadline") >= 1
+
+
+def test_cancelled_requests_log_no_never_retrieved_error(url, blocked, caplog):
+    import gc
+    import logging
+
+    state, _ = blocked
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        old, state.config.request_timeout_s = state.config.request_timeout_s, 0.3
+        try:
+            assert_error(post(url, "/v1/embeddings", {"model": "nomic", "input": ["late", "later"]}), 503,
+                         code="deadline_exceeded")
+        finally:
+            state.config.request_timeout_s = old
+        with pytest.raises(httpx.TimeoutException):  # and one that goes away
+            httpx.post(f"{url}/v1/embeddings", json={"model": "nomic", "input": ["gone"]}, timeout=0.3)
+        time.sleep(0.5)
+        gc.collect()
+        time.sleep(0.1)
+    noise = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert not noise, noise
 
 
 # -- auth ----------------------------------------------------------------------------------------------------
