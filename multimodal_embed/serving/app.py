@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hmac
 import logging
 import os
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 BUILTIN_MODEL = "minilm-efficientnet-lite0"
 TASKS = ("search_query", "search_document", "clustering", "classification")
+LABEL_CACHE = 8192  # zero-shot label embeddings kept per server (LRU)
 INLINE_TOKENIZE_CHARS = 20_000  # request texts up to this size are counted on the event loop (well under 1 ms)
 ROUTES = ("/v1/embeddings", "/v1/search", "/v1/classify", "/v1/models", "/health", "/metrics")
 INLINE_SCAN_BYTES = 1 << 20  # bodies up to this size have their JSON values counted on the event loop
@@ -121,7 +123,8 @@ class ServerState:
         self.created = int(time.time())
         self.index: Any = None
         self.index_executor: ThreadPoolExecutor | None = None
-        self.classifiers: OrderedDict[tuple, Any] = OrderedDict()
+        self.classifiers: OrderedDict[tuple, Any] = OrderedDict()  # (model, labels, templates) -> classifier
+        self.label_vectors: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (model, templates, label) -> vector
         self.health_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmembed-health")
         self.health_lock = asyncio.Lock()
         self.health_cache: tuple[float, dict[str, Any]] | None = None
@@ -463,10 +466,7 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
         tokens = 0
         if texts:
             strings = [t for _, t in texts]
-            if sum(map(len, strings)) <= INLINE_TOKENIZE_CHARS:  # a thread hop costs more than tokenizing this
-                counts = emb.count_tokens(strings, task)
-            else:
-                counts = await asyncio.to_thread(emb.count_tokens, strings, task)
+            counts = await _count_tokens(emb, strings, task)
             limit = emb.max_text_length
             truncate = state.config.truncate if req.truncate is None else req.truncate
             for (i, _), n in zip(texts, counts):
@@ -518,7 +518,7 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
             raise ApiError(400, "query must be a text or an image_url content part", param="query")
         if item.kind == "text":
             _check_texts([item], param="query")
-            n = (await asyncio.to_thread(emb.count_tokens, [item.value], emb.query_task))[0]
+            n = (await _count_tokens(emb, [item.value], emb.query_task))[0]
             work = Work("text", [item.value], cost=min(n, emb.max_text_length or n), options=(emb.query_task, None,
                                                                                               "truncate"))
         else:
@@ -550,8 +550,30 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
         except MultimodalEmbedError as exc:
             raise ApiError(400, str(exc), param="labels" if "label" in str(exc) else "templates") from None
         items = parse_input(req.images, modality="image", limits=state.limits, param="images")
-        classifier = await _classifier(state, served, tuple(labels), templates)
-        (result,) = await state.run(request, served, [Work("image", [it.value for it in items], cost=len(items))])
+        key = (served.name, tuple(labels), templates)
+        classifier = state.classifiers.get(key)
+        known: dict[str, np.ndarray] = {}  # label vectors embedded before (taken now: the LRU may drop them later)
+        new: list[str] = []
+        if classifier is None:
+            for lab in labels:
+                vec = state.label_vectors.get((served.name, templates, lab))
+                if vec is None:
+                    new.append(lab)
+                else:
+                    known[lab] = vec
+        else:
+            state.classifiers.move_to_end(key)
+        prompts = [t.format(lab) for lab in new for t in templates]
+        if len(prompts) > state.limits.max_items:
+            raise ApiError(400, f"{len(new)} labels not embedded before x {len(templates)} templates = "
+                                f"{len(prompts)} label prompts to embed; at most {state.limits.max_items} per "
+                                f"request (send fewer new labels, or fewer templates: \"simple\" or \"none\")",
+                           param="labels", code="too_many_labels")
+        label_works = await _label_works(state, emb, prompts)
+        image_work = Work("image", [it.value for it in items], cost=len(items))
+        *label_results, result = await state.run(request, served, [*label_works, image_work])
+        if classifier is None:
+            classifier = _classifier(state, served, labels, templates, known, new, label_results)
         preds = classifier.predict_embeddings(result.vectors, min(req.top_k, len(labels))) if len(result.vectors) \
             else []
         out: list[dict[str, Any]] = [{"index": i} for i in range(len(items))]
@@ -605,20 +627,62 @@ def _search(index: Any, vector: np.ndarray, req: SearchRequest) -> list[dict[str
              "height": h.height, "sha256": h.sha256} for h in hits]
 
 
-async def _classifier(state: ServerState, served: ServedModel, labels: tuple[str, ...], templates: tuple[str, ...]
-                      ) -> Any:
-    from ..zeroshot import ZeroShotClassifier
+async def _count_tokens(emb: Any, texts: list[str], task: str | None) -> list[int]:
+    if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:  # a thread hop costs more than tokenizing this
+        return emb.count_tokens(texts, task)
+    return await asyncio.to_thread(emb.count_tokens, texts, task)
 
-    key = (served.name, labels, templates)
-    if key in state.classifiers:
-        state.classifiers.move_to_end(key)
-        return state.classifiers[key]
-    clf = await served.batcher.run_in_model_thread(
-        lambda: ZeroShotClassifier(served.embedder, list(labels), list(templates), show_progress=False))
-    state.classifiers[key] = clf
+
+async def _label_works(state: ServerState, emb: Any, prompts: list[str]) -> list[Work]:
+    """Zero-shot label prompts as queued text work like any other (the query task, truncated as the library does),
+    in pieces of at most one batch, so they count against the queue, the token budget and the deadline."""
+    if not prompts:
+        return []
+    counts = await _count_tokens(emb, prompts, emb.query_task)
+    limit = emb.max_text_length
+    step = state.config.max_batch_texts
+    return [Work("text", prompts[i:i + step], cost=sum(min(n, limit or n) for n in counts[i:i + step]),
+                 options=(emb.query_task, None, "truncate")) for i in range(0, len(prompts), step)]
+
+
+def _classifier(state: ServerState, served: ServedModel, labels: list[str], templates: tuple[str, ...],
+                known: dict[str, np.ndarray], new: list[str], results: list[TextResult]) -> Any:
+    """The zero-shot classifier of ``labels``: the ``known`` label embeddings, and those of the ``new`` labels from
+    ``results`` (their queued prompts), which join the server's label cache. Both caches are LRU-bounded."""
+    from ..zeroshot import average_templates
+
+    if new:
+        per_class = average_templates(np.concatenate([r.vectors for r in results]), len(new), len(templates))
+        known.update(zip(new, per_class))
+    cache = state.label_vectors
+    for lab in labels:
+        cache[(served.name, templates, lab)] = known[lab]
+        cache.move_to_end((served.name, templates, lab))
+    while len(cache) > LABEL_CACHE:
+        cache.popitem(last=False)
+    clf = _embedded_classifier()(served.embedder, labels, templates, np.stack([known[lab] for lab in labels]))
+    state.classifiers[(served.name, tuple(labels), templates)] = clf
     while len(state.classifiers) > 16:
         state.classifiers.popitem(last=False)
     return clf
+
+
+@functools.cache
+def _embedded_classifier() -> type:
+    from ..zeroshot import ZeroShotClassifier
+
+    class EmbeddedLabels(ZeroShotClassifier):
+        """The library's classifier (its scoring, its predictions) over label embeddings computed through the
+        server's queue instead of by the classifier itself."""
+
+        def __init__(self, embedder: Any, labels: list[str], templates: tuple[str, ...], vectors: np.ndarray):
+            self._given = dict(zip(labels, vectors))
+            super().__init__(embedder, labels, list(templates), show_progress=False)
+
+        def embed_labels(self, labels: Any) -> np.ndarray:
+            return np.stack([self._given[lab] for lab in labels]).astype(np.float32)
+
+    return EmbeddedLabels
 
 
 async def _health(state: ServerState) -> JSONResponse:

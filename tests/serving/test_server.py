@@ -400,6 +400,66 @@ def test_cancelled_requests_log_no_never_retrieved_error(url, blocked, caplog):
     assert not noise, noise
 
 
+def test_classify_label_work_is_queued_with_the_deadline_and_shedding(url, blocked, stamps):
+    """New labels' prompts are queued text work: a held model makes them miss the deadline (503, dropped from the
+    queue) instead of blocking; a full queue sheds them with 429."""
+    state, release = blocked
+    batcher = state.models["nomic"].batcher
+    image = data_uri(stamps[0], "image/png")
+    body = {"model": "nomic", "images": [image], "labels": [f"a new label {i}" for i in range(6)]}  # 6 x 80 prompts
+    old, state.config.request_timeout_s = state.config.request_timeout_s, 0.5
+    try:
+        t0 = time.monotonic()
+        assert_error(post(url, "/v1/classify", body), 503, code="deadline_exceeded")
+        assert time.monotonic() - t0 < 5
+    finally:
+        state.config.request_timeout_s = old
+    assert batcher.queued_items == 0
+    saved = batcher.max_queue
+    batcher.max_queue = 100
+    try:
+        with cf.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(post, url, "/v1/embeddings", {"model": "nomic", "input": ["taken into a batch"]})
+            time.sleep(0.3)
+            queued = pool.submit(post, url, "/v1/embeddings", {"model": "nomic", "input": ["queued"]})
+            deadline = time.monotonic() + 10
+            while batcher.queued_items < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            r = post(url, "/v1/classify", body)
+            assert_error(r, 429, code="queue_full")
+            release.set()
+            assert first.result().status_code == 200 and queued.result().status_code == 200
+    finally:
+        batcher.max_queue = saved
+    r = post(url, "/v1/classify", body)  # the model is free again: the same labels are embedded and answered
+    assert r.status_code == 200, r.text
+    assert len(r.json()["data"][0]["predictions"]) == 5
+
+
+def test_classify_caps_the_label_prompts_of_a_request(nomic, stamps):
+    from multimodal_embed import ZeroShotClassifier
+    from multimodal_embed.serving import ServeConfig, create_app
+
+    image = data_uri(stamps[2], "image/png")
+    with running(create_app(ServeConfig(max_items=50), embedders={"nomic": nomic})) as base:
+        err = assert_error(post(base, "/v1/classify", {"images": [image], "labels": ["a cat"]}), 400, "labels",
+                           "too_many_labels")
+        assert "80" in err["message"]  # one label x the 80 openai-imagenet templates
+        labels = [f"thing {i}" for i in range(70)]
+        assert_error(post(base, "/v1/classify", {"images": [image], "labels": labels, "templates": "none"}), 400,
+                     "labels", "too_many_labels")
+        first = post(base, "/v1/classify", {"images": [image], "labels": labels[:40], "templates": "none"})
+        assert first.status_code == 200, first.text
+        # 40 of the 70 were embedded before: 30 new prompts fit, and the answer equals the library's
+        r = post(base, "/v1/classify", {"images": [image], "labels": labels, "templates": "none", "top_k": 3})
+        assert r.status_code == 200, r.text
+        want = ZeroShotClassifier(nomic, labels, "none").predict([stamps[2]], top_k=3)[0]
+        got = r.json()["data"][0]["predictions"]
+        assert [p["label"] for p in got] == [p.label for p in want]
+        np.testing.assert_allclose([p["probability"] for p in got], [p.probability for p in want], atol=1e-5)
+
+
 # -- auth ----------------------------------------------------------------------------------------------------
 def test_api_key(builtin):
     from multimodal_embed.serving import ServeConfig, create_app
