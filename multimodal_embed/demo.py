@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError, MultimodalEmbedError
+from .serving.cli import is_loopback  # the one loopback rule (an empty host is every interface)
 
 logger = logging.getLogger(__name__)
 
@@ -126,17 +127,6 @@ def parse_auth(auth: str | None) -> tuple[str, str] | None:
     if not sep or not user or not password:
         raise MultimodalEmbedError("--auth / MMEMBED_DEMO_AUTH must be user:password")
     return user, password
-
-
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 THUMB_SIDE = 96  # Compare's column thumbnails (pixels, longest side)

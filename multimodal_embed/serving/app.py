@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 BUILTIN_MODEL = "minilm-efficientnet-lite0"
 TASKS = ("search_query", "search_document", "clustering", "classification")
+HEALTH_PROBE_S = 30.0  # a health probe that waits longer for the model thread reports it busy
 LABEL_CACHE = 8192  # zero-shot label embeddings kept per server (LRU)
 INLINE_TOKENIZE_CHARS = 20_000  # request texts up to this size are counted on the event loop (well under 1 ms)
 ROUTES = ("/v1/embeddings", "/v1/search", "/v1/classify", "/v1/models", "/health", "/metrics")
@@ -125,7 +126,6 @@ class ServerState:
         self.index_executor: ThreadPoolExecutor | None = None
         self.classifiers: OrderedDict[tuple, Any] = OrderedDict()  # (model, labels, templates) -> classifier
         self.label_vectors: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (model, templates, label) -> vector
-        self.health_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmembed-health")
         self.health_lock = asyncio.Lock()
         self.health_cache: tuple[float, dict[str, Any]] | None = None
 
@@ -187,7 +187,6 @@ class ServerState:
         if self.index is not None and self.index_executor is not None:
             await asyncio.get_running_loop().run_in_executor(self.index_executor, self.index.close)
             self.index_executor.shutdown(wait=True)
-        self.health_executor.shutdown(wait=False)
 
     # -- helpers for the routes ------------------------------------------------------------------------------
     def model(self, name: str | None) -> ServedModel:
@@ -686,36 +685,45 @@ def _embedded_classifier() -> type:
 
 
 async def _health(state: ServerState) -> JSONResponse:
-    """A real forward pass per model on a tiny input, on its own thread (a long batch does not delay it); the
-    answer is reused for a second so a flood of probes costs one pass."""
+    """Per model: a real forward pass on a tiny input, on the model's own thread (the only thread that drives the
+    model), when that thread is idle; while it runs a batch, the batch is the sign of life, and one running longer
+    than the request deadline makes the model unhealthy (stuck). The answer is reused for a second, so a flood of
+    probes costs one pass."""
     now = time.monotonic()
     if state.health_cache is not None and now - state.health_cache[0] < 1.0:
         body = state.health_cache[1]
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
-
-    def probe() -> dict[str, Any]:
-        out = {}
-        for m in state.models.values():
-            emb = m.embedder
-            t0 = time.perf_counter()
-            if emb.text_encoder is not None:
-                v = emb.embed_text(["health"], show_progress=False)
-            else:
-                v = emb.embed_images([np.zeros((8, 8, 3), np.uint8)], show_progress=False)
-            ok = v.shape == (1, emb.dim) and bool(np.isfinite(v).all())
-            out[m.name] = {"ok": ok, "ms": round(1000 * (time.perf_counter() - t0), 1)}
-        return out
-
+    limit = state.config.request_timeout_s
+    result: dict[str, Any] = {}
     async with state.health_lock:
-        try:
-            result = await asyncio.wait_for(
-                asyncio.get_running_loop().run_in_executor(state.health_executor, probe), timeout=30)
-            status = "ok" if all(r["ok"] for r in result.values()) else "unhealthy"
-        except Exception as exc:  # noqa: BLE001
-            result, status = {"error": f"{type(exc).__name__}: {exc}"}, "unhealthy"
+        for m in state.models.values():
+            batcher = m.batcher
+            try:
+                if batcher.busy_for is None:
+                    result[m.name] = await asyncio.wait_for(
+                        batcher.run_in_model_thread(functools.partial(_probe, m.embedder)), timeout=HEALTH_PROBE_S)
+                    continue
+            except TimeoutError:  # a batch got in first and is still running: judged below, as a busy thread
+                pass
+            except Exception as exc:  # noqa: BLE001 - the probe failed: unhealthy, said why
+                result[m.name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                continue
+            busy = batcher.busy_for or 0.0
+            result[m.name] = {"ok": busy < limit, "busy_s": round(busy, 1)}
+    status = "ok" if all(r["ok"] for r in result.values()) else "unhealthy"
     body = {"status": status, "models": result, "threads": threading.active_count(), "pid": os.getpid()}
     state.health_cache = (time.monotonic(), body)
     return JSONResponse(body, status_code=200 if status == "ok" else 503)
+
+
+def _probe(emb: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    if emb.text_encoder is not None:
+        v = emb.embed_text(["health"], show_progress=False)
+    else:
+        v = emb.embed_images([np.zeros((8, 8, 3), np.uint8)], show_progress=False)
+    ok = v.shape == (1, emb.dim) and bool(np.isfinite(v).all())
+    return {"ok": ok, "ms": round(1000 * (time.perf_counter() - t0), 1)}
 
 
 def _version() -> str:

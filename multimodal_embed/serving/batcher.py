@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +81,20 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mmembed-model-{name}")
         self._closing = False
         self._queued_tokens = self._queued_texts = self._queued_images = 0  # running totals of the queue
+        self._busy_since: float | None = None  # when the model thread started what it runs now
+
+    @property
+    def busy_for(self) -> float | None:
+        """Seconds the model thread has been running its current batch (or call), None while it is idle."""
+        since = self._busy_since
+        return None if since is None else time.monotonic() - since
+
+    def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self._busy_since = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self._busy_since = None
 
     @property
     def queued_items(self) -> int:
@@ -112,8 +127,9 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     async def run_in_model_thread(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on the model's thread (after any batch running now), e.g. the health probe."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        """Run ``fn`` on the model's thread (after any batch running now), e.g. the health probe: only this thread
+        drives the model."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed, fn)
 
     # -- submitting ------------------------------------------------------------------------------------------
     def submit(self, work: Work) -> asyncio.Future:
@@ -188,7 +204,7 @@ class Batcher:
             batch = self._take_batch()
             if not batch:
                 continue
-            results = await loop.run_in_executor(self._executor, self._run, batch)
+            results = await loop.run_in_executor(self._executor, self._timed, self._run, batch)
             for work, result in zip(batch, results):
                 if work.future is None or work.future.done():
                     continue

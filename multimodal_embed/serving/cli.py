@@ -85,13 +85,34 @@ def config_from_args(args: argparse.Namespace) -> Any:
         max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms, request_timeout_s=args.timeout)
 
 
-def _loopback(host: str) -> bool:
-    if host in ("localhost", ""):
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` listens on this machine only: ``localhost`` or a loopback address. The one rule
+    behind the server's and the demo's warnings: an empty host is NOT loopback (uvicorn and Gradio bind "" to
+    every interface), nor is any name that is not literally ``localhost``."""
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class _PlainInfo(logging.Formatter):
+    """Lifecycle lines (INFO) as plain lines; warnings and errors keep the CLI's ``LEVEL name: message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.INFO:
+            return record.getMessage()
+        return super().format(record)
+
+
+def _log_lifecycle() -> None:
+    """Show this package's serving INFO lines (start, models loaded) on stderr as plain lines."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PlainInfo("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
+    logger.propagate = False
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -105,9 +126,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise MissingDependencyError(f"mmembed serve needs {exc.name}: pip install 'multimodal-embed[serve]'") \
             from None
     config = config_from_args(args)
-    if not _loopback(args.host) and not config.api_key:
+    _log_lifecycle()
+    if not is_loopback(args.host) and not config.api_key:
         logger.warning("serving on %s without an API key: anyone who reaches the port can use it "
-                       "(pass --api-key or set %s)", args.host, API_KEY_ENV)
+                       "(pass --api-key or set %s)", repr(args.host) if not args.host else args.host, API_KEY_ENV)
     if args.ray:
         from .ray import run_on_ray
 
@@ -118,7 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = _server_class()(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                             timeout_graceful_shutdown=config.request_timeout_s + 5),
                              app.state.mmembed)
-    logger.warning("mmembed serve: http://%s:%d/v1 (models: %s)", args.host, args.port,
+    logger.info("mmembed serve: http://%s:%d/v1 (models: %s)", args.host or "0.0.0.0", args.port,
                    ", ".join(s.name for s in config.models))
     server.run()
     return 0

@@ -51,10 +51,15 @@ def test_cli_served_name_api_key_from_env_and_sigterm_drain(builtin):
     np.testing.assert_allclose(got, builtin.embed_text(texts[:3]), atol=1e-6)
 
 
-def test_cli_warns_when_bound_beyond_loopback_without_a_key():
-    proc, _ = start_server("--host", "0.0.0.0")
+@pytest.mark.parametrize("host", ["0.0.0.0", ""])
+def test_cli_warns_when_bound_beyond_loopback_without_a_key(host):
+    """An empty host binds every interface, so it warns too; the normal start is a plain line, not a warning."""
+    proc, _ = start_server("--host", host)
     rc, err = stop_server(proc)
-    assert rc == 0 and "without an API key" in err
+    assert rc == 0 and "without an API key" in err, err
+    start = [line for line in err.splitlines() if "http://" in line]
+    assert start and start[0].startswith("mmembed serve: http://0.0.0.0:"), err
+    assert "WARNING multimodal_embed.serving: mmembed serve" not in err
 
 
 def test_cli_refuses_a_missing_model_folder(tmp_path):

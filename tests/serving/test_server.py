@@ -323,6 +323,29 @@ def test_health_and_metrics_answer_while_a_batch_runs(url, blocked):
     assert time.monotonic() - t0 < 5
 
 
+def test_the_health_probe_drives_the_model_from_its_own_thread_only(url, blocked):
+    """While the model thread runs a batch, /health reports it busy (no probe from a second thread); a batch that
+    runs past the request deadline makes the model unhealthy."""
+    state, release = blocked
+    state.health_cache = None
+    body = httpx.get(f"{url}/health", timeout=10).json()
+    assert body["status"] == "ok" and "busy_s" in body["models"]["nomic"] and "ms" in body["models"]["builtin"]
+    assert not [t.name for t in threading.enumerate() if "health" in t.name]
+    old, state.config.request_timeout_s = state.config.request_timeout_s, 0.3
+    try:
+        time.sleep(0.4)
+        state.health_cache = None
+        r = httpx.get(f"{url}/health", timeout=10)
+        assert r.status_code == 503 and r.json()["models"]["nomic"]["ok"] is False, r.text
+    finally:
+        state.config.request_timeout_s = old
+    release.set()
+    time.sleep(0.2)
+    state.health_cache = None
+    r = httpx.get(f"{url}/health", timeout=10)
+    assert r.status_code == 200 and "ms" in r.json()["models"]["nomic"], r.text
+
+
 def test_queue_overflow_sheds_with_429_and_recovers(url, nomic, blocked):
     state, release = blocked
     batcher = state.models["nomic"].batcher
