@@ -78,6 +78,7 @@ class ServeConfig:
     max_json_values: int = 100_000  # JSON values and keys parsed per request (each costs 50-100 bytes as Python)
     body_idle_s: float = 10.0  # a body that sends no byte for this long is refused (408) and its connection closed
     body_timeout_s: float = 60.0  # the whole body must arrive within this long of the request's start (408)
+    header_timeout_s: float = 10.0  # a request's headers, from the connection's start or last answer (else closed)
     max_items: int = 2048
     max_images: int = 64
     max_image_bytes: int = 20 * 1024 * 1024

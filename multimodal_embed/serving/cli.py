@@ -121,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import fastapi  # noqa: F401
         import prometheus_client  # noqa: F401
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError as exc:
         raise MissingDependencyError(f"mmembed serve needs {exc.name}: pip install 'multimodal-embed[serve]'") \
             from None
@@ -135,9 +135,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         return run_on_ray(config, host=args.host, port=args.port, replicas=args.replicas)
     from .app import create_app
+    from .connections import uvicorn_config
 
     app = create_app(config)
-    server = _server_class()(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+    server = _server_class()(uvicorn_config(app, args.host, args.port, log_level="warning",
                                             timeout_graceful_shutdown=config.request_timeout_s + 5),
                              app.state.mmembed)
     logger.info("mmembed serve: http://%s:%d/v1 (models: %s)", args.host or "0.0.0.0", args.port,

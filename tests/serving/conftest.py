@@ -23,7 +23,9 @@ def running(app) -> Iterator[str]:
     """Serve ``app`` on a free loopback port; yields its base URL once /health answers 200."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    from multimodal_embed.serving.connections import uvicorn_config
+
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, log_level="warning"))  # as mmembed serve runs it
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

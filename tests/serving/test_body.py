@@ -32,7 +32,7 @@ def guarded(nomic):
     from multimodal_embed.serving import ServeConfig, create_app
 
     app = create_app(ServeConfig(api_key=KEY, max_inflight=4, body_idle_s=0.6, body_timeout_s=1.5,
-                                 max_body_bytes=1 << 20), embedders={"nomic": nomic})
+                                 header_timeout_s=1.0, max_body_bytes=1 << 20), embedders={"nomic": nomic})
     with running(app) as base:
         yield base, app.state.mmembed
 
@@ -180,6 +180,44 @@ def test_stalled_keyed_bodies_free_their_slots_for_keyed_clients(guarded):
     finally:
         for s in socks:
             s.close()
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n", b"GET /hea"])
+def test_a_connection_whose_headers_stall_is_closed(guarded, sent):
+    base, _ = guarded
+    with connect(base) as sock:
+        sock.sendall(sent)
+        raw, took = read_until_closed(sock, 5.0)
+    assert raw == b"" and 0.8 < took < 3.0
+
+
+def test_headers_trickled_a_byte_at_a_time_are_cut_at_the_budget(guarded):
+    base, _ = guarded
+    request = f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n{AUTH}X-Pad: {'a' * 100}\r\n".encode()
+    with connect(base) as sock:
+        t0 = time.monotonic()
+        try:
+            for byte in request:  # each byte well within uvicorn's keep-alive timeout, the whole far past 1 s
+                sock.sendall(bytes([byte]))
+                time.sleep(0.05)
+        except OSError:
+            pass
+        raw, _ = read_until_closed(sock, 5.0)
+        took = time.monotonic() - t0
+    assert raw == b"" and took < 4.0
+
+
+def test_the_header_deadline_restarts_after_each_answer(guarded):
+    """A keep-alive connection that sends its next request in time is served; then idles, and is closed."""
+    base, _ = guarded
+    with connect(base) as sock:
+        for _ in range(3):
+            time.sleep(0.6)  # each gap under the 1 s deadline, the three together over it
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = sock.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        _, took = read_until_closed(sock, 5.0)
+    assert took < 3.0
 
 
 def test_a_body_over_the_cap_is_refused_and_the_connection_closed(guarded):
