@@ -44,6 +44,8 @@ def add_serve_command(sub: Any, positive_int: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=2.0,
                    help="how long an idle model waits for more requests to join a batch")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request deadline in seconds")
+    p.add_argument("--body-timeout", type=float, default=60.0,
+                   help="seconds a request body may take to arrive (a stall of 10 s ends it sooner): 408, closed")
     p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (pip install 'ray[serve]')")
     p.add_argument("--replicas", type=positive_int, default=1, help="Ray Serve replicas (with --ray)")
     return p
@@ -82,7 +84,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         models=sources, index=args.index, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         device=args.device, precision=precision, allow_url_fetch=args.allow_url_fetch, truncate=args.truncate,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_queue=args.max_queue,
-        max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms, request_timeout_s=args.timeout)
+        max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms, request_timeout_s=args.timeout,
+        body_timeout_s=args.body_timeout, body_idle_s=min(10.0, args.body_timeout))
 
 
 def is_loopback(host: str) -> bool:
