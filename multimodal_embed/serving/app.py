@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 BUILTIN_MODEL = "minilm-efficientnet-lite0"
 TASKS = ("search_query", "search_document", "clustering", "classification")
 HEALTH_PROBE_S = 30.0  # a health probe that waits longer for the model thread reports it busy
+MAX_LABEL_CHARS = 1000  # a zero-shot label (a class name) in characters
 LABEL_CACHE = 8192  # zero-shot label embeddings kept per server (LRU)
 INLINE_TOKENIZE_CHARS = 20_000  # request texts up to this size are counted on the event loop (well under 1 ms)
 ROUTES = ("/v1/embeddings", "/v1/search", "/v1/classify", "/v1/models", "/health", "/metrics")
@@ -269,8 +270,9 @@ def _task(req: EmbeddingsRequest, emb: Any) -> str | None:
     return task if task is not None else "search_document"
 
 
-def _check_texts(items: list[Item], param: str = "input") -> None:
-    """The library's text check per item, the error naming ``param[i]`` (or ``param`` for a lone query)."""
+def _check_texts(items: list[Item], param: str = "input", *, indexed: bool = True) -> None:
+    """The library's text check per item (before queueing: a bad text must not fail the batch it would join), the
+    error naming ``param[i]`` (or ``param`` alone for a lone query)."""
     from ..text import check_texts
 
     for i, it in enumerate(items):
@@ -278,7 +280,7 @@ def _check_texts(items: list[Item], param: str = "input") -> None:
             try:
                 check_texts([it.value])
             except MultimodalEmbedError as exc:
-                where = f"{param}[{i}]" if param == "input" else param
+                where = f"{param}[{i}]" if indexed else param
                 raise ApiError(400, f"{where}: {str(exc).removeprefix('texts[0] ')}", param=where,
                                code="invalid_input") from None
 
@@ -517,7 +519,7 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
         else:
             raise ApiError(400, "query must be a text or an image_url content part", param="query")
         if item.kind == "text":
-            _check_texts([item], param="query")
+            _check_texts([item], param="query", indexed=False)
             n = (await _count_tokens(emb, [item.value], emb.query_task))[0]
             work = Work("text", [item.value], cost=min(n, emb.max_text_length or n), options=(emb.query_task, None,
                                                                                               "truncate"))
@@ -549,6 +551,11 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
             templates = resolve_templates(req.templates)
         except MultimodalEmbedError as exc:
             raise ApiError(400, str(exc), param="labels" if "label" in str(exc) else "templates") from None
+        for i, lab in enumerate(labels):  # embedded once per template: a long label would be multiplied
+            if len(lab) > MAX_LABEL_CHARS:
+                raise ApiError(400, f"labels[{i}]: {len(lab)} characters; a label has at most {MAX_LABEL_CHARS}",
+                               param=f"labels[{i}]", code="invalid_input")
+        _check_texts([Item("text", lab) for lab in labels], param="labels")
         items = parse_input(req.images, modality="image", limits=state.limits, param="images")
         key = (served.name, tuple(labels), templates)
         classifier = state.classifiers.get(key)

@@ -256,6 +256,10 @@ def test_classify_equals_the_classifier(url, nomic, stamps):
     assert_error(post(url, "/v1/classify", {"images": images[:1], "labels": ["a", "a"]}), 400, "labels")
     assert_error(post(url, "/v1/classify", {"images": images[:1], "labels": [f"l{i}" for i in range(21)]}), 400,
                  "labels", "too_many_labels")
+    # a label is embedded once per template: a long one is refused, a bad one never reaches (and fails) a batch
+    assert_error(post(url, "/v1/classify", {"images": images[:1], "labels": ["a", "b" * 1001]}), 400, "labels[1]")
+    lone = b'{"images": ["%s"], "labels": ["fine", "\\ud800 lone"]}' % images[0].encode()
+    assert_error(httpx.post(f"{url}/v1/classify", content=lone, timeout=30), 400, "labels[1]")
 
 
 def test_models_health_and_metrics(url, nomic):
