@@ -288,7 +288,9 @@ print(json.dumps({"status": status, "grew_mb": peak_mb() - before, "body_mb": le
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status and sets RLIMIT_AS")
-@pytest.mark.parametrize("kind,mb", [("dicts", 20), ("zeros", 12), ("strings", 8), ("lists", 16)])
+@pytest.mark.parametrize("kind,mb", [("dicts", 20), pytest.param("zeros", 12, marks=pytest.mark.slow),
+                                     pytest.param("strings", 8, marks=pytest.mark.slow),
+                                     pytest.param("lists", 16, marks=pytest.mark.slow)])
 def test_a_json_body_costs_about_its_size_not_twenty_times(fixtures_dir, kind, mb):
     """Python objects cost 50-100 bytes per JSON value: today's 20 MB of ``{}`` grew the server by ~400 MB."""
     from tests.test_hardening_round2 import PROLOGUE
