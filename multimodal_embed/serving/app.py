@@ -432,8 +432,9 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
         if first.get("type") == "json_invalid":
             message, param = "the request body is not valid JSON", None
         elif first.get("type") == "extra_forbidden":  # as OpenAI: a misspelt field is named, never ignored
-            known = sorted(f for f in _fields(request) if f != param)
-            return _error_response(ApiError(400, f"unknown field {param!r}; this route takes {known}", param=param,
+            known = sorted(_fields(request))
+            takes = f"; this route takes {', '.join(known)}" if known else ""
+            return _error_response(ApiError(400, f"unknown field {param!r}{takes}", param=param,
                                             code="unknown_field"))
         return _error_response(ApiError(400, f"{param + ': ' if param else ''}{message}", param=param))
 
@@ -619,8 +620,8 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
 
 def _fields(request: Request) -> list[str]:
     """The body fields the request's route takes (from its pydantic model)."""
-    route = request.scope.get("route")
-    body = getattr(getattr(route, "body_field", None), "type_", None)
+    field = getattr(request.scope.get("route"), "body_field", None)
+    body = getattr(getattr(field, "field_info", None), "annotation", None)
     return list(getattr(body, "model_fields", {}))
 
 
