@@ -2,9 +2,9 @@
 
 Requests from every client put :class:`Work` on their model's :class:`Batcher`. The batcher's loop (a task on the
 server's event loop) takes what is queued, waits at most ``max_wait_ms`` for more while the model is idle, and runs
-the batch on the model's own thread, so accepting requests, ``/health`` and ``/metrics`` never wait for a forward
-pass. While a batch runs, new work queues up and forms the next batch. A batch calls the public
-:meth:`~multimodal_embed.Embedder.embed_text` once per (task, dimensions, truncation) group and
+the batch on the model's own thread, so accepting requests and ``/metrics`` never wait for a forward pass (and
+``/health`` probes the model on that thread only while it is idle). While a batch runs, new work queues up and
+forms the next batch. A batch calls the public :meth:`~multimodal_embed.Embedder.embed_text` once per (task, dimensions, truncation) group and
 :meth:`~multimodal_embed.Embedder.embed_images_with_errors` once for its images, so every answer is what those verbs
 give on the same input, whatever it was batched with (text batches run packed, so neighbours add no padding;
 rows differ by fp32 rounding only, <= 1e-6).
