@@ -103,9 +103,9 @@ def choose_model(name: str | None = None) -> ModelChoice:
         return ModelChoice(*configured)
     if preferred_is_cached():
         return ModelChoice(PREFERRED_MODEL, "cached")
-    from .hub import hub_unreachable_reason, offline_mode
+    from .hub import hub_unreachable_reason, offline_reason
 
-    reason = "HF_HUB_OFFLINE is set" if offline_mode() else hub_unreachable_reason()
+    reason = offline_reason() or hub_unreachable_reason()
     if reason is None:
         return ModelChoice(PREFERRED_MODEL, "reachable")
     notice = (f"using the built-in offline model {BUILTIN_MODEL}: {PREFERRED_MODEL} is neither cached nor "

@@ -36,9 +36,20 @@ _DEFAULT_ENDPOINT = "https://huggingface.co"
 _probe_cache: dict[str, tuple[float, str | None]] = {}  # endpoint -> (when, reason it is unreachable or None)
 
 
+def offline_reason() -> str | None:
+    """``"HF_HUB_OFFLINE is set"`` (or ``TRANSFORMERS_OFFLINE``) when the environment asks for cache-only operation,
+    else None. Read as ``huggingface_hub`` reads it: ``HF_HUB_OFFLINE``, or when that is unset or empty,
+    ``TRANSFORMERS_OFFLINE``."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        value = os.environ.get(name)
+        if value:
+            return f"{name} is set" if value.upper() in ("1", "ON", "YES", "TRUE") else None
+    return None
+
+
 def offline_mode() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` asks for cache-only operation."""
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for cache-only operation."""
+    return offline_reason() is not None
 
 
 def hub_endpoint() -> str:
@@ -170,7 +181,7 @@ def fetch(
                 continue
             first = (str(exc).splitlines() or [""])[0]
             first = first if len(first) <= 240 else first[:240] + "..."
-            reason = "HF_HUB_OFFLINE is set" if offline_mode() else f"{type(exc).__name__}: {first}"
+            reason = offline_reason() or f"{type(exc).__name__}: {first}"
             raise ModelNotFoundError(
                 f"model {repo_id!r} (revision {revision}) is not available: {name} is not in the Hugging Face "
                 f"cache and could not be downloaded ({reason}). Download it once where the hub is reachable "

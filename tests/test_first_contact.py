@@ -18,6 +18,7 @@ from multimodal_embed.defaults import BUILTIN_MODEL, PREFERRED_MODEL, choose_mod
 from multimodal_embed.errors import ConfigError
 from multimodal_embed.registry import lookup
 
+from .conftest import subprocess_env
 from .serving.process import start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,10 +109,8 @@ def test_library_cli_demo_and_quickstart_share_the_rule():
 
 # -- the CLI as a newcomer meets it --------------------------------------------------------------------------
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MMEMBED_"))}
-    env.update(PYTHONPATH=str(ROOT), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1",
-               XDG_CONFIG_HOME=str(tmp_path / "config"), TQDM_MININTERVAL="0")
-    return env
+    return subprocess_env(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", XDG_CONFIG_HOME=str(tmp_path / "config"),
+                          TQDM_MININTERVAL="0")
 
 
 def _mmembed(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

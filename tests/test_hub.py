@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from multimodal_embed import hub, registry
+from tests.conftest import subprocess_env
 from tests.hubserver import FakeHub
 
 REPO_ID = "nomic-ai/nomic-embed-text-v1.5"
@@ -33,10 +34,8 @@ print(json.dumps({"vec": v.tolist(), "info": emb.info}))
 
 
 def _run(model: str, cache, env_extra: dict[str, str]):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(env_extra)
     proc = subprocess.run([sys.executable, "-c", SCRIPT, model, str(cache)], capture_output=True, text=True, check=False,
-                          env=env, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+                          env=subprocess_env(**env_extra), timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
     return proc
 
 
@@ -108,7 +107,7 @@ def test_download_of_other_families_through_the_hub(family, tmp_path):
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 30, 30)).save(buf, "PNG")
     script = FAMILY_SCRIPT.replace('b"%s"', repr(buf.getvalue()))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env = subprocess_env()
     cache = tmp_path / "cache"
     root = os.path.dirname(os.path.dirname(__file__))
     with FakeHub({repo: (folder, sha)}) as fake:
@@ -168,11 +167,9 @@ sys.exit(code)
 def test_cli_without_hub_prints_one_line_and_the_offline_model(tmp_path):
     """A model named on the command line that is neither cached nor reachable: one line, exit 3, quickly. With no
     model named, the default rule (issue 28) uses the built-in model instead, with a one-line notice."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MMEMBED_"))}
-    env.update(HF_ENDPOINT=_refused_endpoint(), HF_HOME=str(tmp_path / "hf-home"),
-               XDG_CONFIG_HOME=str(tmp_path / "config"))
+    env = subprocess_env(HF_ENDPOINT=_refused_endpoint(), HF_HOME=str(tmp_path / "hf-home"),
+                         XDG_CONFIG_HOME=str(tmp_path / "config"))
     root = os.path.dirname(os.path.dirname(__file__))
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
     proc = subprocess.run([sys.executable, "-c", CLI_TIMED, "embed", "--model", "nomic-embed-v1.5", "--text", "a cat"],
                           check=False, capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert proc.returncode == 3, proc.stderr
