@@ -3,7 +3,8 @@
 :func:`choose_model` answers "which model, when the user named none": the configured model (an explicit name,
 else ``$MMEMBED_MODEL``, else ``model = "..."`` in the config file ``$MMEMBED_CONFIG`` or
 ``$XDG_CONFIG_HOME/mmembed/config.toml`` / ``~/.config/mmembed/config.toml``), else ``nomic-embed-v1.5`` when its
-files are in the Hugging Face cache or the hub answers, else the built-in offline model, with a one-line notice
+files are in the Hugging Face cache or the hub serves them (asked once, within a few seconds, by the route
+``huggingface_hub`` takes: proxies included), else the built-in offline model, with a one-line notice
 saying how to get the better one. Nothing heavy is imported and nothing is downloaded here.
 """
 
@@ -94,6 +95,17 @@ def preferred_is_cached() -> bool:
     return True
 
 
+def preferred_unavailable_reason() -> str | None:
+    """Why nomic-embed-v1.5 cannot be downloaded now (offline mode, or any failure to reach or read its files on the
+    hub: DNS, a refusing proxy, TLS, an error status from a mirror, no answer within a few seconds), else None."""
+    from .hub import CONFIG_FILES, file_unavailable_reason, offline_reason
+    from .registry import lookup
+
+    spec = lookup(PREFERRED_MODEL)
+    files = [(repo, CONFIG_FILES[0], spec.revisions.get(role, "main")) for role, repo in spec.repos.items()]
+    return offline_reason() or file_unavailable_reason(files)
+
+
 def choose_model(name: str | None = None) -> ModelChoice:
     """The model to use when ``name`` may be None: see the module docstring for the order."""
     if name:
@@ -103,9 +115,7 @@ def choose_model(name: str | None = None) -> ModelChoice:
         return ModelChoice(*configured)
     if preferred_is_cached():
         return ModelChoice(PREFERRED_MODEL, "cached")
-    from .hub import hub_unreachable_reason, offline_reason
-
-    reason = offline_reason() or hub_unreachable_reason()
+    reason = preferred_unavailable_reason()
     if reason is None:
         return ModelChoice(PREFERRED_MODEL, "reachable")
     notice = (f"using the built-in offline model {BUILTIN_MODEL}: {PREFERRED_MODEL} is neither cached nor "
