@@ -226,9 +226,12 @@ def _open_index_for(path: Path, model: str | None, args: argparse.Namespace) -> 
                              f"the recorded model, or index into a new file")
 
 
+def _identity_name(identity: dict[str, Any]) -> str:
+    return identity.get("name") or "/".join(str((identity.get(t) or {}).get("name")) for t in ("text", "vision"))
+
+
 def _model_label(identity: dict[str, Any]) -> str:
-    name = identity.get("name") or "/".join(str((identity.get(t) or {}).get("name")) for t in ("text", "vision"))
-    return f"{name}, dim {identity.get('dim')}"
+    return f"{_identity_name(identity)}, dim {identity.get('dim')}"
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -378,7 +381,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     labels = _read_labels(args)
     images = _image_paths(args.images)
-    clf = ZeroShotClassifier(_load(args.model, args), labels, templates=args.templates, cache_dir=args.cache_dir)
+    if args.no_cache and args.cache_dir:
+        raise UsageError("mmembed classify: --cache-dir and --no-cache contradict each other; give one")
+    cache_dir = None if args.no_cache else args.cache_dir or True  # True: the package's cache folder
+    clf = ZeroShotClassifier(_load(args.model, args), labels, templates=args.templates, cache_dir=cache_dir)
     res = clf.embedder.embed_images_with_errors(images)
     by_index = dict(zip(res.indices, clf.predict_embeddings(res.vectors, top_k=args.top_k)))
     reasons = {f.index: f.reason for f in res.failures}
@@ -471,7 +477,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     human = next(f"{size / 1024 ** i:.1f} {u}" for i, u in enumerate(("B", "KiB", "MiB", "GiB", "TiB"))
                  if size < 1024 ** (i + 1) or u == "TiB")
     print(f"index:   {printable(info['path'])} (schema {info['schema_version']}, {human})")
-    print(f"model:   {_model_label(info['model'])}")
+    print(f"model:   {_identity_name(info['model'])}")  # the dimension has its own line
     print(f"dim:     {info['dim']}")
     print(f"images:  {info['images']}")
     print(f"failed:  {info['failed']}")
@@ -648,7 +654,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-file", help="one label per line")
     p.add_argument("--templates", default="openai-imagenet", help="openai-imagenet, simple, none")
     p.add_argument("--top-k", type=_positive_int, default=3)
-    p.add_argument("--cache-dir", help="cache label embeddings here")
+    p.add_argument("--cache-dir", help="cache label embeddings here (default: labels/ in the package's cache folder, "
+                                       "$MMEMBED_CACHE or ~/.cache/multimodal_embed), keyed by model, labels and "
+                                       "templates")
+    p.add_argument("--no-cache", action="store_true", help="embed the labels again, read and write no cache")
     p.add_argument("--json", action="store_true")
 
     stored = ("it reads the vectors stored in the index (made by the model the index records, see `mmembed info`) "

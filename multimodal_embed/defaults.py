@@ -23,6 +23,7 @@ PREFERRED_MODEL = "nomic-embed-v1.5"
 BUILTIN_MODEL = "minilm-efficientnet-lite0"
 MODEL_ENV = "MMEMBED_MODEL"
 CONFIG_ENV = "MMEMBED_CONFIG"
+CACHE_ENV = "MMEMBED_CACHE"
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,14 @@ def configured_model() -> tuple[str, str] | None:
     if not isinstance(model, str) or not model.strip():
         raise ConfigError(f"{path}: 'model' must be a model name (a non-empty string), got {model!r}")
     return model.strip(), "config"
+
+
+def cache_home() -> Path:
+    """The package's cache folder (label embeddings, exported graphs, evaluation embeddings): ``$MMEMBED_CACHE``,
+    else ``$XDG_CACHE_HOME/multimodal_embed``, else ``~/.cache/multimodal_embed``. Not created here."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "multimodal_embed"
 
 
 def hub_cache_dir() -> Path:

@@ -157,8 +157,8 @@ def lookup(name: str) -> ModelSpec:
     close = difflib.get_close_matches(name.lower(), list(_BY_NAME), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise ModelNotFoundError(
-        f"unknown model name {name!r}.{hint} Known names: multimodal_embed.list_models(); any other model: "
-        f"'open_clip:ARCH/TAG', 'open_clip:hf-hub:ORG/REPO', 'hf:ORG/REPO', a hub id or a local folder.")
+        f"unknown model name {name!r}.{hint} Known names: `mmembed models` (Python: list_models()); any other "
+        f"model: 'open_clip:ARCH/TAG', 'open_clip:hf-hub:ORG/REPO', 'hf:ORG/REPO', a hub id or a local folder.")
 
 
 def tower_license(ref: str, role: str) -> str | None:
