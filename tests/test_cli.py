@@ -230,3 +230,38 @@ def test_info_prints_the_dimension_once(fixtures_dir, tmp_path, capsys):
     assert main(["info", str(index)]) == EXIT_OK
     out = capsys.readouterr().out
     assert "dim:     64" in out.splitlines() and ", dim 64" not in out, out  # once, not also on the model line
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["dedupe", "x.mmindex", "--threshold", "95"], "for 95%, give 0.95"),
+    (["search", "x.mmindex", "a cat", "--min-score", "2"], "2 is not a cosine"),
+    (["search", "x.mmindex", "a cat", "--min-score", "-1.5"], "between -1 and 1"),
+    (["search", "x.mmindex", "a cat", "--min-score", "nan"], "not a cosine"),
+    (["dedupe", "x.mmindex", "--threshold", "high"], "not a number"),
+])
+def test_cosine_options_outside_minus_one_to_one_are_refused(argv, says, capsys):
+    """Issue 44: a percentage or any value outside [-1, 1] given as a cosine is refused before anything runs."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == EXIT_USAGE
+    assert says in capsys.readouterr().err
+
+
+def test_an_empty_search_result_says_why(fixtures_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("coffee.jpg", "cat.jpg"):
+        shutil.copy(SAMPLE_DIR / name, folder / name)
+    index = str(tmp_path / "s.mmindex")
+    assert main(["index", index, str(folder), "--model", str(fixtures_dir / "vision-v1.5-tiny"), "-q"]) == EXIT_OK
+    capsys.readouterr()
+    query = str(folder / "cat.jpg")
+    assert main(["search", index, query, "--min-score", "1"]) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert out == "" and "no results: the best match scored" in err and "below --min-score 1" in err, err
+    assert main(["search", index, query, "--filter", "*/nothing/*"]) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert out == "" and "--filter '*/nothing/*'" in err, err
+    assert main(["search", index, query, "-k", "5"]) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 and "no results" not in err  # a result: nothing to explain
