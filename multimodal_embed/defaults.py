@@ -24,6 +24,8 @@ BUILTIN_MODEL = "minilm-efficientnet-lite0"
 MODEL_ENV = "MMEMBED_MODEL"
 CONFIG_ENV = "MMEMBED_CONFIG"
 CACHE_ENV = "MMEMBED_CACHE"
+# what the built-in model cannot do (measured on the gallery: README "Set-up"), said in the fallback notice
+BUILTIN_BLIND_SPOTS = "a small model with no sense of colour, weak on scenes, reading no text in images"
 
 
 @dataclass(frozen=True)
@@ -127,9 +129,10 @@ def choose_model(name: str | None = None) -> ModelChoice:
     reason = preferred_unavailable_reason()
     if reason is None:
         return ModelChoice(PREFERRED_MODEL, "reachable")
-    notice = (f"using the built-in offline model {BUILTIN_MODEL}: {PREFERRED_MODEL} is neither cached nor "
-              f"downloadable here ({reason}); for better results run `mmembed download {PREFERRED_MODEL}` where "
-              f"the hub is reachable, or pick a model with --model or ${MODEL_ENV}")
+    notice = (f"using the built-in offline model {BUILTIN_MODEL} ({BUILTIN_BLIND_SPOTS}; README \"Which model\"): "
+              f"{PREFERRED_MODEL} is neither cached nor downloadable here ({reason}); for better results run "
+              f"`mmembed download {PREFERRED_MODEL}` where the hub is reachable, or pick a model with --model or "
+              f"${MODEL_ENV} (`mmembed models`)")
     return ModelChoice(BUILTIN_MODEL, "fallback", notice)
 
 

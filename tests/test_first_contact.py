@@ -55,6 +55,7 @@ def test_default_is_the_builtin_model_with_a_notice_when_nomic_is_neither_cached
     assert choice.name == BUILTIN_MODEL and choice.source == "fallback"
     assert f"mmembed download {PREFERRED_MODEL}" in choice.notice and "127.0.0.1" not in choice.name
     assert "\n" not in choice.notice  # one line
+    assert "no sense of colour" in choice.notice and "Which model" in choice.notice  # its blind spots, said
     assert choose_model("clip-vit-b-32-laion2b").name == "clip-vit-b-32-laion2b"  # a given name wins
 
 
