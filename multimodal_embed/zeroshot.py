@@ -159,9 +159,10 @@ class ZeroShotClassifier:
         templates: ``"openai-imagenet"`` (80 prompts), ``"simple"``, ``"none"``, or a list of format strings.
         multi_label: independent per-label sigmoid scores instead of a softmax over labels.
         logit_scale / logit_bias: override the model's (nomic has none: ``DEFAULT_LOGIT_SCALE``).
-        cache_dir: where label embeddings are kept on disk, shared across processes: by default (``True``)
-            ``labels/`` in the package's cache folder (``$MMEMBED_CACHE``, else ``~/.cache/multimodal_embed``);
-            a folder; or ``None`` for this process's memory only.
+        cache_dir: where label embeddings are also kept on disk, shared across processes: ``True`` for ``labels/``
+            in the package's cache folder (``$MMEMBED_CACHE``, else ``~/.cache/multimodal_embed``; what
+            ``mmembed classify`` uses), a folder, or ``None`` (default) for this process's memory only (servers and
+            the demo: labels from requests never reach the disk).
         show_progress: tqdm bars on long work.
     """
 
@@ -174,7 +175,7 @@ class ZeroShotClassifier:
         multi_label: bool = False,
         logit_scale: float | None = None,
         logit_bias: float | None = None,
-        cache_dir: str | os.PathLike | bool | None = True,
+        cache_dir: str | os.PathLike | bool | None = None,
         batch_size: int = 256,
         show_progress: bool | None = None,
     ):
