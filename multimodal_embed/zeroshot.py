@@ -9,6 +9,7 @@ Class embeddings follow open_clip's zero-shot classifier: every template filled 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -240,7 +241,8 @@ class ZeroShotClassifier:
             np.savez(tmp, labels=np.array(labels, dtype=str), vectors=np.stack([cache[k] for k in labels]))
             os.replace(tmp, path)
         except OSError as exc:  # a read-only or full cache folder costs the cache, never the classification
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
             logger.warning("label embeddings not cached in %s (%s)", path.parent, exc)
 
     def embed_labels(self, labels: Sequence[str]) -> np.ndarray:
