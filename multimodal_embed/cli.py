@@ -40,6 +40,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _cosine(text: str) -> float:
+    """The one check for every option that takes a cosine (``search --min-score``, ``dedupe --threshold``): a number
+    in [-1, 1]. ``95`` (a percentage) is refused with the cosine it probably means, never run to find nothing."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (a cosine, between -1 and 1)") from None
+    if not -1.0 <= value <= 1.0:  # NaN fails too
+        hint = f"; for {value:g}%, give {value / 100:g}" if 1.0 < value <= 100.0 else ""
+        raise argparse.ArgumentTypeError(f"{text} is not a cosine: give a value between -1 and 1{hint}")
+    return value
+
+
 def _check_dim(emb: Any, dim: int | None) -> None:
     """``--dim`` for texts and images alike, before anything is embedded (see ``Embedder.check_dimensionality``)."""
     if dim is not None:
@@ -226,9 +239,12 @@ def _open_index_for(path: Path, model: str | None, args: argparse.Namespace) -> 
                              f"the recorded model, or index into a new file")
 
 
+def _identity_name(identity: dict[str, Any]) -> str:
+    return identity.get("name") or "/".join(str((identity.get(t) or {}).get("name")) for t in ("text", "vision"))
+
+
 def _model_label(identity: dict[str, Any]) -> str:
-    name = identity.get("name") or "/".join(str((identity.get(t) or {}).get("name")) for t in ("text", "vision"))
-    return f"{name}, dim {identity.get('dim')}"
+    return f"{_identity_name(identity)}, dim {identity.get('dim')}"
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -268,6 +284,11 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     if args.server:
         hits = _search_server(args)
+        if not hits:
+            given = [f"{flag} {printable(str(v))}" for flag, v in (("--min-score", args.min_score),
+                                                                    ("--filter", args.filter)) if v is not None]
+            print(f"mmembed: no results from the server{' with ' + ', '.join(given) if given else ''}",
+                  file=sys.stderr)
     elif args.index is None:
         raise UsageError("give the index and the query: mmembed search photos.mmindex 'a frog' (or --server URL)")
     else:
@@ -278,12 +299,25 @@ def cmd_search(args: argparse.Namespace) -> int:
                 return EXIT_OK
             hits = index.search(args.query, k=args.k, min_score=args.min_score, path_filter=args.filter,
                                 include_query=args.include_query)
+            if not hits:
+                print(f"mmembed: no results: {_why_no_results(index, args)}", file=sys.stderr)
     if args.json:
         print(json.dumps([h.__dict__ for h in hits], indent=2))
     else:
         for rank, h in enumerate(hits, 1):
             print(f"{rank:3d}  {h.score:7.4f}  {printable(h.path)}")
     return EXIT_OK
+
+
+def _why_no_results(index: Any, args: argparse.Namespace) -> str:
+    """Why a search of a non-empty index found nothing: the best score against --min-score, or the filter."""
+    if args.min_score is not None:
+        best = index.search(args.query, k=1, path_filter=args.filter, include_query=args.include_query)
+        if best:
+            return f"the best match scored {best[0].score:.4f}, below --min-score {args.min_score:g}"
+    if args.filter:
+        return f"no indexed path matches --filter {printable(args.filter)!r} (paths are stored absolute)"
+    return "nothing is left once the query image itself is left out (--include-query keeps it)"
 
 
 SERVER_TIMEOUT_S = 60.0
@@ -378,7 +412,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     labels = _read_labels(args)
     images = _image_paths(args.images)
-    clf = ZeroShotClassifier(_load(args.model, args), labels, templates=args.templates, cache_dir=args.cache_dir)
+    if args.no_cache and args.cache_dir:
+        raise UsageError("mmembed classify: --cache-dir and --no-cache contradict each other; give one")
+    cache_dir = None if args.no_cache else args.cache_dir or True  # True: the package's cache folder
+    clf = ZeroShotClassifier(_load(args.model, args), labels, templates=args.templates, cache_dir=cache_dir)
     res = clf.embedder.embed_images_with_errors(images)
     by_index = dict(zip(res.indices, clf.predict_embeddings(res.vectors, top_k=args.top_k)))
     reasons = {f.index: f.reason for f in res.failures}
@@ -471,7 +508,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     human = next(f"{size / 1024 ** i:.1f} {u}" for i, u in enumerate(("B", "KiB", "MiB", "GiB", "TiB"))
                  if size < 1024 ** (i + 1) or u == "TiB")
     print(f"index:   {printable(info['path'])} (schema {info['schema_version']}, {human})")
-    print(f"model:   {_model_label(info['model'])}")
+    print(f"model:   {_identity_name(info['model'])}")  # the dimension has its own line
     print(f"dim:     {info['dim']}")
     print(f"images:  {info['images']}")
     print(f"failed:  {info['failed']}")
@@ -638,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-query", action="store_true",
                    help="keep an indexed file that is itself the query (left out by default: it would be first at 1.0)")
     p.add_argument("-k", type=_positive_int, default=10)
-    p.add_argument("--min-score", type=float)
+    p.add_argument("--min-score", type=_cosine, help="only results with at least this cosine (-1..1)")
     p.add_argument("--filter", help="glob on the path, e.g. '*/2024/*'")
     p.add_argument("--json", action="store_true")
 
@@ -648,7 +685,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-file", help="one label per line")
     p.add_argument("--templates", default="openai-imagenet", help="openai-imagenet, simple, none")
     p.add_argument("--top-k", type=_positive_int, default=3)
-    p.add_argument("--cache-dir", help="cache label embeddings here")
+    p.add_argument("--cache-dir", help="cache label embeddings here (default: labels/ in the package's cache folder, "
+                                       "$MMEMBED_CACHE or ~/.cache/multimodal_embed), keyed by model, labels and "
+                                       "templates")
+    p.add_argument("--no-cache", action="store_true", help="embed the labels again, read and write no cache")
     p.add_argument("--json", action="store_true")
 
     stored = ("it reads the vectors stored in the index (made by the model the index records, see `mmembed info`) "
@@ -656,7 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("dedupe", "near-duplicate groups in an index, with their scores and a summary line", cmd_dedupe,
             model=False, no_model=stored)
     p.add_argument("index")
-    p.add_argument("--threshold", type=float, default=0.95)
+    p.add_argument("--threshold", type=_cosine, default=0.95, help="the cosine (-1..1) at which two images are "
+                                                                    "near-duplicates (default 0.95)")
     p.add_argument("--json", action="store_true")
 
     p = add("export", "write an index's paths, metadata and vectors to OUT (.parquet, .jsonl or .npy)", cmd_export,

@@ -3,7 +3,8 @@
 :func:`choose_model` answers "which model, when the user named none": the configured model (an explicit name,
 else ``$MMEMBED_MODEL``, else ``model = "..."`` in the config file ``$MMEMBED_CONFIG`` or
 ``$XDG_CONFIG_HOME/mmembed/config.toml`` / ``~/.config/mmembed/config.toml``), else ``nomic-embed-v1.5`` when its
-files are in the Hugging Face cache or the hub answers, else the built-in offline model, with a one-line notice
+files are in the Hugging Face cache or the hub serves them (asked once, within a few seconds, by the route
+``huggingface_hub`` takes: proxies included), else the built-in offline model, with a one-line notice
 saying how to get the better one. Nothing heavy is imported and nothing is downloaded here.
 """
 
@@ -22,6 +23,9 @@ PREFERRED_MODEL = "nomic-embed-v1.5"
 BUILTIN_MODEL = "minilm-efficientnet-lite0"
 MODEL_ENV = "MMEMBED_MODEL"
 CONFIG_ENV = "MMEMBED_CONFIG"
+CACHE_ENV = "MMEMBED_CACHE"
+# what the built-in model cannot do (measured on the gallery: README "Set-up"), said in the fallback notice
+BUILTIN_BLIND_SPOTS = "a small model with no sense of colour, weak on scenes, reading no text in images"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,14 @@ def configured_model() -> tuple[str, str] | None:
     return model.strip(), "config"
 
 
+def cache_home() -> Path:
+    """The package's cache folder (label embeddings, exported graphs, evaluation embeddings): ``$MMEMBED_CACHE``,
+    else ``$XDG_CACHE_HOME/multimodal_embed``, else ``~/.cache/multimodal_embed``. Not created here."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "multimodal_embed"
+
+
 def hub_cache_dir() -> Path:
     """The Hugging Face hub cache as the environment names it now (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
     ``~/.cache/huggingface/hub``): ``huggingface_hub`` reads these once, at its import."""
@@ -94,6 +106,17 @@ def preferred_is_cached() -> bool:
     return True
 
 
+def preferred_unavailable_reason() -> str | None:
+    """Why nomic-embed-v1.5 cannot be downloaded now (offline mode, or any failure to reach or read its files on the
+    hub: DNS, a refusing proxy, TLS, an error status from a mirror, no answer within a few seconds), else None."""
+    from .hub import CONFIG_FILES, file_unavailable_reason, offline_reason
+    from .registry import lookup
+
+    spec = lookup(PREFERRED_MODEL)
+    files = [(repo, CONFIG_FILES[0], spec.revisions.get(role, "main")) for role, repo in spec.repos.items()]
+    return offline_reason() or file_unavailable_reason(files)
+
+
 def choose_model(name: str | None = None) -> ModelChoice:
     """The model to use when ``name`` may be None: see the module docstring for the order."""
     if name:
@@ -103,14 +126,13 @@ def choose_model(name: str | None = None) -> ModelChoice:
         return ModelChoice(*configured)
     if preferred_is_cached():
         return ModelChoice(PREFERRED_MODEL, "cached")
-    from .hub import hub_unreachable_reason, offline_mode
-
-    reason = "HF_HUB_OFFLINE is set" if offline_mode() else hub_unreachable_reason()
+    reason = preferred_unavailable_reason()
     if reason is None:
         return ModelChoice(PREFERRED_MODEL, "reachable")
-    notice = (f"using the built-in offline model {BUILTIN_MODEL}: {PREFERRED_MODEL} is neither cached nor "
-              f"downloadable here ({reason}); for better results run `mmembed download {PREFERRED_MODEL}` where "
-              f"the hub is reachable, or pick a model with --model or ${MODEL_ENV}")
+    notice = (f"using the built-in offline model {BUILTIN_MODEL} ({BUILTIN_BLIND_SPOTS}; README \"Which model\"): "
+              f"{PREFERRED_MODEL} is neither cached nor downloadable here ({reason}); for better results run "
+              f"`mmembed download {PREFERRED_MODEL}` where the hub is reachable, or pick a model with --model or "
+              f"${MODEL_ENV} (`mmembed models`)")
     return ModelChoice(BUILTIN_MODEL, "fallback", notice)
 
 

@@ -318,6 +318,14 @@ def compare_table(embedder: Any, lines: list[str], paths: list[str]) -> str:
     return _heatmap(names, names, images @ images.T, thumbs)
 
 
+def user_error(message: str) -> Exception:
+    """The error for a user's mistake in the demo (an empty box, too long a query): Gradio's toast says it, and
+    nothing is printed on the server's console (no traceback). Raise it from an event handler."""
+    import gradio as gr
+
+    return gr.Error(message, print_exception=False)
+
+
 def build_app(embedder: Any, index: Any, notice: str | None = None, served: list[str] | None = None) -> Any:
     """The Gradio Blocks app (not launched). ``served``: the files results may show (default: the indexed
     images under the index's folders, see :func:`served_files`)."""
@@ -334,7 +342,7 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
         if image is None and not (query or "").strip():
             return [], "Type a query or upload an image."
         if len(query or "") > MAX_TEXT_CHARS:
-            raise gr.Error(f"The query is longer than {MAX_TEXT_CHARS} characters.")
+            raise user_error(f"The query is longer than {MAX_TEXT_CHARS} characters.")
         try:
             if image is not None:
                 hits = index.search(image, k=int(k))
@@ -342,7 +350,7 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
                 hits = index.search(query.strip(), k=int(k), texts_only=True)
         except MultimodalEmbedError as exc:
             logger.info("demo search failed: %s", exc)
-            raise gr.Error("The search failed: the query could not be used.") from None
+            raise user_error("The search failed: the query could not be used.") from None
         hits = [h for h in hits if h.path in allowed]  # only files the demo serves
         names = [shown_name(h.path, roots) for h in hits]
         gallery = [(_display(h.path, h.width, h.height), f"{h.score:.3f}  {n}") for h, n in zip(hits, names)]
@@ -352,13 +360,13 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
         try:
             names = parse_labels(labels) or list(offered)  # an emptied box: the default labels, as its hint says
         except InvalidInputError as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(str(exc)) from None
         if image is None:
-            raise gr.Error("Upload an image to classify (the Image box is empty).")
+            raise user_error("Upload an image to classify (the Image box is empty).")
         try:
             clf = ZeroShotClassifier(embedder, names, templates=templates)
         except MultimodalEmbedError as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(str(exc)) from None
         probs = clf.probabilities([image])[0]
         return {name: float(p) for name, p in zip(names, probs)}
 
@@ -366,13 +374,13 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
         try:
             lines, paths = compare_inputs(texts, files)
         except InvalidInputError as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(str(exc)) from None
         if not lines and not paths:
-            raise gr.Error("Give some texts (one per line) and/or images.")
+            raise user_error("Give some texts (one per line) and/or images.")
         try:
             return compare_table(embedder, lines, paths)
         except MultimodalEmbedError as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(str(exc)) from None
 
     with gr.Blocks(title="multimodal_embed demo") as app:
         model_name = embedder.info.get("name") or embedder.info.get("text", {}).get("name")

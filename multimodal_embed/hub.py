@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,14 +30,25 @@ SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "1_P
 IMAGE_FILES = ("preprocessor_config.json",)
 
 OFFLINE_MODEL = "minilm-efficientnet-lite0"
-PROBE_TIMEOUT_S = 1.5
+PROBE_TIMEOUT_S = 3.0  # the whole probe, connect and answer: a few seconds, never huggingface_hub's retries
 _DEFAULT_ENDPOINT = "https://huggingface.co"
-_probe_cache: dict[str, tuple[float, str | None]] = {}  # endpoint -> (when, reason it is unreachable or None)
+_probe_cache: dict[str, tuple[float, str | None]] = {}  # route -> (when, reason it failed or None)
+
+
+def offline_reason() -> str | None:
+    """``"HF_HUB_OFFLINE is set"`` (or ``TRANSFORMERS_OFFLINE``) when the environment asks for cache-only operation,
+    else None. Read as ``huggingface_hub`` reads it: ``HF_HUB_OFFLINE``, or when that is unset or empty,
+    ``TRANSFORMERS_OFFLINE``."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        value = os.environ.get(name)
+        if value:
+            return f"{name} is set" if value.upper() in ("1", "ON", "YES", "TRUE") else None
+    return None
 
 
 def offline_mode() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` asks for cache-only operation."""
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for cache-only operation."""
+    return offline_reason() is not None
 
 
 def hub_endpoint() -> str:
@@ -46,43 +56,89 @@ def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or _DEFAULT_ENDPOINT).rstrip("/")
 
 
-def _uses_proxy(url: str) -> bool:
-    import urllib.request
+def _route_key(url: str) -> str:
+    """``url`` plus the proxy settings that decide how it is reached (a probe's answer holds for that route only)."""
+    proxies = sorted((k.lower(), v) for k, v in os.environ.items() if k.lower().endswith("_proxy"))
+    return f"{url} {proxies}"
 
-    parts = urllib.parse.urlsplit(url)
-    return parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname or "")
+
+def _short(exc: BaseException) -> str:
+    """One line for a failed request: ``HTTP 404 from URL`` for an answer, else the exception's type and message."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        return f"HTTP {status} from {getattr(response, 'url', '') or 'the hub'}"
+    first = (str(exc).splitlines() or [""])[0] or repr(exc)
+    return f"{type(exc).__name__}: {first if len(first) <= 200 else first[:200] + '...'}"
+
+
+def _bounded(probe: Callable[[], str | None], timeout: float, what: str) -> str | None:
+    """``probe()``'s reason, or one saying that ``what`` gave no answer within ``timeout`` s. It runs in a daemon
+    thread: a name look-up with no DNS server, or a proxy that accepts and never answers, can hang far longer than
+    any socket timeout, and the caller waits ``timeout`` seconds at most."""
+    outcome: list[str | None] = []
+
+    def run() -> None:
+        try:
+            outcome.append(probe())
+        except Exception as exc:  # noqa: BLE001 - any failure to reach or read the hub is a reason, never a crash
+            outcome.append(_short(exc))
+
+    worker = threading.Thread(target=run, name="mmembed-hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return outcome[0] if outcome else f"no answer from {what} within {timeout:g} s"
 
 
 def hub_unreachable_reason(endpoint: str | None = None, *, timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """Why the hub cannot be reached (DNS failure, refused or timed-out TCP connect), or None if it can.
+    """Why the hub cannot be reached (DNS failure, refused or timed-out connection, a proxy that refuses, a TLS
+    error), or None if it answers at all.
 
-    One name look-up and TCP connect, given at most ``timeout`` seconds in all (in a daemon thread, since a
-    look-up with no DNS server can hang far longer than a connect timeout), remembered for 60 s per endpoint,
-    so that a missing network costs seconds once instead of ``huggingface_hub``'s retries for every file.
-    Behind an HTTP proxy the check is skipped (the proxy decides) and None is returned.
+    One HEAD request to the endpoint by the route ``huggingface_hub`` takes (its HTTP session: the same proxies,
+    certificates and headers), given at most ``timeout`` seconds in all and remembered for 60 s per route, so that a
+    missing network costs seconds once instead of ``huggingface_hub``'s retries for every file. Any HTTP answer,
+    even an error status, counts as reachable: whether a file is there is :func:`file_unavailable_reason`'s question.
     """
     endpoint = endpoint or hub_endpoint()
-    cached = _probe_cache.get(endpoint)
+    key = _route_key(endpoint)
+    cached = _probe_cache.get(key)
     if cached and time.monotonic() - cached[0] < 60:
         return cached[1]
-    parts = urllib.parse.urlsplit(endpoint)
-    reason: str | None = None
-    if parts.hostname and not _uses_proxy(endpoint):
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        outcome: list[str | None] = []
 
-        def probe() -> None:
-            try:
-                socket.create_connection((parts.hostname, port), timeout=timeout).close()
-                outcome.append(None)
-            except OSError as exc:
-                outcome.append(f"{type(exc).__name__}: {exc.strerror or exc}")
+    def probe() -> str | None:
+        from huggingface_hub.utils import get_session
 
-        worker = threading.Thread(target=probe, name="mmembed-hub-probe", daemon=True)
-        worker.start()
-        worker.join(timeout)
-        reason = outcome[0] if outcome else f"no answer from {parts.hostname} within {timeout:g} s"
-    _probe_cache[endpoint] = (time.monotonic(), reason)
+        get_session().head(endpoint + "/", timeout=timeout, follow_redirects=False)
+        return None
+
+    reason = _bounded(probe, timeout, urllib.parse.urlsplit(endpoint).netloc or endpoint)
+    _probe_cache[key] = (time.monotonic(), reason)
+    return reason
+
+
+def file_unavailable_reason(files: Sequence[tuple[str, str, str]], *, timeout: float = PROBE_TIMEOUT_S
+                            ) -> str | None:
+    """Why one of ``files`` (``(repo_id, filename, revision)`` triples) cannot be read from the hub now, or None when
+    every one answers. One metadata request each (HEAD, no retries) by ``huggingface_hub``'s route, all within
+    ``timeout`` seconds: a refused connection, a proxy error, a TLS error, a timeout and an error status (a mirror
+    answering 404 or 5xx) are all reasons."""
+    endpoint = hub_endpoint()
+    urls = [f"{endpoint}/{repo}/resolve/{urllib.parse.quote(rev, safe='')}/{name}" for repo, name, rev in files]
+    key = _route_key(" ".join(urls))
+    cached = _probe_cache.get(key)
+    if cached and time.monotonic() - cached[0] < 60:
+        return cached[1]
+    deadline = time.monotonic() + timeout
+
+    def probe() -> str | None:
+        from huggingface_hub import get_hf_file_metadata
+
+        for url in urls:
+            get_hf_file_metadata(url, timeout=max(0.1, deadline - time.monotonic()), retry_on_errors=False)
+        return None
+
+    reason = _bounded(probe, timeout, urllib.parse.urlsplit(endpoint).netloc or endpoint)
+    _probe_cache[key] = (time.monotonic(), reason)
     return reason
 
 
@@ -170,7 +226,7 @@ def fetch(
                 continue
             first = (str(exc).splitlines() or [""])[0]
             first = first if len(first) <= 240 else first[:240] + "..."
-            reason = "HF_HUB_OFFLINE is set" if offline_mode() else f"{type(exc).__name__}: {first}"
+            reason = offline_reason() or f"{type(exc).__name__}: {first}"
             raise ModelNotFoundError(
                 f"model {repo_id!r} (revision {revision}) is not available: {name} is not in the Hugging Face "
                 f"cache and could not be downloaded ({reason}). Download it once where the hub is reachable "

@@ -173,6 +173,11 @@ def load_pretrained(model: str | os.PathLike | None, *, text: str | os.PathLike 
     loaded = load(parsed, load_options, text=None if text is None else os.fspath(text),
                   vision=None if vision is None else os.fspath(vision), revision=revision)
     apply_gpu_decode(loaded.image, load_options.gpu_decode)
+    spec = parsed.spec if parsed is not None else None
+    for role in ("text", "vision"):  # each tower's license, from the registry's one table (None: not listed)
+        tower = loaded.info.get(role)
+        if isinstance(tower, dict):
+            tower["license"] = spec.licenses[role] if spec else registry.tower_license(str(tower.get("name")), role)
     return loaded
 
 

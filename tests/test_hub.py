@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from multimodal_embed import hub, registry
-from tests.hubserver import FakeHub
+from tests.conftest import subprocess_env
+from tests.hubserver import AnswerServer, FakeHub, SilentServer
 
 REPO_ID = "nomic-ai/nomic-embed-text-v1.5"
 PINNED = registry.pinned_revision(REPO_ID)
@@ -33,10 +34,8 @@ print(json.dumps({"vec": v.tolist(), "info": emb.info}))
 
 
 def _run(model: str, cache, env_extra: dict[str, str]):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(env_extra)
     proc = subprocess.run([sys.executable, "-c", SCRIPT, model, str(cache)], capture_output=True, text=True, check=False,
-                          env=env, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+                          env=subprocess_env(**env_extra), timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
     return proc
 
 
@@ -108,7 +107,7 @@ def test_download_of_other_families_through_the_hub(family, tmp_path):
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 30, 30)).save(buf, "PNG")
     script = FAMILY_SCRIPT.replace('b"%s"', repr(buf.getvalue()))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env = subprocess_env()
     cache = tmp_path / "cache"
     root = os.path.dirname(os.path.dirname(__file__))
     with FakeHub({repo: (folder, sha)}) as fake:
@@ -168,11 +167,9 @@ sys.exit(code)
 def test_cli_without_hub_prints_one_line_and_the_offline_model(tmp_path):
     """A model named on the command line that is neither cached nor reachable: one line, exit 3, quickly. With no
     model named, the default rule (issue 28) uses the built-in model instead, with a one-line notice."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MMEMBED_"))}
-    env.update(HF_ENDPOINT=_refused_endpoint(), HF_HOME=str(tmp_path / "hf-home"),
-               XDG_CONFIG_HOME=str(tmp_path / "config"))
+    env = subprocess_env(HF_ENDPOINT=_refused_endpoint(), HF_HOME=str(tmp_path / "hf-home"),
+                         XDG_CONFIG_HOME=str(tmp_path / "config"))
     root = os.path.dirname(os.path.dirname(__file__))
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
     proc = subprocess.run([sys.executable, "-c", CLI_TIMED, "embed", "--model", "nomic-embed-v1.5", "--text", "a cat"],
                           check=False, capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert proc.returncode == 3, proc.stderr
@@ -193,3 +190,90 @@ def test_cli_without_hub_prints_one_line_and_the_offline_model(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("mmembed: using the built-in offline model"), proc.stderr
     assert "Connection refused" in lines[0] and "mmembed download nomic-embed-v1.5" in lines[0]
     assert len(json.loads(proc.stdout.splitlines()[0])["vector"]) == 384  # the built-in model's vectors
+
+
+# -- the default-model rule on every network (issue 44): any failure to reach or read the hub falls back quickly --
+CHOOSE_TIMED = """
+import json, sys, time
+import huggingface_hub, multimodal_embed.defaults as d, multimodal_embed.hub as h  # start-up, untimed
+start = time.perf_counter()
+choice = d.choose_model()
+chose = time.perf_counter() - start
+start, error = time.perf_counter(), None
+try:  # a model the user named: still fails loudly, as quickly
+    if sys.argv[2] == "named":
+        h.fetch("nomic-ai/nomic-embed-text-v1.5", files=h.CONFIG_FILES, cache_dir=sys.argv[1])
+except Exception as exc:
+    error = f"{type(exc).__name__}: {exc}"
+print(json.dumps({"name": choice.name, "source": choice.source, "notice": choice.notice, "seconds": chose,
+                  "error": error, "error_seconds": time.perf_counter() - start}))
+"""
+
+
+# bounds far below huggingface_hub's 28 s of retries, with room for a cold start of huggingface_hub on a loaded
+# machine (its first call imports its HTTP stack: up to 5 s measured on 2 busy cores)
+FAST_S, HANG_S = 8.0, hub.PROBE_TIMEOUT_S * 2 + 6.0
+
+
+def _choose(tmp_path, named: bool = True, **env: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHOOSE_TIMED, str(tmp_path / "hub-cache"), "named" if named else "-"],
+                          capture_output=True,
+                          text=True, check=False, env=subprocess_env(**env), timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def _assert_fell_back(out: dict, *, within: float, why: str, named: bool = True) -> None:
+    assert (out["name"], out["source"]) == ("minilm-efficientnet-lite0", "fallback"), out
+    assert why in out["notice"] and "\n" not in out["notice"] and "mmembed download nomic-embed-v1.5" in out["notice"]
+    assert out["seconds"] < within, f"the default rule took {out['seconds']:.2f} s"
+    if not named:
+        return
+    assert out["error"] is not None and "nomic-ai/nomic-embed-text-v1.5" in out["error"], out
+    assert out["error_seconds"] < within, f"the named model's error took {out['error_seconds']:.2f} s"
+
+
+@pytest.mark.parametrize("status", [403, 407, 502])
+def test_a_proxy_that_refuses_the_hub_means_the_builtin_model(tmp_path, status):
+    """HTTPS_PROXY at a local proxy that answers every CONNECT with an error (the corporate network: the package
+    index allowed, the hub not): fallback with the notice in seconds, and the named model fails loudly as fast."""
+    with AnswerServer(status) as proxy:
+        out = _choose(tmp_path, HTTPS_PROXY=proxy.url, HTTP_PROXY=proxy.url)
+    assert any(method == "CONNECT" and "huggingface.co" in path for method, path in proxy.requests), proxy.requests
+    _assert_fell_back(out, within=FAST_S, why="roxy")
+
+
+def test_a_proxy_that_is_down_or_hangs_means_the_builtin_model(tmp_path):
+    out = _choose(tmp_path, https_proxy=_refused_endpoint())  # lower case, as many shells export it
+    _assert_fell_back(out, within=FAST_S, why="onnect")
+    with SilentServer() as proxy:
+        out = _choose(tmp_path, HTTPS_PROXY=proxy.url)
+    _assert_fell_back(out, within=HANG_S, why="")
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_a_mirror_that_answers_an_error_means_the_builtin_model(tmp_path, status):
+    """HF_ENDPOINT at a mirror that answers (the TCP connect succeeds) but has not the files: fallback, not exit 3.
+    (A model the user names is retried by huggingface_hub on 5xx, a server error being often transient: that part is
+    timed for the 404 only.)"""
+    with AnswerServer(status) as mirror:
+        out = _choose(tmp_path, named=status == 404, HF_ENDPOINT=mirror.url)
+    assert any("/nomic-ai/nomic-embed-text-v1.5/resolve/" in path for _, path in mirror.requests)
+    _assert_fell_back(out, within=FAST_S, why=f"HTTP {status}", named=status == 404)
+
+
+def test_a_mirror_that_hangs_means_the_builtin_model_within_the_probe_timeout(tmp_path):
+    with SilentServer() as mirror:
+        out = _choose(tmp_path, HF_ENDPOINT=mirror.url)
+    _assert_fell_back(out, within=HANG_S, why="")
+    assert "within" in out["notice"] or "imeout" in out["notice"] or "timed out" in out["notice"]
+
+
+def test_a_mirror_that_serves_nomic_makes_it_the_default(tmp_path, fixtures_dir):
+    spec = registry.lookup("nomic-embed-v1.5")
+    repos = {spec.text: (fixtures_dir / "text-v1.5-tiny", spec.revisions["text"]),
+             spec.vision: (fixtures_dir / "vision-v1.5-tiny", spec.revisions["vision"])}
+    with FakeHub(repos) as mirror:
+        out = _choose(tmp_path, HF_ENDPOINT=mirror.url)
+    assert (out["name"], out["source"], out["notice"]) == ("nomic-embed-v1.5", "reachable", None)
+    assert out["error"] is None  # and the named model downloads from it

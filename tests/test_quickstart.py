@@ -4,7 +4,6 @@ fresh clone with no ../shared beside it."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -17,6 +16,8 @@ from PIL import Image
 
 from multimodal_embed.demo import SAMPLE_DIR
 from multimodal_embed.quickstart import BUILTIN_MODEL, GALLERY_DIR, load_gallery, search_gallery
+
+from .conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,8 +91,7 @@ def test_readme_first_command_on_a_fresh_clone(tmp_path):
     python_part = readme_first_command().rsplit("&&", 1)[-1].strip()
     argv = shlex.split(python_part)
     assert argv[0] == "python"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MMEMBED_"))}
-    env.update(PYTHONPATH=str(clone), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "no-hf-cache"))
+    env = subprocess_env(PYTHONPATH=str(clone), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "no-hf-cache"))
     proc = subprocess.run([sys.executable, *argv[1:]], check=False, cwd=clone, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr

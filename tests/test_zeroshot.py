@@ -142,6 +142,19 @@ def test_cache_reuses_and_embeds_only_new_labels(nomic, tmp_path):
         assert count.calls == 3
 
 
+def test_disk_cache_only_when_asked(nomic, tmp_path, monkeypatch):
+    """Memory only by default (a server's request labels never reach the disk); ``cache_dir=True`` is ``labels/`` in
+    the package's cache folder; a cache that cannot be written costs a warning, never the classification."""
+    monkeypatch.setenv("MMEMBED_CACHE", str(tmp_path / "pkg"))
+    ZeroShotClassifier(nomic, LABELS, templates=TEMPLATES)
+    assert not (tmp_path / "pkg").exists()
+    clf = ZeroShotClassifier(nomic, ["owl"], templates=TEMPLATES, cache_dir=True)
+    assert clf.cache_dir == tmp_path / "pkg" / "labels" and len(list(clf.cache_dir.glob("labels-*.npz"))) == 1
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    ZeroShotClassifier(nomic, ["newt"], templates=TEMPLATES, cache_dir=blocked / "sub")  # warns, classifies
+
+
 def test_evaluate_matches_hand_computation(nomic, tmp_path):
     classes = {"cat": "cat", "dog": "dog", "automobile": "car"}
     root = labelled_folder(tmp_path / "folder", tuple(classes))

@@ -38,7 +38,8 @@ def _import_open_clip():
 
 
 def _offline_hint() -> str:
-    return "HF_HUB_OFFLINE is set; " if hub.offline_mode() else ""
+    reason = hub.offline_reason()
+    return f"{reason}; " if reason else ""
 
 
 def is_open_clip_folder(folder: str | os.PathLike) -> bool:

@@ -44,8 +44,10 @@ def _require() -> tuple[Any, Any]:
 
 
 def cache_root() -> Path:
-    """``$MMEMBED_CACHE`` or ``~/.cache/multimodal_embed``."""
-    return Path(os.environ.get("MMEMBED_CACHE") or Path.home() / ".cache" / "multimodal_embed")
+    """The package's cache folder (:func:`multimodal_embed.defaults.cache_home`)."""
+    from ..defaults import cache_home
+
+    return cache_home()
 
 
 def weights_key(module: nn.Module, kind: str, weights: str = "int8") -> str:

@@ -45,8 +45,10 @@ SHORT = {"mean_per_class_recall": "mean recall", **{f"{d}_R@{k}": f"{a} R@{k}" f
 
 
 def default_cache_dir() -> Path:
-    """``$MMEMBED_CACHE/eval`` (default ``~/.cache/multimodal_embed/eval``)."""
-    return Path(os.environ.get("MMEMBED_CACHE") or Path.home() / ".cache" / "multimodal_embed") / "eval"
+    """``eval`` in the package's cache folder (:func:`multimodal_embed.defaults.cache_home`)."""
+    from ..defaults import cache_home
+
+    return cache_home() / "eval"
 
 
 # -- the embedding cache ------------------------------------------------------------------------------------------
