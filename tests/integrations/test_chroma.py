@@ -98,3 +98,58 @@ def test_a_bad_image_is_named_and_the_good_ones_are_stored(nomic_pair, photos, n
     with pytest.raises(InputTypeError, match="#0"):
         ef([3.5])
     assert sorted(col.get()["ids"]) == ["a", "b"]
+
+
+def test_arrays_of_any_numeric_dtype_are_pixels_as_pillow_reads_them(nomic_pair, photos):
+    """Chroma's Image type allows unsigned, int64 and float64 arrays: each is the uint8 image Pillow makes of it."""
+    from multimodal_embed.integrations.chroma import pixels
+
+    ef = MultimodalEmbeddingFunction(embedder=nomic_pair)
+    base = _arrays(photos[:1])[0]
+    want = nomic_pair.embed_images([base])
+    for dtype in (np.int64, np.uint64, np.int32, np.uint16, np.float64, np.float32):
+        assert close(ef([base.astype(dtype)]), want), dtype
+    assert close(ef([base.astype(np.float64) + 0.75]), want)  # fractions dropped, as Pillow's 8-bit conversion
+    wide = np.array([[-3, 0, 17, 255, 256, 70000]], dtype=np.int64)
+    from PIL import Image as PILImage
+
+    assert pixels(wide).tolist() == np.asarray(PILImage.fromarray(wide.astype(np.int32)).convert("L")).tolist()
+    grey = np.array([[0.4, 1.5, 254.9, 300.0, -2.0]])
+    assert pixels(grey).tolist() == np.asarray(PILImage.fromarray(grey.astype(np.float32)).convert("L")).tolist()
+    assert pixels(np.array([[True, False]])).tolist() == [[255, 0]]
+    bad = base.astype(np.float64)
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ImageDecodeError, match=r"#1 .*NaN"):
+        ef([base, bad])
+
+
+def test_chromas_multimodal_conformance_flow(nomic_pair):
+    """The steps of chromadb's shipped multimodal test (chromadb/test/ef/test_multimodal_ef.py: random int64 images
+    and documents in one collection, get, then the nearest neighbours of an image query and a text query) with this
+    function. That test takes a query's neighbours from the function's own vectors, so queries use the document
+    task here. (Its module cannot be imported without chromadb's server extras.)"""
+    ef = MultimodalEmbeddingFunction(embedder=nomic_pair, query_task="search_document")
+    client = chromadb.EphemeralClient()
+    col = client.create_collection("multimodal_conformance", embedding_function=ef)
+    try:
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 255, size=(10, 10, 3), dtype=np.int64) for _ in range(10)]
+        documents = [str(rng.integers(0, 255, size=(10, 10, 3), dtype=np.int64)) for _ in range(10)]
+        image_ids, doc_ids = [str(i) for i in range(10)], [str(i) for i in range(10, 20)]
+        col.add(ids=doc_ids, documents=documents)
+        col.add(ids=image_ids, images=images)
+        got = col.get(include=["documents"])
+        assert sorted(got["ids"]) == sorted(image_ids + doc_ids)
+        for i, d in zip(got["ids"], got["documents"]):
+            assert d == (documents[doc_ids.index(i)] if i in doc_ids else None)
+        everything = np.asarray(ef(images) + ef(documents), dtype=np.float64)
+        ids = image_ids + doc_ids
+        for query in ({"query_images": [rng.integers(0, 255, size=(10, 10, 3), dtype=np.int64)]},
+                      {"query_texts": [str(rng.integers(0, 255, size=(10, 10, 3), dtype=np.int64))]}):
+            qv = np.asarray(ef(next(iter(query.values()))), dtype=np.float64)[0]
+            want = [ids[i] for i in np.argsort(1.0 - everything @ qv, kind="stable")[:3]]
+            assert col.query(**query, n_results=3)["ids"][0] == want
+        with pytest.raises(ValueError):
+            col.query(query_images=[images[0]], query_texts=[documents[0]])
+    finally:
+        client.delete_collection("multimodal_conformance")
