@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 BUILTIN_MODEL = "minilm-efficientnet-lite0"
 TASKS = ("search_query", "search_document", "clustering", "classification")
 INLINE_TOKENIZE_CHARS = 20_000  # request texts up to this size are counted on the event loop (well under 1 ms)
-ROUTES = ("/v1/embeddings", "/v1/search", "/v1/classify", "/v1/models", "/health", "/metrics")
+ROUTES = ("/v1/embeddings", "/v1/search", "/v1/classify", "/v1/models", "/v2/embed", "/health", "/metrics")
 
 
 @dataclass
@@ -67,7 +67,8 @@ class ServeConfig:
     device: str | None = None
     precision: str | None = None
     allow_url_fetch: bool = False
-    truncate: bool = False  # cut over-long texts instead of refusing them
+    truncate: bool = False  # cut over-long texts instead of refusing them (long_text="truncate")
+    long_text: str | None = None  # over-long texts when a request says nothing: refuse, truncate or mean (chunks)
     max_body_bytes: int = 32 * 1024 * 1024
     max_items: int = 2048
     max_images: int = 64
@@ -240,7 +241,7 @@ async def _client_gone(request: Request) -> None:
 
 
 # -- the request-level rules ---------------------------------------------------------------------------------
-def _task(req: EmbeddingsRequest, emb: Any) -> str | None:
+def _task(req: EmbeddingsRequest, emb: Any, default: str = "search_document") -> str | None:
     task = req.task
     if task is not None and task not in TASKS:
         raise ApiError(400, f"unknown task {task!r}; valid tasks are {list(TASKS)}", param="task", code="invalid_task")
@@ -251,7 +252,7 @@ def _task(req: EmbeddingsRequest, emb: Any) -> str | None:
             raise ApiError(400, f"input_type {req.input_type!r} and task {task!r} disagree; send one of them",
                            param="input_type")
         return mapped
-    return task if task is not None else "search_document"
+    return task if task is not None else default
 
 
 def _check_texts(items: list[Item]) -> None:
@@ -264,6 +265,44 @@ def _check_texts(items: list[Item]) -> None:
             except MultimodalEmbedError as exc:
                 raise ApiError(400, f"input[{i}]: {str(exc).removeprefix('texts[0] ')}", param=f"input[{i}]",
                                code="invalid_input") from None
+
+
+def long_text_mode(config: ServeConfig, long_text: str | None = None, truncate: bool | None = None) -> str:
+    """How over-long texts are embedded: the request's ``long_text``, else its ``truncate`` flag, else the server's
+    ``long_text`` (``--long-text``), else ``truncate`` when the server runs with ``--truncate``, else ``refuse``."""
+    if long_text is not None:
+        return long_text
+    if truncate is not None:
+        return "truncate" if truncate else "refuse"
+    return config.long_text or ("truncate" if config.truncate else "refuse")
+
+
+async def text_work(emb: Any, texts: list[str], task: str | None, dim: int | None, mode: str,
+                    names: list[str]) -> tuple[Work, int]:
+    """The queued work for a request's texts and its cost in tokens: each text checked (``names[i]`` in errors),
+    counted with the model's tokenizer (on the event loop when short), and refused over the context when ``mode``
+    is ``refuse``; ``truncate`` cuts, ``mean`` averages the chunks (the library's ``long_text`` modes)."""
+    from ..text import check_texts
+
+    for name, text in zip(names, texts):
+        try:
+            check_texts([text])
+        except MultimodalEmbedError as exc:
+            raise ApiError(400, f"{name}: {str(exc).removeprefix('texts[0] ')}", param=name,
+                           code="invalid_input") from None
+    if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:  # a thread hop costs more than tokenizing this
+        counts = emb.count_tokens(texts, task)
+    else:
+        counts = await asyncio.to_thread(emb.count_tokens, texts, task)
+    limit = emb.max_text_length
+    for name, n in zip(names, counts):
+        if limit and n > limit and mode == "refuse":
+            raise ApiError(400, f"{name} has {n} tokens, more than the model's {limit}; shorten it, or send "
+                                f"\"long_text\": \"truncate\" (cut it) or \"mean\" (average its chunks)",
+                           param=name, code="context_length_exceeded")
+    tokens = sum(n if mode == "mean" or not limit else min(n, limit) for n in counts)
+    long_text = "mean" if mode == "mean" else "truncate"
+    return Work("text", list(texts), cost=tokens, options=(task, None if dim == emb.dim else dim, long_text)), tokens
 
 
 def _encode(vec: np.ndarray, fmt: str) -> Any:
@@ -431,39 +470,30 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingsRequest, request: Request) -> JSONResponse:
-        served = state.model(req.model)
+        from .aliases import resolve
+        from .chat import request_items
+
+        served, default_task, answer_name = resolve(state, req.model)
         emb = served.embedder
-        items = parse_input(req.input, modality=req.modality, limits=state.limits)
+        items = request_items(req, state.limits)
         texts = [(i, it.value) for i, it in enumerate(items) if it.kind == "text"]
         images = [(i, it.value) for i, it in enumerate(items) if it.kind == "image"]
         for kind, have, wanted in (("text", emb.text_encoder, texts), ("image", emb.vision_encoder, images)):
             if wanted and have is None:
                 raise ApiError(400, f"the model {served.name!r} has no {kind} tower", param="input",
                                code=f"no_{kind}_tower")
-        task = _task(req, emb) if texts else None
+        task = _task(req, emb, default_task) if texts else None
         try:
             dim = emb.check_dimensionality(req.dimensions)
         except MultimodalEmbedError as exc:
             raise ApiError(400, str(exc), param="dimensions", code="invalid_dimensions") from None
-        _check_texts(items)
         works: list[Work] = []
         tokens = 0
         if texts:
-            strings = [t for _, t in texts]
-            if sum(map(len, strings)) <= INLINE_TOKENIZE_CHARS:  # a thread hop costs more than tokenizing this
-                counts = emb.count_tokens(strings, task)
-            else:
-                counts = await asyncio.to_thread(emb.count_tokens, strings, task)
-            limit = emb.max_text_length
-            truncate = state.config.truncate if req.truncate is None else req.truncate
-            for (i, _), n in zip(texts, counts):
-                if limit and n > limit and not truncate:
-                    raise ApiError(400, f"input[{i}] has {n} tokens, more than the model's {limit}; shorten it or "
-                                        f"send \"truncate\": true", param=f"input[{i}]", code="context_length_exceeded")
-            used = [min(n, limit) if limit else n for n in counts]
-            tokens = sum(used)
-            works.append(Work("text", [t for _, t in texts], cost=tokens,
-                              options=(task, None if dim == emb.dim else dim, "truncate")))
+            mode = long_text_mode(state.config, req.long_text, req.truncate)
+            work, tokens = await text_work(emb, [t for _, t in texts], task, dim, mode,
+                                           [f"input[{i}]" for i, _ in texts])
+            works.append(work)
         if images:
             works.append(Work("image", [v for _, v in images], cost=len(images)))
         results = await state.run(request, served, works)
@@ -482,7 +512,7 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
         state.metrics.images.labels(served.name).inc(len(images))
         data = [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
                 for i, v in enumerate(vectors)]
-        return JSONResponse({"object": "list", "data": data, "model": served.name,
+        return JSONResponse({"object": "list", "data": data, "model": answer_name,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "images": len(images)}})
 
     @app.post("/v1/search")
@@ -552,8 +582,12 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
+        from .aliases import model_entries
+
         state.model(None)
-        return JSONResponse({"object": "list", "data": [m.describe(state.created) for m in state.models.values()]})
+        mode = long_text_mode(state.config)
+        return JSONResponse({"object": "list", "data": [e for m in state.models.values()
+                                                        for e in model_entries(m, state.created, mode)]})
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -572,6 +606,9 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.add_middleware(_Guard, state=state)
+    from .cohere import add_cohere_routes
+
+    add_cohere_routes(app, state)  # after the guard: its error-shape middleware wraps the guard's refusals too
     return app
 
 
