@@ -305,6 +305,42 @@ async def text_work(emb: Any, texts: list[str], task: str | None, dim: int | Non
     return Work("text", list(texts), cost=tokens, options=(task, None if dim == emb.dim else dim, long_text)), tokens
 
 
+async def embed_items(state: ServerState, request: Request, served: ServedModel, items: list[Item], task: str | None,
+                      dim: int, mode: str, param: str) -> tuple[np.ndarray, int]:
+    """A request's items embedded through the model's queue, as ``embed_text`` / ``embed_images`` would: rows in
+    item order (texts with ``task``, ``dim`` and the long-text ``mode``; images cut to ``dim``) and the tokens used.
+    Errors name ``{param}[i]``."""
+    emb = served.embedder
+    texts = [(i, it.value) for i, it in enumerate(items) if it.kind == "text"]
+    images = [(i, it.value) for i, it in enumerate(items) if it.kind == "image"]
+    for kind, have, wanted in (("text", emb.text_encoder, texts), ("image", emb.vision_encoder, images)):
+        if wanted and have is None:
+            raise ApiError(400, f"the model {served.name!r} has no {kind} tower", param=param,
+                           code=f"no_{kind}_tower")
+    works: list[Work] = []
+    tokens = 0
+    if texts:
+        work, tokens = await text_work(emb, [t for _, t in texts], task, dim, mode, [f"{param}[{i}]" for i, _ in texts])
+        works.append(work)
+    if images:
+        works.append(Work("image", [v for _, v in images], cost=len(images)))
+    results = await state.run(request, served, works)
+    vectors = np.zeros((len(items), dim), np.float32)
+    for result in results:
+        if isinstance(result, TextResult):
+            vectors[[i for i, _ in texts]] = result.vectors
+        elif isinstance(result, ImageResult):
+            if result.failures:
+                f = result.failures[0]
+                where = f"{param}[{images[f.index][0]}]"
+                raise ApiError(400, f"{where}: the image could not be read: {f.reason}", param=where,
+                               code="invalid_image")
+            vectors[[images[p][0] for p in result.indices]] = truncate_unit(result.vectors, dim)
+    state.metrics.tokens.labels(served.name).inc(tokens)
+    state.metrics.images.labels(served.name).inc(len(images))
+    return vectors, tokens
+
+
 def _encode(vec: np.ndarray, fmt: str) -> Any:
     if fmt == "base64":
         return base64.b64encode(np.ascontiguousarray(vec, dtype="<f4").tobytes()).decode("ascii")
@@ -476,44 +512,18 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
         served, default_task, answer_name = resolve(state, req.model)
         emb = served.embedder
         items = request_items(req, state.limits)
-        texts = [(i, it.value) for i, it in enumerate(items) if it.kind == "text"]
-        images = [(i, it.value) for i, it in enumerate(items) if it.kind == "image"]
-        for kind, have, wanted in (("text", emb.text_encoder, texts), ("image", emb.vision_encoder, images)):
-            if wanted and have is None:
-                raise ApiError(400, f"the model {served.name!r} has no {kind} tower", param="input",
-                               code=f"no_{kind}_tower")
-        task = _task(req, emb, default_task) if texts else None
+        n_images = sum(it.kind == "image" for it in items)
+        task = _task(req, emb, default_task) if n_images < len(items) else None
         try:
             dim = emb.check_dimensionality(req.dimensions)
         except MultimodalEmbedError as exc:
             raise ApiError(400, str(exc), param="dimensions", code="invalid_dimensions") from None
-        works: list[Work] = []
-        tokens = 0
-        if texts:
-            mode = long_text_mode(state.config, req.long_text, req.truncate)
-            work, tokens = await text_work(emb, [t for _, t in texts], task, dim, mode,
-                                           [f"input[{i}]" for i, _ in texts])
-            works.append(work)
-        if images:
-            works.append(Work("image", [v for _, v in images], cost=len(images)))
-        results = await state.run(request, served, works)
-        vectors: list[np.ndarray | None] = [None] * len(items)
-        for work, result in zip(works, results):
-            if isinstance(result, TextResult):
-                for (i, _), v in zip(texts, result.vectors):
-                    vectors[i] = v
-            elif isinstance(result, ImageResult):
-                error = _image_error(result, [i for i, _ in images])
-                if error is not None:
-                    raise error
-                for pos, v in zip(result.indices, truncate_unit(result.vectors, dim)):
-                    vectors[images[pos][0]] = v
-        state.metrics.tokens.labels(served.name).inc(tokens)
-        state.metrics.images.labels(served.name).inc(len(images))
+        mode = long_text_mode(state.config, req.long_text, req.truncate)
+        vectors, tokens = await embed_items(state, request, served, items, task, dim, mode, "input")
         data = [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
                 for i, v in enumerate(vectors)]
         return JSONResponse({"object": "list", "data": data, "model": answer_name,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "images": len(images)}})
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "images": n_images}})
 
     @app.post("/v1/search")
     async def search(req: SearchRequest, request: Request) -> JSONResponse:

@@ -24,10 +24,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..encoders import truncate_unit
 from ..errors import MultimodalEmbedError
 from .aliases import TASKS, resolve
-from .batcher import ImageResult, TextResult, Work
 from .chat import message_item
 from .inputs import decode_image
 from .schemas import ApiError
@@ -87,7 +85,7 @@ def _parse(body: bytes) -> CohereEmbedRequest:
 
 def add_cohere_routes(app: FastAPI, state: Any) -> None:
     """Register ``POST /v2/embed`` and the middleware that gives every ``/v2/`` error Cohere's shape."""
-    from .app import _encode, text_work
+    from .app import _encode, embed_items
 
     @app.post("/v2/embed")
     async def cohere_embed(request: Request) -> JSONResponse:
@@ -140,43 +138,18 @@ def add_cohere_routes(app: FastAPI, state: Any) -> None:
             from .inputs import Item
 
             items = [Item("text", t) for t in values]
-        texts = [(i, it.value) for i, it in enumerate(items) if it.kind == "text"]
-        images = [(i, it.value) for i, it in enumerate(items) if it.kind == "image"]
-        if len(images) > state.limits.max_images:
-            raise _bad(f"{len(images)} images; at most {state.limits.max_images} per request", kind,
-                       "too_many_images")
-        for what, have, wanted in (("text", emb.text_encoder, texts), ("image", emb.vision_encoder, images)):
-            if wanted and have is None:
-                raise _bad(f"the model {served.name!r} has no {what} tower", kind, f"no_{what}_tower")
+        n_images = sum(it.kind == "image" for it in items)
+        if n_images > state.limits.max_images:
+            raise _bad(f"{n_images} images; at most {state.limits.max_images} per request", kind, "too_many_images")
         task = req.input_type
-        if texts:
+        if n_images < len(items):
             if task is None:
                 raise _bad(f"input_type is required for texts: one of {', '.join(TASKS)}", "input_type")
             if task not in TASKS:
                 raise _bad(f"input_type {task!r} is not one of {', '.join(TASKS)} (for texts)", "input_type")
-
-        works: list[Work] = []
-        tokens = 0
-        if texts:
-            mode = TRUNCATE[req.truncate] if req.truncate else "truncate"  # Cohere's default: END
-            work, tokens = await text_work(emb, [t for _, t in texts], task, dim, mode,
-                                           [f"{kind}[{i}]" for i, _ in texts])
-            works.append(work)
-        if images:
-            works.append(Work("image", [v for _, v in images], cost=len(images)))
-        results = await state.run(request, served, works)
-        vectors = np.zeros((len(items), dim), np.float32)
-        for result in results:
-            if isinstance(result, TextResult):
-                vectors[[i for i, _ in texts]] = result.vectors
-            elif isinstance(result, ImageResult):
-                if result.failures:
-                    f = result.failures[0]
-                    where = f"{kind}[{images[f.index][0]}]"
-                    raise _bad(f"{where}: the image could not be read: {f.reason}", where, "invalid_image")
-                vectors[[images[p][0] for p in result.indices]] = truncate_unit(result.vectors, dim)
-        state.metrics.tokens.labels(served.name).inc(tokens)
-        state.metrics.images.labels(served.name).inc(len(images))
+        mode = TRUNCATE[req.truncate] if req.truncate else "truncate"  # Cohere's default: END
+        vectors, tokens = await embed_items(state, request, served, items, task, dim, mode, kind)
+        image_data = [it.value for it in items if it.kind == "image"]
 
         embeddings: dict[str, Any] = {}
         for t in dict.fromkeys(types):
@@ -189,11 +162,11 @@ def add_cohere_routes(app: FastAPI, state: Any) -> None:
         out: dict[str, Any] = {"id": str(uuid.uuid4()), "embeddings": embeddings, "response_type":
                                "embeddings_by_type",
                                "meta": {"api_version": {"version": "2"},
-                                        "billed_units": {"input_tokens": tokens, "images": len(images)}}}
+                                        "billed_units": {"input_tokens": tokens, "images": n_images}}}
         if kind == "texts":
             out["texts"] = list(values)
-        if images:
-            out["images"] = [_image_meta(v) for _, v in images if isinstance(v, (bytes, bytearray))]
+        if image_data:
+            out["images"] = [_image_meta(v) for v in image_data if isinstance(v, (bytes, bytearray))]
         return JSONResponse(out)
 
     app.add_middleware(CohereErrors)
