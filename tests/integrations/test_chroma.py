@@ -123,33 +123,17 @@ def test_arrays_of_any_numeric_dtype_are_pixels_as_pillow_reads_them(nomic_pair,
         ef([base, bad])
 
 
-def test_chromas_multimodal_conformance_flow(nomic_pair):
-    """The steps of chromadb's shipped multimodal test (chromadb/test/ef/test_multimodal_ef.py: random int64 images
-    and documents in one collection, get, then the nearest neighbours of an image query and a text query) with this
-    function. That test takes a query's neighbours from the function's own vectors, so queries use the document
-    task here. (Its module cannot be imported without chromadb's server extras.)"""
+def test_chromas_shipped_multimodal_test_passes(nomic_pair):
+    """chromadb's own test_multimodal, imported and run as shipped, with this function as its embedding function
+    (needs chromadb's test dependencies: hypothesis and opentelemetry-instrumentation-fastapi)."""
+    pytest.importorskip("hypothesis")
+    pytest.importorskip("opentelemetry.instrumentation.fastapi")
+    from chromadb.test.ef.test_multimodal_ef import test_multimodal
+
     ef = MultimodalEmbeddingFunction(embedder=nomic_pair, query_task="search_document")
     client = chromadb.EphemeralClient()
-    col = client.create_collection("multimodal_conformance", embedding_function=ef)
+    col = client.create_collection("multimodal_collection", embedding_function=ef)
     try:
-        rng = np.random.default_rng(0)
-        images = [rng.integers(0, 255, size=(10, 10, 3), dtype=np.int64) for _ in range(10)]
-        documents = [str(rng.integers(0, 255, size=(10, 10, 3), dtype=np.int64)) for _ in range(10)]
-        image_ids, doc_ids = [str(i) for i in range(10)], [str(i) for i in range(10, 20)]
-        col.add(ids=doc_ids, documents=documents)
-        col.add(ids=image_ids, images=images)
-        got = col.get(include=["documents"])
-        assert sorted(got["ids"]) == sorted(image_ids + doc_ids)
-        for i, d in zip(got["ids"], got["documents"]):
-            assert d == (documents[doc_ids.index(i)] if i in doc_ids else None)
-        everything = np.asarray(ef(images) + ef(documents), dtype=np.float64)
-        ids = image_ids + doc_ids
-        for query in ({"query_images": [rng.integers(0, 255, size=(10, 10, 3), dtype=np.int64)]},
-                      {"query_texts": [str(rng.integers(0, 255, size=(10, 10, 3), dtype=np.int64))]}):
-            qv = np.asarray(ef(next(iter(query.values()))), dtype=np.float64)[0]
-            want = [ids[i] for i in np.argsort(1.0 - everything @ qv, kind="stable")[:3]]
-            assert col.query(**query, n_results=3)["ids"][0] == want
-        with pytest.raises(ValueError):
-            col.query(query_images=[images[0]], query_texts=[documents[0]])
+        test_multimodal(col, default_ef=ef)
     finally:
-        client.delete_collection("multimodal_conformance")
+        client.delete_collection("multimodal_collection")
