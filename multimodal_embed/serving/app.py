@@ -256,15 +256,19 @@ def _task(req: EmbeddingsRequest, emb: Any, default: str = "search_document") ->
 
 
 def _check_texts(items: list[Item]) -> None:
-    from ..text import check_texts
-
     for i, it in enumerate(items):
         if it.kind == "text":
-            try:
-                check_texts([it.value])
-            except MultimodalEmbedError as exc:
-                raise ApiError(400, f"input[{i}]: {str(exc).removeprefix('texts[0] ')}", param=f"input[{i}]",
-                               code="invalid_input") from None
+            _check_text(it.value, f"input[{i}]")
+
+
+def _check_text(text: str, name: str) -> None:
+    """The one rule for a text a client sends (every route): the library's ``check_texts``, as a 400 naming it."""
+    from ..text import check_texts
+
+    try:
+        check_texts([text])
+    except MultimodalEmbedError as exc:
+        raise ApiError(400, f"{name}: {str(exc).removeprefix('texts[0] ')}", param=name, code="invalid_input") from None
 
 
 def long_text_mode(config: ServeConfig, long_text: str | None = None, truncate: bool | None = None) -> str:
@@ -282,14 +286,8 @@ async def text_work(emb: Any, texts: list[str], task: str | None, dim: int | Non
     """The queued work for a request's texts and its cost in tokens: each text checked (``names[i]`` in errors),
     counted with the model's tokenizer (on the event loop when short), and refused over the context when ``mode``
     is ``refuse``; ``truncate`` cuts, ``mean`` averages the chunks (the library's ``long_text`` modes)."""
-    from ..text import check_texts
-
     for name, text in zip(names, texts):
-        try:
-            check_texts([text])
-        except MultimodalEmbedError as exc:
-            raise ApiError(400, f"{name}: {str(exc).removeprefix('texts[0] ')}", param=name,
-                           code="invalid_input") from None
+        _check_text(text, name)
     if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:  # a thread hop costs more than tokenizing this
         counts = emb.count_tokens(texts, task)
     else:
