@@ -141,6 +141,21 @@ def test_chroma_openai_embedding_function(url, query_vec, doc_vecs, tmp_path, mo
     assert close(res["distances"][0], [want[i] for i in res["ids"][0]], 1e-5)
 
 
+def test_the_chroma_adapter_sends_dimensions_for_any_model_name(url, nomic, tmp_path, monkeypatch):
+    """Chroma's OpenAIEmbeddingFunction sends `dimensions` only for OpenAI's model names; the adapter sends it for
+    any served model, and its stored configuration names the key's variable, not the key."""
+    chromadb = pytest.importorskip("chromadb")
+    from multimodal_embed.integrations.chroma import MultimodalEmbeddingFunction
+
+    monkeypatch.setenv("MMEMBED_API_KEY", KEY)
+    ef = MultimodalEmbeddingFunction(base_url=f"{url}/v1", model="nomic", dimensions=32)
+    col = chromadb.PersistentClient(path=str(tmp_path)).create_collection("docs", embedding_function=ef)
+    col.add(ids=[f"d{i}" for i in range(len(DOCS))], documents=DOCS)
+    got = col.get(ids=[f"d{i}" for i in range(len(DOCS))], include=["embeddings"])["embeddings"]
+    assert close(got, nomic.embed_text(DOCS, task="search_document", dimensionality=32))
+    assert ef.get_config()["dimensions"] == 32 and KEY not in str(ef.get_config())
+
+
 def test_cohere_client(url, nomic, query_vec, doc_vecs):
     cohere = pytest.importorskip("cohere")
     client = cohere.ClientV2(api_key=KEY, base_url=url)
