@@ -306,9 +306,10 @@ def _server_query(query: str) -> Any:
     if kind == "url":
         return {"type": "image_url", "image_url": {"url": query}}
     from .imagefiles import data_uri, read_image_file
+    from .images import URL_MAX_BYTES
 
     try:  # a regular file only (never a FIFO or /dev/zero), read to the loader's cap
-        raw = read_image_file(os.path.expanduser(query))
+        raw = read_image_file(os.path.expanduser(query), URL_MAX_BYTES)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
     return {"type": "image_url", "image_url": {"url": data_uri(raw)}}

@@ -77,15 +77,11 @@ def open_regular(path: str | bytes | os.PathLike) -> BinaryIO:
         raise
 
 
-def read_image_file(path: str | bytes | os.PathLike, max_bytes: int | None = None) -> bytes:
+def read_image_file(path: str | bytes | os.PathLike, max_bytes: int) -> bytes:
     """A local image file's bytes, for sending it elsewhere (a service, a data URI): opened with
     :func:`open_regular` (a FIFO, a device or a socket is refused at once, never read or waited on) and read to
-    ``max_bytes`` (default: the image loader's cap, ``images.URL_MAX_BYTES``); a larger file raises
+    ``max_bytes`` (callers pass the image loader's cap, ``images.URL_MAX_BYTES``); a larger file raises
     ``ValueError`` after reading at most one byte past the cap (a sparse 3 GB file costs 50 MB, not 3 GB)."""
-    if max_bytes is None:
-        from .images import URL_MAX_BYTES
-
-        max_bytes = URL_MAX_BYTES
     with open_regular(path) as fh:
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:

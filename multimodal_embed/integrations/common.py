@@ -132,7 +132,7 @@ def image_part(item: Any) -> dict[str, Any]:
         text = os.fspath(item)
         if isinstance(text, str) and text.lower().startswith(("http://", "https://", "data:")):
             return {"type": "image_url", "image_url": {"url": text}}
-        data = read_image_file(local_path(text))
+        data = read_image_file(local_path(text), URL_MAX_BYTES)
     elif isinstance(item, (bytes, bytearray, memoryview)):
         data = bytes(item)
     elif hasattr(item, "read"):  # a binary file (LlamaIndex passes BytesIO)

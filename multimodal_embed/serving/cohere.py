@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..errors import MultimodalEmbedError
 from .aliases import TASKS, resolve
 from .chat import message_item
+from .embedding import embed_items, encode
 from .inputs import decode_image
 from .schemas import ApiError
 
@@ -85,8 +86,6 @@ def _parse(body: bytes) -> CohereEmbedRequest:
 
 def add_cohere_routes(app: FastAPI, state: Any) -> None:
     """Register ``POST /v2/embed`` and the middleware that gives every ``/v2/`` error Cohere's shape."""
-    from .app import _encode, embed_items
-
     @app.post("/v2/embed")
     async def cohere_embed(request: Request) -> JSONResponse:
         req = _parse(await request.body())
@@ -156,7 +155,7 @@ def add_cohere_routes(app: FastAPI, state: Any) -> None:
             if t == "float":
                 embeddings["float"] = vectors.tolist()
             elif t == "base64":
-                embeddings["base64"] = [_encode(v, "base64") for v in vectors]
+                embeddings["base64"] = [encode(v, "base64") for v in vectors]
             else:
                 embeddings[t] = _binary(vectors, signed=t == "binary")
         out: dict[str, Any] = {"id": str(uuid.uuid4()), "embeddings": embeddings, "response_type":
