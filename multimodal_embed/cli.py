@@ -326,9 +326,6 @@ SERVER_TIMEOUT_S = 60.0
 def _server_query(query: str) -> Any:
     """The ``/v1/search`` query for a CLI query: the text, or a marked image path read into a data URI (the
     rule of :func:`multimodal_embed.index.query_kind`; a missing marked path is an error), or an image URL."""
-    import base64
-    import mimetypes
-
     from .imagefiles import is_image_name
 
     if any(c in query for c in "+-:") and _is_query_mix(query):  # search.py (numpy) only for a possible mix
@@ -342,17 +339,14 @@ def _server_query(query: str) -> Any:
         return query
     if kind == "url":
         return {"type": "image_url", "image_url": {"url": query}}
-    from .imagefiles import open_regular
+    from .imagefiles import data_uri, read_image_file
     from .images import URL_MAX_BYTES
 
-    path = os.path.expanduser(query)
-    mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
-    with open_regular(path) as fh:  # a regular file only (never a FIFO or /dev/zero), read to the loader's cap
-        raw = fh.read(URL_MAX_BYTES + 1)
-    if len(raw) > URL_MAX_BYTES:
-        raise InvalidInputError(f"{printable(query)}: over {URL_MAX_BYTES} bytes, the most an image query may be")
-    data = base64.b64encode(raw).decode("ascii")
-    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}
+    try:  # a regular file only (never a FIFO or /dev/zero), read to the loader's cap
+        raw = read_image_file(os.path.expanduser(query), URL_MAX_BYTES)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    return {"type": "image_url", "image_url": {"url": data_uri(raw)}}
 
 
 def _is_query_mix(query: str) -> bool:
@@ -386,7 +380,9 @@ def _search_server(args: argparse.Namespace) -> list[Any]:
         body["min_score"] = args.min_score
     url = args.server.rstrip("/") + "/v1/search"
     headers = {"Content-Type": "application/json"}
-    key = os.environ.get("MMEMBED_API_KEY")
+    from .serving.cli import API_KEY_ENV
+
+    key = os.environ.get(API_KEY_ENV)
     if key:
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")

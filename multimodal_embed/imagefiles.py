@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["IMAGE_EXTENSIONS", "is_image_name", "iter_images", "list_image_files", "list_image_paths", "list_images",
-           "printable", "utf8_name", "utf8_text"]
+__all__ = ["IMAGE_EXTENSIONS", "data_uri", "file_url_path", "image_mime", "is_image_name", "iter_images",
+           "list_image_files", "list_image_paths", "list_images", "printable", "read_image_file", "utf8_name",
+           "utf8_text"]
 
 logger = logging.getLogger(__name__)
 NOT_REGULAR = "not a regular file (FIFO, device, socket or a link to one)"
@@ -74,6 +75,54 @@ def open_regular(path: str | bytes | os.PathLike) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def read_image_file(path: str | bytes | os.PathLike, max_bytes: int) -> bytes:
+    """A local image file's bytes, for sending it elsewhere (a service, a data URI): opened with
+    :func:`open_regular` (a FIFO, a device or a socket is refused at once, never read or waited on) and read to
+    ``max_bytes`` (callers pass the image loader's cap, ``images.URL_MAX_BYTES``); a larger file raises
+    ``ValueError`` after reading at most one byte past the cap (a sparse 3 GB file costs 50 MB, not 3 GB)."""
+    with open_regular(path) as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"{printable(path)}: over {max_bytes} bytes, the most an image file may be")
+    return data
+
+
+_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"), (b"BM", "image/bmp"),
+          (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff"))
+
+
+def image_mime(data: bytes) -> str:
+    """The MIME type of image bytes from their first bytes (``application/octet-stream`` when unknown)."""
+    for magic, mime in _MAGIC:
+        if data.startswith(magic):
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"
+
+
+def data_uri(data: bytes) -> str:
+    """Image bytes as a ``data:<mime>;base64,...`` URI (the type read from the bytes, not from a file name): how
+    the adapters and ``mmembed search --server`` send an image to a service, byte for byte."""
+    import base64
+
+    return f"data:{image_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def file_url_path(text: str) -> str | None:
+    """The local path of a ``file:`` URL (``file:///x/cat.jpg``, ``file://localhost/x/cat.jpg``; percent-escapes
+    decoded), or None when ``text`` is not one. A ``file:`` URL naming another host raises ``ValueError``."""
+    if text[:5].lower() != "file:":
+        return None
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    parts = urlsplit(text)
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(f"{printable(text)}: a file: URL on another host ({parts.netloc}) cannot be read")
+    return url2pathname(parts.path)
 
 
 def utf8_text(path: str) -> str:

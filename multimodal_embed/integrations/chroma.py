@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..encoders import ImageFailure
 from ..errors import InputTypeError, InvalidInputError, MissingDependencyError
 from .common import DOCUMENT_TASK, QUERY_TASK, make_adapter, raise_failures
 
@@ -30,7 +31,8 @@ _FIXED = ("model", "base_url", "dimensions", "query_task", "document_task")
 
 @register_embedding_function
 class MultimodalEmbeddingFunction(EmbeddingFunction[Documents | Images]):
-    """Documents (strings, with the document task prefix) and images (Chroma's HxWxC uint8 arrays) in one space.
+    """Documents (strings, with the document task prefix) and images (Chroma's HxW or HxWxC arrays of any numeric
+    dtype, read as 8-bit pixels: see :func:`pixels`) in one space.
 
     Queries (``query_texts``) get the query prefix through ``embed_query``. A call's documents go to the model in
     one call, its images in another. Chroma stores the configuration (``get_config``) with the collection and
@@ -59,7 +61,14 @@ class MultimodalEmbeddingFunction(EmbeddingFunction[Documents | Images]):
             for i, row in zip(texts, embed([items[i] for i in texts])):
                 out[i] = row
         if images:
-            for i, row in zip(images, self._adapter.images([items[i] for i in images])):
+            arrays, failures = [], []
+            for i in images:
+                try:
+                    arrays.append(pixels(items[i]))
+                except ValueError as exc:
+                    failures.append(ImageFailure(i, f"#{i} array {items[i].dtype} {items[i].shape}", str(exc)))
+            raise_failures(failures)
+            for i, row in zip(images, self._adapter.images(arrays)):
                 out[i] = row
         return out
 
@@ -123,3 +132,20 @@ class MultimodalEmbeddingFunction(EmbeddingFunction[Documents | Images]):
             if key in new_config and new_config[key] != old_config.get(key):
                 raise InvalidInputError(f"{key} cannot change on an existing collection: its vectors would no "
                                         f"longer match ({old_config.get(key)!r} -> {new_config[key]!r})")
+
+
+def pixels(array: np.ndarray) -> np.ndarray:
+    """A Chroma image (its ``Image`` type allows unsigned, int64 and float64 arrays) as 8-bit pixels, converted as
+    Pillow converts a wider mode to 8 bits (``Image.fromarray(a).convert("L")``): values clipped to 0..255 and the
+    fraction of a float dropped; a boolean is 0 or 255. Non-finite values and non-numeric arrays raise
+    ``ValueError``. uint8 arrays are returned as they are."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * np.uint8(255)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError("the array holds NaN or infinite values")
+    elif not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"an image array must be numeric, got {array.dtype}")
+    return np.clip(array, 0, 255).astype(np.uint8)

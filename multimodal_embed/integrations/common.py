@@ -17,8 +17,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..encoders import ImageFailure
+from ..encoders import ImageFailure, truncate_unit
 from ..errors import ImageDecodeError, InvalidInputError, MissingDependencyError, MultimodalEmbedError
+from ..serving.cli import API_KEY_ENV  # the variable mmembed serve reads its key from, and clients send theirs
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +74,6 @@ def raise_failures(failures: Sequence[ImageFailure], labels: Sequence[Any] | Non
     raise err
 
 
-def _truncate(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-    """Matryoshka size for image rows (as ``mmembed embed --dim``): the first ``dimensions`` values, renormalised."""
-    if dimensions is None or dimensions >= vectors.shape[1]:
-        return vectors
-    out = vectors[:, :dimensions]
-    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32, copy=False)
-
-
 class LocalBackend:
     """An in-process :class:`~multimodal_embed.Embedder`."""
 
@@ -104,7 +97,7 @@ class LocalBackend:
 
     def embed_images(self, images: Sequence[Any]) -> ImageBatch:
         res = self.embedder.embed_images_with_errors(list(images), batch_size=self.batch_size, show_progress=False)
-        return ImageBatch(_truncate(res.vectors, self.dimensions), list(res.indices), list(res.failures))
+        return ImageBatch(res.vectors if self.dimensions is None else truncate_unit(res.vectors, self.dimensions), list(res.indices), list(res.failures))
 
     def config(self) -> dict[str, Any]:
         """How to load the same model again: the name or folder it was loaded from (for an ``Embedder`` object,
@@ -119,35 +112,30 @@ class LocalBackend:
         return {**out, "dimensions": self.dimensions, "batch_size": self.batch_size, **self.options}
 
 
-def _mime(data: bytes) -> str:
-    for magic, mime in ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"),
-                        (b"BM", "image/bmp")):
-        if data.startswith(magic):
-            return mime
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "application/octet-stream"
-
-
 def image_part(item: Any) -> dict[str, Any]:
     """One image as an OpenAI-style content part: the file's own bytes in a data URL (so the service decodes
     exactly what a local :meth:`~multimodal_embed.Embedder.embed_images` would), arrays and PIL images as PNG,
-    http(s) URLs as they are."""
-    from PIL import Image
+    http(s) URLs as they are. A local file is read with :func:`~multimodal_embed.imagefiles.read_image_file` (a
+    regular file only, to the loader's cap), a file object to the same cap."""
+    from ..imagefiles import data_uri, read_image_file
+    from ..images import URL_MAX_BYTES
 
     if isinstance(item, (str, os.PathLike)):
         text = os.fspath(item)
         if isinstance(text, str) and text.lower().startswith(("http://", "https://", "data:")):
             return {"type": "image_url", "image_url": {"url": text}}
-        with open(text, "rb") as fh:
-            data = fh.read()
+        data = read_image_file(local_path(text), URL_MAX_BYTES)
     elif isinstance(item, (bytes, bytearray, memoryview)):
         data = bytes(item)
     elif hasattr(item, "read"):  # a binary file (LlamaIndex passes BytesIO)
-        data = item.read()
+        data = item.read(URL_MAX_BYTES + 1)
         if not isinstance(data, bytes):
             raise TypeError(f"{type(item).__name__}.read() returned {type(data).__name__}, not bytes")
+        if len(data) > URL_MAX_BYTES:
+            raise ValueError(f"the file object holds over {URL_MAX_BYTES} bytes, the most an image may be")
     else:
+        from PIL import Image
+
         if isinstance(item, np.ndarray):
             item = Image.fromarray(item)
         if not isinstance(item, Image.Image):
@@ -157,8 +145,21 @@ def image_part(item: Any) -> dict[str, Any]:
         buf = io.BytesIO()
         item.save(buf, format="PNG")
         data = buf.getvalue()
-    url = f"data:{_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
-    return {"type": "image_url", "image_url": {"url": url}}
+    return {"type": "image_url", "image_url": {"url": data_uri(data)}}
+
+
+def local_path(item: Any) -> Any:
+    """A ``file:`` URL as its local path (LanceDB and LangChain pass image URIs that way); anything else as is."""
+    from ..imagefiles import file_url_path
+
+    if isinstance(item, str):
+        try:
+            path = file_url_path(item)
+        except ValueError:  # another host's file: URL: the loader names it as this item's error
+            return item
+        if path is not None:
+            return path
+    return item
 
 
 MAX_TEXTS_PER_REQUEST = 2048  # mmembed serve's (and OpenAI's) cap on inputs per request
@@ -167,10 +168,14 @@ MAX_REQUEST_BYTES = 16 * 1024 * 1024  # image data per request (the service's de
 
 
 class RemoteBackend:
-    """An ``mmembed serve`` service (OpenAI-compatible ``POST {base_url}/embeddings``): one request per batch."""
+    """An ``mmembed serve`` service (OpenAI-compatible ``POST {base_url}/embeddings``): one request per batch.
+
+    The API key is ``api_key`` or, when that is None, the environment variable ``api_key_env_var``
+    (``MMEMBED_API_KEY``); :meth:`config` records the variable's name, never the key."""
 
     def __init__(self, base_url: str, *, model: str | None = None, dimensions: int | None = None,
-                 api_key: str | None = None, timeout: float = 60.0, client: Any = None):
+                 api_key: str | None = None, api_key_env_var: str = API_KEY_ENV, timeout: float = 60.0,
+                 client: Any = None):
         try:
             import httpx
         except ImportError as exc:  # pragma: no cover - httpx comes with gradio
@@ -181,6 +186,9 @@ class RemoteBackend:
         self.model = model
         self.dimensions = dimensions
         self.timeout = timeout
+        self.api_key_env_var = api_key_env_var
+        if api_key is None and api_key_env_var:
+            api_key = os.environ.get(api_key_env_var) or None  # a stored configuration names the variable only
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = client or httpx.Client(timeout=timeout, headers=headers)
         self._dim: int | None = dimensions
@@ -188,7 +196,7 @@ class RemoteBackend:
     @property
     def dim(self) -> int:
         if self._dim is None:
-            self._dim = int(self.embed_text([""], None).shape[1])
+            self._dim = int(self.dimensions or self.embed_text(["dimension probe"], None).shape[1])
         return self._dim
 
     def _post(self, inputs: list[Any], **fields: Any) -> np.ndarray:
@@ -280,7 +288,7 @@ class RemoteBackend:
 
     def config(self) -> dict[str, Any]:
         return {"base_url": self.base_url, "model": self.model, "dimensions": self.dimensions,
-                "timeout": self.timeout}
+                "timeout": self.timeout, "api_key_env_var": self.api_key_env_var}
 
 
 def _param_index(param: str | None) -> int | None:
@@ -321,10 +329,11 @@ def remember_embedder(model: str, options: Mapping[str, Any], embedder: Any) -> 
 
 def resolve_backend(model: str | os.PathLike | None = None, *, embedder: Any = None, base_url: str | None = None,
                     dimensions: int | None = None, batch_size: int = 32, api_key: str | None = None,
-                    timeout: float = 60.0, **embedder_options: Any) -> LocalBackend | RemoteBackend:
+                    api_key_env_var: str = API_KEY_ENV, timeout: float = 60.0,
+                    **embedder_options: Any) -> LocalBackend | RemoteBackend:
     """The backend for exactly one of ``embedder=``, ``base_url=`` (``model`` then names the service's model) or
     ``model=`` (a name or folder, loaded with ``Embedder.from_pretrained(model, **embedder_options)``: ``device``,
-    ``dtype``, ``precision``, ...)."""
+    ``dtype``, ``precision``, ...). A service's key is ``api_key`` or the environment variable ``api_key_env_var``."""
     if embedder is not None and base_url is not None:
         raise InvalidInputError("pass embedder= or base_url=, not both")
     if base_url is not None:
@@ -332,7 +341,7 @@ def resolve_backend(model: str | os.PathLike | None = None, *, embedder: Any = N
             raise InvalidInputError(f"options for a local model cannot be sent to {base_url}: "
                                     f"{sorted(embedder_options)}")
         return RemoteBackend(base_url, model=None if model is None else os.fspath(model), dimensions=dimensions,
-                             api_key=api_key, timeout=timeout)
+                             api_key=api_key, api_key_env_var=api_key_env_var, timeout=timeout)
     if embedder is not None:
         if model is not None or embedder_options:
             raise InvalidInputError("pass embedder= alone, or model= with its options, not both")
@@ -361,12 +370,13 @@ class Adapter:
 
     def images(self, images: Sequence[Any], labels: Sequence[Any] | None = None) -> np.ndarray:
         """One row per image, or :class:`ImageDecodeError` naming every image that could not be used."""
-        batch = self.backend.embed_images(images)
+        batch = self.images_with_errors(images)
         raise_failures(batch.failures, labels)
         return batch.vectors
 
     def images_with_errors(self, images: Sequence[Any]) -> ImageBatch:
-        return self.backend.embed_images(images)
+        """Paths, ``file:`` URLs, http(s) URLs, bytes, file objects, PIL images or arrays."""
+        return self.backend.embed_images([local_path(x) for x in images])
 
     def config(self) -> dict[str, Any]:
         return {**self.backend.config(), "query_task": self.query_task, "document_task": self.document_task}

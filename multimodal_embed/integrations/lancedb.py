@@ -21,7 +21,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import InvalidInputError, MissingDependencyError
-from .common import DOCUMENT_TASK, QUERY_TASK, Adapter, make_adapter, raise_failures, remember_embedder
+from ..imagefiles import file_url_path, is_image_name
+from .common import API_KEY_ENV, DOCUMENT_TASK, QUERY_TASK, Adapter, make_adapter, raise_failures, remember_embedder
 
 try:
     import pyarrow as pa
@@ -33,6 +34,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 logger = logging.getLogger(__name__)
 
 NAME = "multimodal-embed"
+# base_url -> the api_key= given in this process: LanceDB rebuilds the function from the table's metadata on every
+# add and search, and the key is never in that metadata; in memory only, for this process's own tables
+_KEYS: dict[str, str] = {}
 
 
 class _Shared:
@@ -50,9 +54,14 @@ class MultimodalEmbedFunction(EmbeddingFunction):
     """Texts and images in one space for LanceDB tables.
 
     Fields (the table stores them, so reopening the table rebuilds the function): ``model`` (a name or folder;
-    with ``base_url``, the service's model), ``base_url`` (an ``mmembed serve`` service), ``source``: what the
-    source column holds (``"text"``, ``"image"`` -- paths, URLs or bytes -- or ``"auto"``: binary columns are
-    images, strings texts), ``query_task`` / ``document_task``, ``dimensions``, ``batch_size``, ``options``
+    with ``base_url``, the service's model; ``name=`` is taken for it, as LanceDB's own functions call it),
+    ``base_url`` (an ``mmembed serve`` service; its key is ``api_key=``, never stored, or the environment variable
+    named by ``api_key_env_var``, ``MMEMBED_API_KEY``; a table reopened in another process sends data there only
+    after ``get_registry().allow_endpoint(base_url)``), ``source``: what the source column holds (``"text"``,
+    ``"image"`` -- paths, ``file:`` or http(s) URLs, or bytes -- or ``"auto"``: binary columns are images, and so is
+    a string column whose every row names an image file (``cat.jpg``, ``file:///x/cat.png``), as LanceDB's open-clip
+    function reads such a column; other strings are texts), ``query_task`` / ``document_task``, ``dimensions``,
+    ``batch_size``, ``options``
     (``Embedder.from_pretrained`` options: ``device``, ``precision``, ...) and ``on_error``: ``"raise"`` (a bad
     image raises :class:`~multimodal_embed.ImageDecodeError` naming it) or ``"skip"`` (it is logged and its vector
     left empty, so ``table.add(rows, on_bad_vectors="drop")`` stores the good rows). ``create(embedder=emb)``
@@ -68,6 +77,7 @@ class MultimodalEmbedFunction(EmbeddingFunction):
     dimensions: int | None = None
     batch_size: int = 32
     timeout: float = 60.0
+    api_key_env_var: str = API_KEY_ENV
     on_error: Literal["raise", "skip"] = "raise"
     options: dict[str, Any] = Field(default_factory=dict)
     max_retries: int = 0
@@ -80,7 +90,17 @@ class MultimodalEmbedFunction(EmbeddingFunction):
             kwargs["embedder"] = _Shared(kwargs["embedder"])
         return super().create(**kwargs)
 
-    def __init__(self, *args: Any, embedder: Any = None, **kwargs: Any):
+    def __init__(self, *args: Any, embedder: Any = None, api_key: str | None = None, name: str | None = None,
+                 **kwargs: Any):
+        if name is not None:
+            if kwargs.get("model") not in (None, name):
+                raise InvalidInputError(f"name={name!r} and model={kwargs['model']!r}: pass one of them")
+            kwargs["model"] = name
+        options = dict(kwargs.get("options") or {})
+        if "api_key" in options:  # the key is used, never kept in the options the table stores
+            api_key = api_key if api_key is not None else options.pop("api_key")
+            options.pop("api_key", None)
+            kwargs["options"] = options
         super().__init__(*args, **kwargs)
         if isinstance(embedder, _Shared):
             embedder = embedder.obj
@@ -94,14 +114,27 @@ class MultimodalEmbedFunction(EmbeddingFunction):
             self.options = {"vision": config["vision"]} if config.get("vision") else {}
             remember_embedder(self.model, self.options, embedder)  # the table's rebuilt function finds this object
         else:
+            if self.base_url and api_key is not None:
+                _KEYS[self.base_url.rstrip("/")] = api_key
+            elif self.base_url:
+                api_key = _KEYS.get(self.base_url.rstrip("/"))
+            remote = {"api_key": api_key, "api_key_env_var": self.api_key_env_var} if self.base_url else {}
+            if api_key is not None and not self.base_url:
+                raise InvalidInputError("api_key= is for a service (base_url=); a local model needs none")
             adapter = make_adapter(self.model, base_url=self.base_url, query_task=self.query_task,
                                    document_task=self.document_task, dimensions=self.dimensions,
-                                   batch_size=self.batch_size, timeout=self.timeout, **self.options)
+                                   batch_size=self.batch_size, timeout=self.timeout, **remote, **self.options)
         self._adapter = adapter
 
     def safe_model_dump(self) -> dict[str, Any]:
-        """What the table stores (never the ``Embedder`` object or an API key)."""
+        """What the table stores (never the ``Embedder`` object or an API key: only the name of the variable that
+        holds the key)."""
         return self.model_dump()
+
+    def endpoints(self) -> list[str]:
+        """The service this function sends data (and its key) to: a table reopened in a process that has not
+        created it, or called ``get_registry().allow_endpoint(url)``, refuses to embed (LanceDB's trust check)."""
+        return [self.base_url.rstrip("/")] if self.base_url else []
 
     def compute_source_embeddings_with_retry(self, *args: Any, **kwargs: Any) -> list[np.ndarray | None]:
         if self.max_retries == 0:  # LanceDB's wrapper would hide the error behind "Maximum number of retries"
@@ -120,8 +153,15 @@ class MultimodalEmbedFunction(EmbeddingFunction):
         if self.source != "auto":
             return self.source == "image"
         if isinstance(column, (pa.Array, pa.ChunkedArray)):
-            return pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)
-        return any(isinstance(x, (bytes, bytearray)) for x in column)
+            if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+                return True
+            column = column.to_pylist()
+        elif isinstance(column, (str, bytes)):
+            column = [column]
+        values = [x for x in column if x is not None]
+        if any(isinstance(x, (bytes, bytearray)) for x in values):
+            return True
+        return bool(values) and all(isinstance(x, str) and _names_image(x) for x in values)
 
     def compute_source_embeddings(self, column: Any, *args: Any, **kwargs: Any) -> list[np.ndarray | None]:
         """One vector per row of the source column, the whole column batch in one model call."""
@@ -153,3 +193,22 @@ class MultimodalEmbedFunction(EmbeddingFunction):
             return [self._adapter.images([query])[0]]
         raise InvalidInputError(f"a query is a string or an image (PIL image, bytes or Path), got "
                                 f"{type(query).__name__}")
+
+
+def _names_image(text: str) -> bool:
+    """Whether a string names an image file, as a path, a ``file:`` or http(s) URL (its path part has an image
+    extension) or an image data URI: what LanceDB's open-clip function reads as an image."""
+    if len(text) > 4096 or "\n" in text:
+        return False
+    if text[:11].lower() == "data:image/":
+        return True
+    lowered = text[:8].lower()
+    if lowered.startswith(("http://", "https://")):
+        from urllib.parse import urlsplit
+
+        return is_image_name(urlsplit(text).path)
+    try:
+        path = file_url_path(text) or text
+    except ValueError:
+        return False
+    return is_image_name(path)

@@ -9,7 +9,6 @@ goes through the model's :class:`~multimodal_embed.serving.batcher.Batcher`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import hmac
 import logging
@@ -29,10 +28,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..encoders import truncate_unit
 from ..errors import MultimodalEmbedError
 from .batcher import Batcher, BatcherClosedError, ImageResult, QueueFullError, TextResult, Work
 from .body import CLOSE, check_json_size, declares_body, read_body
+from .embedding import check_text, count_tokens, embed_items, encode, long_text_mode
 from .inputs import Item, Limits, parse_input, text_item
 from .metrics import Metrics
 from .schemas import ApiError, ClassifyRequest, EmbeddingsRequest, SearchRequest
@@ -44,8 +43,7 @@ TASKS = ("search_query", "search_document", "clustering", "classification")
 HEALTH_PROBE_S = 30.0  # a health probe that waits longer for the model thread reports it busy
 MAX_LABEL_CHARS = 1000  # a zero-shot label (a class name) in characters
 LABEL_CACHE = 8192  # zero-shot label embeddings kept per server (LRU)
-INLINE_TOKENIZE_CHARS = 20_000  # request texts up to this size are counted on the event loop (well under 1 ms)
-ROUTES = ("/v1/embeddings", "/v1/search", "/v1/classify", "/v1/models", "/health", "/metrics")
+ROUTES = ("/v1/embeddings", "/v1/search", "/v1/classify", "/v1/models", "/v2/embed", "/health", "/metrics")
 INLINE_SCAN_BYTES = 1 << 20  # bodies up to this size have their JSON values counted on the event loop
 KEYLESS = ("/health",)  # answered without the API key, so they take no body
 
@@ -74,7 +72,8 @@ class ServeConfig:
     device: str | None = None
     precision: str | None = None
     allow_url_fetch: bool = False
-    truncate: bool = False  # cut over-long texts instead of refusing them
+    truncate: bool = False  # cut over-long texts instead of refusing them (long_text="truncate")
+    long_text: str | None = None  # over-long texts when a request says nothing: refuse, truncate or mean (chunks)
     max_body_bytes: int = 32 * 1024 * 1024
     max_json_values: int = 100_000  # JSON values and keys parsed per request (each costs 50-100 bytes as Python)
     body_idle_s: float = 10.0  # a body that sends no byte for this long is refused (408) and its connection closed
@@ -256,7 +255,7 @@ async def _client_gone(request: Request) -> None:
 
 
 # -- the request-level rules ---------------------------------------------------------------------------------
-def _task(req: EmbeddingsRequest, emb: Any) -> str | None:
+def _task(req: EmbeddingsRequest, emb: Any, default: str = "search_document") -> str | None:
     task = req.task
     if task is not None and task not in TASKS:
         raise ApiError(400, f"unknown task {task!r}; valid tasks are {list(TASKS)}", param="task", code="invalid_task")
@@ -267,28 +266,15 @@ def _task(req: EmbeddingsRequest, emb: Any) -> str | None:
             raise ApiError(400, f"input_type {req.input_type!r} and task {task!r} disagree; send one of them",
                            param="input_type")
         return mapped
-    return task if task is not None else "search_document"
+    return task if task is not None else default
 
 
 def _check_texts(items: list[Item], param: str = "input", *, indexed: bool = True) -> None:
     """The library's text check per item (before queueing: a bad text must not fail the batch it would join), the
     error naming ``param[i]`` (or ``param`` alone for a lone query)."""
-    from ..text import check_texts
-
     for i, it in enumerate(items):
         if it.kind == "text":
-            try:
-                check_texts([it.value])
-            except MultimodalEmbedError as exc:
-                where = f"{param}[{i}]" if indexed else param
-                raise ApiError(400, f"{where}: {str(exc).removeprefix('texts[0] ')}", param=where,
-                               code="invalid_input") from None
-
-
-def _encode(vec: np.ndarray, fmt: str) -> Any:
-    if fmt == "base64":
-        return base64.b64encode(np.ascontiguousarray(vec, dtype="<f4").tobytes()).decode("ascii")
-    return vec.astype(np.float32).tolist()
+            check_text(it.value, f"{param}[{i}]" if indexed else param)
 
 
 def _image_error(result: ImageResult, positions: list[int]) -> ApiError | None:
@@ -450,56 +436,24 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingsRequest, request: Request) -> JSONResponse:
-        served = state.model(req.model)
+        from .aliases import resolve
+        from .chat import request_items
+
+        served, default_task, answer_name = resolve(state, req.model)
         emb = served.embedder
-        items = parse_input(req.input, modality=req.modality, limits=state.limits)
-        texts = [(i, it.value) for i, it in enumerate(items) if it.kind == "text"]
-        images = [(i, it.value) for i, it in enumerate(items) if it.kind == "image"]
-        for kind, have, wanted in (("text", emb.text_encoder, texts), ("image", emb.vision_encoder, images)):
-            if wanted and have is None:
-                raise ApiError(400, f"the model {served.name!r} has no {kind} tower", param="input",
-                               code=f"no_{kind}_tower")
-        task = _task(req, emb) if texts else None
+        items = request_items(req, state.limits)
+        n_images = sum(it.kind == "image" for it in items)
+        task = _task(req, emb, default_task) if n_images < len(items) else None
         try:
             dim = emb.check_dimensionality(req.dimensions)
         except MultimodalEmbedError as exc:
             raise ApiError(400, str(exc), param="dimensions", code="invalid_dimensions") from None
-        _check_texts(items)
-        works: list[Work] = []
-        tokens = 0
-        if texts:
-            strings = [t for _, t in texts]
-            counts = await _count_tokens(emb, strings, task)
-            limit = emb.max_text_length
-            truncate = state.config.truncate if req.truncate is None else req.truncate
-            for (i, _), n in zip(texts, counts):
-                if limit and n > limit and not truncate:
-                    raise ApiError(400, f"input[{i}] has {n} tokens, more than the model's {limit}; shorten it or "
-                                        f"send \"truncate\": true", param=f"input[{i}]", code="context_length_exceeded")
-            used = [min(n, limit) if limit else n for n in counts]
-            tokens = sum(used)
-            works.append(Work("text", [t for _, t in texts], cost=tokens,
-                              options=(task, None if dim == emb.dim else dim, "truncate")))
-        if images:
-            works.append(Work("image", [v for _, v in images], cost=len(images)))
-        results = await state.run(request, served, works)
-        vectors: list[np.ndarray | None] = [None] * len(items)
-        for work, result in zip(works, results):
-            if isinstance(result, TextResult):
-                for (i, _), v in zip(texts, result.vectors):
-                    vectors[i] = v
-            elif isinstance(result, ImageResult):
-                error = _image_error(result, [i for i, _ in images])
-                if error is not None:
-                    raise error
-                for pos, v in zip(result.indices, truncate_unit(result.vectors, dim)):
-                    vectors[images[pos][0]] = v
-        state.metrics.tokens.labels(served.name).inc(tokens)
-        state.metrics.images.labels(served.name).inc(len(images))
-        data = [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
+        mode = long_text_mode(state.config, req.long_text, req.truncate)
+        vectors, tokens = await embed_items(state, request, served, items, task, dim, mode, "input")
+        data = [{"object": "embedding", "index": i, "embedding": encode(v, req.encoding_format)}
                 for i, v in enumerate(vectors)]
-        return JSONResponse({"object": "list", "data": data, "model": served.name,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "images": len(images)}})
+        return JSONResponse({"object": "list", "data": data, "model": answer_name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "images": n_images}})
 
     @app.post("/v1/search")
     async def search(req: SearchRequest, request: Request) -> JSONResponse:
@@ -521,7 +475,7 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
             raise ApiError(400, "query must be a text or an image_url content part", param="query")
         if item.kind == "text":
             _check_texts([item], param="query", indexed=False)
-            n = (await _count_tokens(emb, [item.value], emb.query_task))[0]
+            n = (await count_tokens(emb, [item.value], emb.query_task))[0]
             work = Work("text", [item.value], cost=min(n, emb.max_text_length or n), options=(emb.query_task, None,
                                                                                               "truncate"))
         else:
@@ -595,8 +549,12 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
+        from .aliases import model_entries
+
         state.model(None)
-        return JSONResponse({"object": "list", "data": [m.describe(state.created) for m in state.models.values()]})
+        mode = long_text_mode(state.config)
+        return JSONResponse({"object": "list", "data": [e for m in state.models.values()
+                                                        for e in model_entries(m, state.created, mode)]})
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -615,6 +573,9 @@ def create_app(config: ServeConfig | None = None, *, embedders: Mapping[str, Any
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.add_middleware(_Guard, state=state)
+    from .cohere import add_cohere_routes
+
+    add_cohere_routes(app, state)  # after the guard: its error-shape middleware wraps the guard's refusals too
     return app
 
 
@@ -635,18 +596,12 @@ def _search(index: Any, vector: np.ndarray, req: SearchRequest) -> list[dict[str
              "height": h.height, "sha256": h.sha256} for h in hits]
 
 
-async def _count_tokens(emb: Any, texts: list[str], task: str | None) -> list[int]:
-    if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:  # a thread hop costs more than tokenizing this
-        return emb.count_tokens(texts, task)
-    return await asyncio.to_thread(emb.count_tokens, texts, task)
-
-
 async def _label_works(state: ServerState, emb: Any, prompts: list[str]) -> list[Work]:
     """Zero-shot label prompts as queued text work like any other (the query task, truncated as the library does),
     in pieces of at most one batch, so they count against the queue, the token budget and the deadline."""
     if not prompts:
         return []
-    counts = await _count_tokens(emb, prompts, emb.query_task)
+    counts = await count_tokens(emb, prompts, emb.query_task)
     limit = emb.max_text_length
     step = state.config.max_batch_texts
     return [Work("text", prompts[i:i + step], cost=sum(min(n, limit or n) for n in counts[i:i + step]),

@@ -37,6 +37,10 @@ def add_serve_command(sub: Any, positive_int: Any) -> argparse.ArgumentParser:
                    help="fetch http(s) image URLs that clients send (time and size bounded); off by default")
     p.add_argument("--truncate", action="store_true",
                    help="cut texts over the model's context instead of answering 400 (a request's 'truncate' wins)")
+    p.add_argument("--long-text", choices=["refuse", "truncate", "mean"], default=None,
+                   help="texts over the model's context when a request does not say (its 'long_text' or 'truncate' "
+                        "wins): refuse (400, the default), truncate (cut), or mean (the mean of its chunks, as "
+                        "long_text='mean' in the library; lets LlamaIndex's 1024-token chunks through)")
     p.add_argument("--max-body-mb", type=float, default=32.0, help="request body cap (413 above it)")
     p.add_argument("--max-queue", type=positive_int, default=4096,
                    help="texts and images waiting per model before requests are shed with 429")
@@ -83,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return ServeConfig(
         models=sources, index=args.index, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         device=args.device, precision=precision, allow_url_fetch=args.allow_url_fetch, truncate=args.truncate,
+        long_text=args.long_text,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_queue=args.max_queue,
         max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms, request_timeout_s=args.timeout,
         body_timeout_s=args.body_timeout, body_idle_s=min(10.0, args.body_timeout))

@@ -104,7 +104,8 @@ def parse_input(value: Any, *, modality: str | None, limits: Limits, param: str 
     if all(isinstance(v, int) and not isinstance(v, bool) for v in value) or all(
             isinstance(v, list) for v in value):
         raise _bad(f"{param}: token-id inputs are not supported (the model's tokenizer runs on the server); "
-                   "send the texts as strings", param, "token_ids_not_supported")
+                   "send the texts as strings (LangChain's OpenAIEmbeddings: pass check_embedding_ctx_length=False)",
+                   param, "token_ids_not_supported")
     items: list[Item] = []
     for i, v in enumerate(value):
         where = f"{param}[{i}]"

@@ -35,11 +35,15 @@ class _Request(BaseModel):
 
 
 class EmbeddingsRequest(_Request):
-    """``POST /v1/embeddings``: OpenAI's request, plus ``task``, ``input_type``, ``modality`` and ``truncate``."""
+    """``POST /v1/embeddings``: OpenAI's request (or vLLM's chat-style ``messages``), plus ``task``, ``input_type``,
+    ``modality``, ``truncate`` and ``long_text``."""
 
-    input: Any = Field(description="a string, a list of up to 2048 strings, or a list of content parts "
-                                   "({'type': 'text', 'text': ...} / {'type': 'image_url', 'image_url': {'url': "
-                                   "'data:image/...;base64,...'}})")
+    input: Any = Field(default=None, description="a string, a list of up to 2048 strings, or a list of content "
+                       "parts ({'type': 'text', 'text': ...} / {'type': 'image_url', 'image_url': {'url': "
+                       "'data:image/...;base64,...'}})")
+    messages: list[Any] | None = Field(default=None, description="vLLM's chat-style request instead of input: "
+                                       "messages whose content is a string or content parts; one embedding for "
+                                       "the request (its text, or its one image)")
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
@@ -51,6 +55,9 @@ class EmbeddingsRequest(_Request):
                                                                                "reads every input as an image")
     truncate: bool | None = Field(default=None, description="cut texts over the model's context instead of "
                                                             "refusing them (default: the server's setting)")
+    long_text: Literal["refuse", "truncate", "mean"] | None = Field(
+        default=None, description="texts over the model's context: refused, cut, or embedded whole as the mean of "
+                                  "their chunks (the library's long_text; default: the server's --long-text)")
 
 
 class SearchRequest(_Request):

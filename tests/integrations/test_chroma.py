@@ -98,3 +98,42 @@ def test_a_bad_image_is_named_and_the_good_ones_are_stored(nomic_pair, photos, n
     with pytest.raises(InputTypeError, match="#0"):
         ef([3.5])
     assert sorted(col.get()["ids"]) == ["a", "b"]
+
+
+def test_arrays_of_any_numeric_dtype_are_pixels_as_pillow_reads_them(nomic_pair, photos):
+    """Chroma's Image type allows unsigned, int64 and float64 arrays: each is the uint8 image Pillow makes of it."""
+    from multimodal_embed.integrations.chroma import pixels
+
+    ef = MultimodalEmbeddingFunction(embedder=nomic_pair)
+    base = _arrays(photos[:1])[0]
+    want = nomic_pair.embed_images([base])
+    for dtype in (np.int64, np.uint64, np.int32, np.uint16, np.float64, np.float32):
+        assert close(ef([base.astype(dtype)]), want), dtype
+    assert close(ef([base.astype(np.float64) + 0.75]), want)  # fractions dropped, as Pillow's 8-bit conversion
+    wide = np.array([[-3, 0, 17, 255, 256, 70000]], dtype=np.int64)
+    from PIL import Image as PILImage
+
+    assert pixels(wide).tolist() == np.asarray(PILImage.fromarray(wide.astype(np.int32)).convert("L")).tolist()
+    grey = np.array([[0.4, 1.5, 254.9, 300.0, -2.0]])
+    assert pixels(grey).tolist() == np.asarray(PILImage.fromarray(grey.astype(np.float32)).convert("L")).tolist()
+    assert pixels(np.array([[True, False]])).tolist() == [[255, 0]]
+    bad = base.astype(np.float64)
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ImageDecodeError, match=r"#1 .*NaN"):
+        ef([base, bad])
+
+
+def test_chromas_shipped_multimodal_test_passes(nomic_pair):
+    """chromadb's own test_multimodal, imported and run as shipped, with this function as its embedding function
+    (needs chromadb's test dependencies: hypothesis and opentelemetry-instrumentation-fastapi)."""
+    pytest.importorskip("hypothesis")
+    pytest.importorskip("opentelemetry.instrumentation.fastapi")
+    from chromadb.test.ef.test_multimodal_ef import test_multimodal
+
+    ef = MultimodalEmbeddingFunction(embedder=nomic_pair, query_task="search_document")
+    client = chromadb.EphemeralClient()
+    col = client.create_collection("multimodal_collection", embedding_function=ef)
+    try:
+        test_multimodal(col, default_ef=ef)
+    finally:
+        client.delete_collection("multimodal_collection")

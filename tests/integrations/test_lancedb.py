@@ -96,3 +96,29 @@ def test_a_bad_image_is_named_and_skip_keeps_the_good_rows(nomic_pair, photos, n
     stored = _rows(lenient, "path")
     assert sorted(stored) == sorted(photos[:2])
     assert close([stored[p] for p in photos[:2]], nomic_pair.embed_images(photos[:2]))
+
+
+def test_auto_source_reads_a_column_of_image_paths_as_images_name_and_file_urls(nomic_pair, photos, tmp_path):
+    """As LanceDB's open-clip function: a string column of image paths (or file: URLs) holds images."""
+    func = get_registry().get("multimodal-embed").create(embedder=nomic_pair)  # source="auto"
+    db = lancedb.connect(tmp_path)
+    tbl = _table(db, "auto", func, column="path")
+    urls = [Path(p).resolve().as_uri() for p in photos[2:4]]
+    tbl.add([{"path": p} for p in photos[:2]] + [{"path": u} for u in urls])
+    stored = _rows(tbl, "path")
+    assert close([stored[p] for p in photos[:2] + urls], nomic_pair.embed_images(photos[:4]))
+    texts = _table(db, "texts", func)  # the same function on a column of sentences: texts, document prefix
+    texts.add([{"text": t} for t in TEXTS[:2]] + [{"text": "see photo.jpg"}])
+    stored = _rows(texts, "text")
+    assert close([stored[t] for t in TEXTS[:2]], nomic_pair.embed_text(TEXTS[:2], task="search_document"))
+
+
+def test_name_is_taken_for_the_model(fixtures_dir, nomic_pair, tmp_path):
+    folder = str(fixtures_dir / "text-v1.5-tiny")
+    func = get_registry().get("multimodal-embed").create(name=folder, options={"device": "cpu"})
+    assert func.model == folder and func.endpoints() == []
+    assert close(func.compute_query_embeddings("a cat")[0], nomic_pair.embed_text(["a cat"], task="search_query")[0])
+    from multimodal_embed.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="name="):
+        get_registry().get("multimodal-embed").create(name=folder, model="another")

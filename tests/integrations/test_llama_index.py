@@ -73,3 +73,17 @@ def test_a_bad_image_is_named(nomic_pair, photos, not_an_image):
         emb.get_image_embedding_batch([photos[0], not_an_image])
     with pytest.raises(ImageDecodeError, match="notes.jpg"):
         _index(emb, TEXTS[:1], [photos[0], not_an_image])
+
+
+def test_to_dict_from_dict_round_trip(fixtures_dir, nomic_pair):
+    text = str(fixtures_dir / "text-v1.5-tiny")
+    for emb in (MultimodalEmbedding(embedder=nomic_pair, embed_batch_size=3),
+                MultimodalEmbedding(model=text, device="cpu", query_task=None, dimensions=64)):
+        data = emb.to_dict()
+        again = MultimodalEmbedding.from_dict(data)
+        assert again.to_dict() == data and again.embed_batch_size == emb.embed_batch_size
+        assert close(again.get_query_embedding("a cat"), emb.get_query_embedding("a cat"))
+        assert close(again.get_text_embedding("a cat"), emb.get_text_embedding("a cat"))
+    assert data["options"] == {"device": "cpu"} and data["query_task"] is None
+    again = MultimodalEmbedding.from_dict(MultimodalEmbedding(embedder=nomic_pair).to_dict())
+    assert close(again.get_query_embedding("a cat"), nomic_pair.embed_text(["a cat"], task="search_query")[0])

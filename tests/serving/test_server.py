@@ -264,7 +264,9 @@ def test_classify_equals_the_classifier(url, nomic, stamps):
 
 def test_models_health_and_metrics(url, nomic):
     models = {m["id"]: m for m in httpx.get(f"{url}/v1/models").json()["data"]}
-    assert set(models) == {"nomic", "builtin"}
+    assert set(models) == {"nomic", "nomic:query", "builtin"}  # the query side of the prefixed model
+    assert models["nomic:query"]["task"] == "search_query" and models["nomic"]["task"] == "search_document"
+    assert models["builtin"]["max_text_tokens"] == 254  # 256 less [CLS] and [SEP]
     assert models["nomic"]["object"] == "model" and models["nomic"]["dimensions"] == nomic.dim
     assert models["nomic"]["matryoshka_dimensions"] and models["builtin"]["matryoshka_dimensions"] == []
     assert models["nomic"]["modalities"] == ["text", "image"] and models["builtin"]["max_input_tokens"] == 256
