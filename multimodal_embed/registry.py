@@ -48,7 +48,7 @@ class ModelSpec:
     def uri(self) -> str:
         """The scheme-qualified name this entry stands for."""
         if self.family == "nomic":
-            return f"{self.text} + {self.vision}"
+            return " + ".join(t for t in (self.text, self.vision) if t)  # a text-only nomic model has no vision
         return f"{self.family}:{self.ref}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,6 +69,14 @@ MODELS: tuple[ModelSpec, ...] = (
         text="nomic-ai/nomic-embed-text-v1", vision="nomic-ai/nomic-embed-vision-v1",
         revisions={"text": "0759316f275aa0cb93a5b830973843ca66babcf5", "vision": "main"},
         preprocessing=_CLIP_PREPROC, notes="vision revision not pinned (no verified commit)",
+    ),
+    ModelSpec(
+        name="nomic-embed-text-v2-moe", family="nomic", dim=768, license="apache-2.0", max_text_tokens=512,
+        text="nomic-ai/nomic-embed-text-v2-moe", revisions={"text": "1066b6599d099fbb93dfcb64f9c37a7c9e503e85"},
+        preprocessing="text only (no image tower)",
+        notes="multilingual (~100 languages, XLM-R tokenizer); 475M parameters (305M active per token: 8 experts, "
+              "top-2), 1.9 GB fp32; Matryoshka 768/256; text only: an image tower trained against it with "
+              "`mmembed align` pairs with it",
     ),
     ModelSpec(
         name="minilm-efficientnet-lite0", family="aligned", dim=384, license="apache-2.0 (weights), GPL-2 data",
