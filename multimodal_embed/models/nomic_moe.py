@@ -9,7 +9,8 @@ packing) is NomicBERT's own.
 The original computes, for tokens ``h`` ``(T, D)``: ``p = softmax(h Wr^T)`` in fp32 over all experts, the top-k
 of ``p`` (not renormalised), ``out = sum_k w_k * gelu(h W1[e_k]^T) W2[e_k] + bias`` with the bias added once.
 Every position is routed, padding included. :meth:`NomicMoELayer.forward` computes each expert only on the
-tokens routed to it (gather, two matmuls, weighted ``index_add_``, in expert order as the original sums);
+tokens routed to it (tokens grouped by expert, one gather and two matmuls per expert, the weighted outputs
+gathered back and summed per token);
 :meth:`NomicMoELayer.forward_dense` is the naive form (every expert on every token, masked), kept as the
 reference the tests and ``benchmarks/text_throughput.py`` compare against.
 """
@@ -80,20 +81,24 @@ class NomicMoELayer(nn.Module):
         h = x.reshape(-1, self.hidden)
         routing = self.route(h)
         w1, w2 = self._expert_weights()
+        k = self.top_k
         flat = routing.experts.reshape(-1)  # (T * K,): token t's k-th choice at t * K + k
         order = flat.argsort(stable=True)  # grouped by expert; within an expert, in token order (as the original)
         counts = torch.bincount(flat, minlength=self.num_experts).tolist()  # one host sync per layer
-        tokens = order // self.top_k
-        weights = routing.weights.reshape(-1)[order, None]
-        out = torch.zeros_like(h)
+        tokens = order // k
+        ys = h.new_empty(flat.shape[0], self.hidden)  # each (token, choice)'s expert output, grouped by expert
         start = 0
         for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            idx = tokens[start:start + n]
-            y = F.gelu(h[idx] @ w1[e].t()) @ w2[e]
-            out.index_add_(0, idx, y.mul_(weights[start:start + n]))
-            start += n
+            if n:
+                rows = h.index_select(0, tokens[start:start + n])
+                torch.mm(F.gelu(rows @ w1[e].t()), w2[e], out=ys[start:start + n])
+                start += n
+        ys.mul_(routing.weights.reshape(-1)[order, None])
+        # back to (token, choice) order by a gather (index_add_ is a serial scatter on CPU), then the K weighted
+        # outputs of each token are summed (for K = 2 the same sum as the original's accumulation in expert order)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.shape[0], device=order.device)
+        out = ys.index_select(0, inverse).view(-1, k, self.hidden).sum(1)
         return (out + self.experts.bias).view(x.shape)
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
