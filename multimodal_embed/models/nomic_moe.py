@@ -85,20 +85,20 @@ class NomicMoELayer(nn.Module):
         flat = routing.experts.reshape(-1)  # (T * K,): token t's k-th choice at t * K + k
         order = flat.argsort(stable=True)  # grouped by expert; within an expert, in token order (as the original)
         counts = torch.bincount(flat, minlength=self.num_experts).tolist()  # one host sync per layer
-        tokens = order // k
-        ys = h.new_empty(flat.shape[0], self.hidden)  # each (token, choice)'s expert output, grouped by expert
+        grouped = h[order // k]  # one gather: each (token, choice)'s input, grouped by expert
+        ys = torch.empty_like(grouped)  # ... and its expert's output
         start = 0
         for e, n in enumerate(counts):
             if n:
-                rows = h.index_select(0, tokens[start:start + n])
-                torch.mm(F.gelu(rows @ w1[e].t()), w2[e], out=ys[start:start + n])
+                part = slice(start, start + n)
+                torch.mm(F.gelu(grouped[part] @ w1[e].t()), w2[e], out=ys[part])
                 start += n
         ys.mul_(routing.weights.reshape(-1)[order, None])
-        # back to (token, choice) order by a gather (index_add_ is a serial scatter on CPU), then the K weighted
+        # back to (token, choice) order by one gather (index_add_ is a serial scatter on CPU), then the K weighted
         # outputs of each token are summed (for K = 2 the same sum as the original's accumulation in expert order)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.shape[0], device=order.device)
-        out = ys.index_select(0, inverse).view(-1, k, self.hidden).sum(1)
+        out = ys[inverse].view(-1, k, self.hidden).sum(1)
         return (out + self.experts.bias).view(x.shape)
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
