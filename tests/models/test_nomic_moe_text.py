@@ -153,3 +153,16 @@ def test_beir_text_retrieval_evaluates(v2, data_dir):
     (result,) = evaluate([data_dir / "retrieval"], [v2], cache_dir=None, show_progress=False).results
     assert result.counted == 864
     assert 0 < result.metrics["R@100"] <= 1 and 0 <= result.metrics["nDCG@10"] <= 1
+
+
+def test_cli_lists_it_and_embeds_with_it(folder, tmp_path, capsys):
+    from multimodal_embed.cli import main
+
+    assert main(["models", "--json"]) == 0
+    (row,) = [r for r in json.loads(capsys.readouterr().out) if r["name"] == "nomic-embed-text-v2-moe"]
+    assert (row["license"], row["uri"], row["vision"]) == ("apache-2.0", REPO, None) and "1.9 GB" in row["notes"]
+    inputs, ref = _reference(folder)
+    out = tmp_path / "q.npy"
+    assert main(["embed", "--model", str(folder), "--text", inputs[0][1], "--task", "search_query",
+                 "-o", str(out)]) == 0
+    np.testing.assert_allclose(np.load(out), ref["emb_d64"][:1].numpy(), atol=1e-6)
