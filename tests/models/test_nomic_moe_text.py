@@ -166,3 +166,15 @@ def test_cli_lists_it_and_embeds_with_it(folder, tmp_path, capsys):
     assert main(["embed", "--model", str(folder), "--text", inputs[0][1], "--task", "search_query",
                  "-o", str(out)]) == 0
     np.testing.assert_allclose(np.load(out), ref["emb_d64"][:1].numpy(), atol=1e-6)
+
+
+def test_langchain_adapter_uses_its_prefixes(v2, folder):
+    pytest.importorskip("langchain_core")
+    from multimodal_embed.integrations.langchain import MultimodalEmbeddings
+
+    inputs, ref = _reference(folder)
+    lc = MultimodalEmbeddings(embedder=v2)
+    np.testing.assert_allclose(lc.embed_query(inputs[0][1]), ref["emb_d64"][0].numpy(), atol=1e-6)  # search_query
+    np.testing.assert_allclose(lc.embed_documents([inputs[1][1]])[0], ref["emb_d64"][1].numpy(), atol=1e-6)
+    with pytest.raises(InvalidInputError, match="vision tower"):
+        lc.embed_image(["x.png"])
