@@ -194,6 +194,20 @@ def main_v2_moe(args: argparse.Namespace) -> None:
     print(f"b/a = {tb / ta:.2f}x (ask >= 2)   a/c = {ta / tc:.2f}x (ask <= 1.3)   "
           f"max |a - b| = {(a - b).abs().max().item():.2e}")
 
+    # the models alone (no tokenising, batching or pooling): one packed batch of 8 x 256 random tokens
+    ids = torch.randint(4, 999, (2048,), generator=torch.Generator().manual_seed(0))
+    cu = torch.arange(0, 2049, 256)
+    fwd = {k: float("inf") for k in runs}
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            for name, enc in runs.items():
+                _, t = timed(lambda enc=enc: enc.model.forward_packed(ids, cu))
+                fwd[name] = min(fwd[name], t)
+    for name, t in fwd.items():
+        print(f"forward {name:24s} {t:6.2f} s  {2048 / t:8.1f} tokens/s")
+    fa, fb, fc = fwd.values()
+    print(f"forward only: b/a = {fb / fa:.2f}x   a/c = {fa / fc:.2f}x")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
