@@ -256,6 +256,11 @@ def load_towers(text: str | os.PathLike | None, vision: str | os.PathLike | None
             info["family"] = "sentence-transformers"
     vision_encoder = None
     if vision is not None:
+        marker = FAMILIES["aligned"].marker
+        if marker and (Path(os.path.expanduser(str(vision))) / marker).is_file():
+            raise IncompatibleModelsError(
+                f"{vision} is an aligned model (mmembed align): its image tower comes with the text model it was "
+                f"trained against, so load the folder by itself: Embedder.from_pretrained({str(vision)!r})")
         if text is not None and not options.allow_mismatched_towers:
             check_pairing(str(text), encoder, str(vision))
         vision_encoder = load_vision_encoder(

@@ -178,3 +178,12 @@ def test_langchain_adapter_uses_its_prefixes(v2, folder):
     np.testing.assert_allclose(lc.embed_documents([inputs[1][1]])[0], ref["emb_d64"][1].numpy(), atol=1e-6)
     with pytest.raises(InvalidInputError, match="vision tower"):
         lc.embed_image(["x.png"])
+
+
+def test_an_aligned_folder_as_vision_is_pointed_to_loading_it_whole(folder):
+    from multimodal_embed.backends.aligned import BUILTIN_DIR
+
+    aligned = BUILTIN_DIR / "minilm-efficientnet-lite0"
+    assert (aligned / "align_config.json").is_file()
+    with pytest.raises(IncompatibleModelsError, match="aligned model.*by itself"):
+        Embedder.from_pretrained(text=folder, vision=aligned, device="cpu")
