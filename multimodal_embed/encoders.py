@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .images import ImageInput
 
-__all__ = ["ImageEncoder", "ImageFailure", "Scoring", "TextEncoder", "as_batch", "matryoshka_size", "truncate_unit"]
+__all__ = ["ImageEncoder", "ImageFailure", "Matryoshka", "Scoring", "TextEncoder", "as_batch", "matryoshka_size",
+           "truncate_unit"]
 
 
 def _single_image(item: Any) -> bool:
@@ -152,9 +153,33 @@ def matryoshka_size(dimensionality: Any, full: int, trained: Sequence[int]) -> i
 def truncate_unit(vectors: Any, dim: int) -> Any:
     """Unit rows cut to their first ``dim`` values and renormalised (how image vectors and stored full-size vectors
     take a Matryoshka size); the rows themselves when ``dim`` is their size or more."""
-    import numpy as np
-
     if dim >= vectors.shape[1]:
         return vectors
     cut = vectors[:, :dim]
+    if type(cut).__module__.startswith("torch"):  # the same rule on tensors (a text tower's own output)
+        return cut / cut.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    import numpy as np
+
     return (cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Matryoshka:
+    """A text model's Matryoshka recipe: the sizes it was trained at (:func:`matryoshka_size` checks a request
+    against them) and whether the pooled vector is layer-normalised (no affine, eps 1e-5) before the cut, as for
+    nomic-embed-text-v1.5, or cut as it is (v2-moe); the cut is then L2-normalised (:func:`truncate_unit`)."""
+
+    trained: tuple[int, ...]
+    layer_norm: bool = False
+
+    def for_width(self, full: int) -> tuple[int, ...]:
+        """The trained sizes a model of width ``full`` can give (``(full,)`` for a narrower test model)."""
+        return tuple(d for d in self.trained if d <= full) or (full,)
+
+    def apply(self, pooled: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+        """Pooled vectors ``(n, full)`` -> unit rows of size ``dim`` (``None``: the full size)."""
+        import torch.nn.functional as F
+
+        if self.layer_norm:
+            pooled = F.layer_norm(pooled, (pooled.shape[-1],), eps=1e-5)
+        return truncate_unit(F.normalize(pooled, dim=-1), dim or pooled.shape[-1])

@@ -206,11 +206,11 @@ def _native_towers(model: ModelRef, text: str | None, vision: str | None, revisi
     if model.family == "nomic":
         spec = model.spec
         assert spec is not None
-        if vision is not None:
+        if vision is not None and spec.vision is not None:
             raise InvalidInputError(f"{model.name} already names both towers; do not pass vision=")
         revs = dict(revision) if isinstance(revision, Mapping) else {}
-        return spec.text, spec.vision, {"text": revs.get("text") or spec.revisions["text"],
-                                        "vision": revs.get("vision") or spec.revisions["vision"]}
+        return spec.text, spec.vision or vision, {"text": revs.get("text") or spec.revisions["text"],
+                                                  "vision": revs.get("vision") or spec.revisions.get("vision")}
     if model.family == "vision":
         if vision is not None:
             raise InvalidInputError(f"{model.name} is an image tower; pass a text model with text=")
@@ -261,6 +261,11 @@ def load_towers(text: str | os.PathLike | None, vision: str | os.PathLike | None
             info["family"] = "sentence-transformers"
     vision_encoder = None
     if vision is not None:
+        marker = FAMILIES["aligned"].marker
+        if marker and (Path(os.path.expanduser(str(vision))) / marker).is_file():
+            raise IncompatibleModelsError(
+                f"{vision} is an aligned model (mmembed align): its image tower comes with the text model it was "
+                f"trained against, so load the folder by itself: Embedder.from_pretrained({str(vision)!r})")
         if text is not None and not options.allow_mismatched_towers:
             check_pairing(str(text), encoder, str(vision))
         vision_encoder = load_vision_encoder(
@@ -338,6 +343,12 @@ def check_pairing(text_name: str, text_encoder: Any, vision_name: str) -> None:
         raise IncompatibleModelsError(
             f"the vision model {vision_name} was trained against nomic-embed-text, not {text_name}; "
             f"pass allow_mismatched_towers=True to pair them anyway")
+    if text_encoder.version == "v2-moe":
+        raise IncompatibleModelsError(
+            f"the text model {text_name} is nomic-embed-text-v2-moe, a text-only model: no nomic vision tower "
+            f"(here {vision_name}) was trained against it, so their embeddings do not share a space. Train an image "
+            f"tower against it (`mmembed align --text nomic-ai/nomic-embed-text-v2-moe ...`) and load that aligned "
+            f"folder, or pass allow_mismatched_towers=True")
     have = "v1.5" if text_encoder.matryoshka else (nomic_tower_version(text_name) or "v1")
     if want is not None and want != have:
         raise IncompatibleModelsError(

@@ -21,6 +21,9 @@ __all__ = ["ModelSpec", "is_known", "list_models", "lookup", "pinned_revision", 
 _CLIP_PREPROC = "resize short side to 224 (bicubic), center crop 224, CLIP mean/std"
 
 
+TEXT_ONLY = "none (text only)"  # the image-tower license of a text-only model
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One known model. ``family`` is ``nomic``, ``open_clip`` or ``hf``; ``ref`` is what its loader takes.
@@ -39,7 +42,7 @@ class ModelSpec:
     revisions: dict[str, str] = field(default_factory=dict)  # "text"/"vision" (nomic) or "model"
     scoring: str = "softmax"
     notes: str = ""
-    vision_license: str | None = None  # the image tower's license, where it is not ``license``
+    vision_license: str | None = None  # the image tower's license, where it is not ``license`` (TEXT_ONLY: none)
 
     @property
     def licenses(self) -> dict[str, str]:
@@ -50,6 +53,8 @@ class ModelSpec:
     def license_summary(self) -> str:
         """One license, or ``text A; vision B`` when the towers differ (what ``mmembed models`` shows)."""
         lic = self.licenses
+        if lic["vision"] == TEXT_ONLY:
+            return lic["text"]
         return lic["text"] if lic["text"] == lic["vision"] else f"text {lic['text']}; vision {lic['vision']}"
 
     @property
@@ -62,7 +67,7 @@ class ModelSpec:
     def uri(self) -> str:
         """The scheme-qualified name this entry stands for."""
         if self.family == "nomic":
-            return f"{self.text} + {self.vision}"
+            return " + ".join(t for t in (self.text, self.vision) if t)  # a text-only nomic model has no vision
         return f"{self.family}:{self.ref}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +93,15 @@ MODELS: tuple[ModelSpec, ...] = (
         text="nomic-ai/nomic-embed-text-v1", vision="nomic-ai/nomic-embed-vision-v1",
         revisions={"text": "0759316f275aa0cb93a5b830973843ca66babcf5", "vision": "main"},
         preprocessing=_CLIP_PREPROC, notes="vision revision not pinned (no verified commit)",
+    ),
+    ModelSpec(
+        name="nomic-embed-text-v2-moe", family="nomic", dim=768, license="apache-2.0", vision_license=TEXT_ONLY,
+        max_text_tokens=512,
+        text="nomic-ai/nomic-embed-text-v2-moe", revisions={"text": "1066b6599d099fbb93dfcb64f9c37a7c9e503e85"},
+        preprocessing="text only (no image tower)",
+        notes="multilingual (~100 languages, XLM-R tokenizer); 475M parameters (305M active per token: 8 experts, "
+              "top-2), 1.9 GB fp32; Matryoshka 768/256; text only: an image tower trained against it with "
+              "`mmembed align` pairs with it",
     ),
     ModelSpec(
         name="minilm-efficientnet-lite0", family="aligned", dim=384, license="apache-2.0",

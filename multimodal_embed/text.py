@@ -1,4 +1,4 @@
-"""Text encoders: nomic-embed-text (v1, v1.5) and sentence-transformers style BERT folders.
+"""Text encoders: nomic-embed-text (v1, v1.5, v2-moe) and sentence-transformers style BERT folders.
 
 Encoders return raw ``torch.float32`` tensors with unit rows; :class:`multimodal_embed.Embedder` turns them
 into numpy arrays. Both encoders share :class:`TokenTextEncoder`, which does the tokenising, task prefixes,
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import plan_batches
-from .encoders import Scoring, as_batch, matryoshka_size
+from .encoders import Matryoshka, Scoring, as_batch, matryoshka_size
 from .errors import InputTypeError, InvalidInputError
 from .models.nomic_bert import NomicBertConfig, NomicBertModel, convert_state_dict, load_converted
 from .models.packing import segment_reduce
@@ -43,6 +43,9 @@ NOMIC_TASK_PREFIXES: dict[str, str] = {
     "classification": "classification: ",
 }
 MATRYOSHKA_DIMS = (768, 512, 256, 128, 64)
+NOMIC_V15_MATRYOSHKA = Matryoshka(MATRYOSHKA_DIMS, layer_norm=True)  # mean -> LayerNorm -> cut -> L2
+NOMIC_V2_MOE_MATRYOSHKA = Matryoshka((768, 256))  # mean -> cut -> L2 (model card; no LayerNorm)
+NOMIC_V2_MOE_MAX_LENGTH = 512  # the card's maximum input length (fine-tuned at 512, plain RoPE)
 LONG_TEXT_MODES = ("truncate", "mean")
 
 
@@ -228,23 +231,34 @@ class TokenTextEncoder(ModelHolder):
 
 
 class NomicTextEncoder(TokenTextEncoder):
-    """nomic-embed-text v1 / v1.5: task prefixes, mean pooling, (v1.5) LayerNorm + Matryoshka truncation."""
+    """nomic-embed-text v1 / v1.5 / v2-moe: task prefixes, mean pooling, and the model's Matryoshka recipe
+    (v1.5: LayerNorm, cut, L2; v2-moe: cut, L2; v1: none)."""
 
     prefixes = NOMIC_TASK_PREFIXES
-    export_recipe = "nomic"
+    export_recipe: str | None = "nomic"
 
-    def __init__(self, model: NomicBertModel, tokenizer: Any, *, matryoshka: bool, max_length: int = 8192,
-                 unpadded: bool | None = None):
+    def __init__(self, model: NomicBertModel, tokenizer: Any, *, matryoshka: bool | Matryoshka | None,
+                 max_length: int = 8192, unpadded: bool | None = None):
         self.model = model.eval()
         self.unpadded = unpadded
         self.tokenizer = tokenizer
         self.config = model.config
         self.max_length = max_length
         self.dim = model.config.hidden_size
-        self.matryoshka = matryoshka
-        self.matryoshka_dims = tuple(d for d in MATRYOSHKA_DIMS if d <= self.dim) if matryoshka else ()
-        if matryoshka and not self.matryoshka_dims:
-            self.matryoshka_dims = (self.dim,)
+        if matryoshka is True:
+            matryoshka = NOMIC_V2_MOE_MATRYOSHKA if self.config.num_experts else NOMIC_V15_MATRYOSHKA
+        self.recipe: Matryoshka | None = matryoshka or None
+        self.matryoshka = self.recipe is not None
+        self.matryoshka_dims = self.recipe.for_width(self.dim) if self.recipe else ()
+        if self.config.num_experts:
+            self.export_recipe = None  # data-dependent routing: no OpenVINO graph; bf16 / fp32 torch only
+
+    @property
+    def version(self) -> str:
+        """``"v2-moe"`` (a mixture of experts), ``"v1.5"`` (v1.5's recipe) or ``"v1"``."""
+        if self.config.num_experts:
+            return "v2-moe"
+        return "v1.5" if self.recipe is not None and self.recipe.layer_norm else "v1"
 
     @classmethod
     def from_folder(
@@ -254,26 +268,32 @@ class NomicTextEncoder(TokenTextEncoder):
         name: str | None = None,
         matryoshka: bool | None = None,
         rotary_scaling_factor: float | None = 2.0,
-        max_length: int = 8192,
+        max_length: int | None = None,
         unpadded: bool | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> NomicTextEncoder:
         """Load a nomic-embed-text folder (original hub format or transformers-5 native format).
 
-        ``matryoshka`` selects the v1.5 recipe; ``None`` infers it from the model name (``...-v1.5``).
-        ``rotary_scaling_factor`` enables dynamic-NTK scaling past 2048 tokens (the model cards use 2);
-        the config's own value wins when it sets one. ``None`` keeps the config's value.
+        The architecture comes from ``config.json`` alone (a mixture-of-experts config is v2-moe; no remote code).
+        ``matryoshka`` turns the model's Matryoshka recipe on or off; ``None``: on for v2-moe, and for v1 / v1.5
+        inferred from the model name (``...-v1.5``). ``rotary_scaling_factor`` enables dynamic-NTK scaling past
+        2048 tokens for v1 / v1.5 (the model cards use 2; the config's own value wins when it sets one; ``None``
+        keeps the config's value); v2-moe was trained at 512 tokens with plain RoPE and keeps its config's.
+        ``max_length`` (``None``: 8192 for v1 / v1.5, 512 for v2-moe) is where long texts are cut or chunked.
         ``unpadded=False`` runs each batch right-padded instead of packed (the default: no compute on padding).
         """
         folder = Path(folder)
         raw = read_json(folder / "config.json")
         config = NomicBertConfig.from_hf_dict(raw)
-        if config.rotary_scaling_factor is None and rotary_scaling_factor:
+        moe = bool(config.num_experts)
+        if config.rotary_scaling_factor is None and rotary_scaling_factor and not moe:
             config = replace(config, rotary_scaling_factor=float(rotary_scaling_factor))
         if matryoshka is None:
             label = " ".join(str(x) for x in (name, raw.get("_name_or_path"), folder))
-            matryoshka = "v1.5" in label or "v1_5" in label
+            matryoshka = moe or "v1.5" in label or "v1_5" in label
+        if max_length is None:
+            max_length = NOMIC_V2_MOE_MAX_LENGTH if moe else 8192
         model = NomicBertModel(config)
         load_converted(model, convert_state_dict(load_safetensors(folder)), what=str(name or folder))
         model.to(device=device, dtype=dtype)
@@ -293,9 +313,8 @@ class NomicTextEncoder(TokenTextEncoder):
         return self.model.forward_packed(input_ids, cu_seqlens, rotary_length=width)
 
     def _finish(self, pooled: torch.Tensor, dimensionality: int | None) -> torch.Tensor:
-        if self.matryoshka:
-            pooled = F.layer_norm(pooled, (pooled.shape[-1],), eps=1e-5)
-            pooled = pooled[:, : dimensionality or self.dim]
+        if self.recipe is not None:
+            return self.recipe.apply(pooled, dimensionality)
         return F.normalize(pooled, dim=-1)
 
 

@@ -1,10 +1,14 @@
-"""NomicBERT, the text tower of nomic-embed-text v1 / v1.5, as a plain PyTorch module.
+"""NomicBERT, the text tower of nomic-embed-text v1 / v1.5 / v2-moe, as a plain PyTorch module.
 
 Readable top to bottom and checkpoint-compatible: parameter names are those of the original hub checkpoints
 (``encoder.layers.{i}.attn.Wqkv`` ...), and :func:`convert_state_dict` also accepts the transformers-5 native
 layout. The forward pass follows ``shared/spec/nomic-architecture.md`` section 6: post-LN blocks, rotate-half
 RoPE over the whole head, SwiGLU with SiLU on ``fc12``, and a *stateless* dynamic-NTK rotary that depends only on
 the padded length of the current call (the reference caches it across calls; see the spec, section 6.2).
+
+nomic-embed-text-v2-moe (``shared/spec/nomic-v2-moe.md``) is the same skeleton by configuration: biases on every
+projection, a GELU ``fc1``/``fc2`` MLP, and on every second block the mixture of experts of
+:mod:`multimodal_embed.models.nomic_moe` (``activation="gelu"``, ``num_experts``, ``moe_every_n_layers``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from .nomic_moe import NomicMoELayer
 from .packing import Packing, packed_attention
 
 __all__ = ["NomicBertConfig", "NomicBertModel", "Packing", "convert_state_dict", "load_converted", "packed_attention",
@@ -32,7 +37,12 @@ _UNSUPPORTED_IF = {
     "parallel_block": (False, "parallel attention/MLP blocks"),
     "use_rms_norm": (False, "RMSNorm"),
     "rotary_emb_scale_base": (None, "xPos rotary scaling"),
+    "num_shared_experts": (0, "shared experts"),
+    "expert_choice_router": (False, "expert-choice routing"),
+    # the original's two MoE paths disagree on it (the pure-torch layer ignores it, megablocks renormalises)
+    "moe_normalize_expert_weights": (False, "renormalised top-k expert weights"),
 }
+ACTIVATIONS = ("swiglu", "gelu")  # SwiGLU fc11/fc12/fc2 (v1, v1.5) or GELU (erf) fc1/fc2 (v2-moe)
 
 
 # config.json is read before anything is allocated: sizes outside these bounds are refused with a ConfigError
@@ -92,6 +102,10 @@ class NomicBertConfig:
     qkv_bias: bool = False
     mlp_fc1_bias: bool = False
     mlp_fc2_bias: bool = False
+    activation: str = "swiglu"
+    num_experts: int = 0  # > 0: a mixture of experts on the blocks is_moe_layer() names
+    moe_top_k: int = 2
+    moe_every_n_layers: int = 0
 
     def __post_init__(self) -> None:
         for key, value, high in (("hidden_size", self.hidden_size, MAX_HIDDEN),
@@ -103,14 +117,32 @@ class NomicBertConfig:
                                  ("max_trained_positions", self.max_trained_positions, MAX_POSITIONS),
                                  ("max_positions", self.max_positions, MAX_POSITIONS)):
             config_int({key: value}, key, 0, low=1, high=high)
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation {self.activation!r} is not supported; use one of {ACTIVATIONS}")
+        if self.num_experts:
+            config_int({"num_experts": self.num_experts}, "num_experts", 0, high=1024)
+            config_int({"moe_top_k": self.moe_top_k}, "moe_top_k", 0, high=self.num_experts)
+            config_int({"moe_every_n_layers": self.moe_every_n_layers}, "moe_every_n_layers", 0,
+                       high=MAX_LAYERS)
+            if self.activation != "gelu":
+                raise ConfigError("a mixture of experts needs activation 'gelu' (GELU experts)")
+        moe_layers = sum(map(self.is_moe_layer, range(self.num_hidden_layers)))
+        experts = moe_layers * (self.num_experts - 1) * 2 * self.hidden_size * self.intermediate_size
         check_transformer_sizes(self.hidden_size, self.num_attention_heads, self.num_hidden_layers,
-                                self.intermediate_size, (self.vocab_size + self.type_vocab_size) * self.hidden_size)
+                                self.intermediate_size,
+                                (self.vocab_size + self.type_vocab_size) * self.hidden_size + experts)
         if self.rotary_scaling_factor is not None and self.rotary_scaling_factor < 1:
             raise ConfigError(f"rotary_scaling_factor must be >= 1, got {self.rotary_scaling_factor}")
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    def is_moe_layer(self, index: int) -> bool:
+        """Whether block ``index`` has the mixture of experts: the original's rule, ``index % n == 1`` for
+        ``moe_every_n_layers = n`` (v2-moe: blocks 1, 3, 5, ...; not 0, 2, 4)."""
+        n = self.moe_every_n_layers
+        return bool(self.num_experts) and n > 0 and index % n == 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,16 +168,19 @@ class NomicBertConfig:
                 f"config key rotary_emb_fraction={fraction} (partial rotary) is not supported; only 1.0 is"
             )
         act = cfg.get("activation_function", "swiglu")
-        if act != "swiglu":
-            raise ConfigError(f"config key activation_function={act!r} is not supported; only 'swiglu' is")
+        if act not in ACTIVATIONS:
+            raise ConfigError(f"config key activation_function={act!r} is not supported; only 'swiglu' (SwiGLU) "
+                              f"and 'gelu' (exact GELU) are")
         if cfg.get("use_pos_embed") or cfg.get("learned_pos_embedding"):
             raise ConfigError("absolute position embeddings in a text config are not supported")
         hidden = config_int(cfg, "n_embd", 768, high=MAX_HIDDEN)
         heads = config_int(cfg, "n_head", 12, high=MAX_HIDDEN)
         layers = config_int(cfg, "n_layer", 12, high=MAX_LAYERS)
         n_inner = config_int(cfg, "n_inner", 4 * hidden, high=8 * MAX_HIDDEN)
-        # The reference gated MLP rounds the hidden size up to a multiple of 256.
-        inner = int((n_inner + 255) // 256 * 256)
+        # The reference gated MLP rounds the hidden size up to a multiple of 256 (its plain MLP and experts do not).
+        inner = int((n_inner + 255) // 256 * 256) if act == "swiglu" else n_inner
+        experts = config_int(cfg, "num_experts", 0, low=0, high=1024)
+        every = config_int(cfg, "moe_every_n_layers", 0, low=0, high=MAX_LAYERS) if experts else 0
         vocab = config_int(cfg, "vocab_size", 30528, high=MAX_VOCAB)
         type_vocab = config_int(cfg, "type_vocab_size", 2, high=MAX_VOCAB)
         check_transformer_sizes(hidden, heads, layers, inner, (vocab + type_vocab) * hidden, names=("n_embd", "n_head"))
@@ -168,6 +203,10 @@ class NomicBertConfig:
             qkv_bias=bool(cfg.get("qkv_proj_bias", False)),
             mlp_fc1_bias=bool(cfg.get("mlp_fc1_bias", False)),
             mlp_fc2_bias=bool(cfg.get("mlp_fc2_bias", False)),
+            activation=act,
+            num_experts=experts if every else 0,
+            moe_top_k=config_int(cfg, "moe_top_k", 1, high=max(experts, 1)) if experts and every else 2,
+            moe_every_n_layers=every,
         )
 
     @classmethod
@@ -271,11 +310,29 @@ class NomicBertMLP(nn.Module):
         return self.fc2(gate.mul_(self.fc11(x)))
 
 
-class NomicBertBlock(nn.Module):
+class NomicBertGeluMLP(nn.Module):
+    """The plain MLP (``activation_function="gelu"``): ``fc2(gelu(fc1(x)))``, exact (erf) GELU."""
+
     def __init__(self, config: NomicBertConfig):
         super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_fc1_bias)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_fc2_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def _mlp(config: NomicBertConfig, index: int) -> nn.Module:
+    if config.is_moe_layer(index):
+        return NomicMoELayer(config.hidden_size, config.intermediate_size, config.num_experts, config.moe_top_k)
+    return NomicBertGeluMLP(config) if config.activation == "gelu" else NomicBertMLP(config)
+
+
+class NomicBertBlock(nn.Module):
+    def __init__(self, config: NomicBertConfig, index: int = 0):
+        super().__init__()
         self.attn = NomicBertAttention(config)
-        self.mlp = NomicBertMLP(config)
+        self.mlp = _mlp(config, index)
         self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
@@ -294,7 +351,7 @@ class _Embeddings(nn.Module):
 class _Encoder(nn.Module):
     def __init__(self, config: NomicBertConfig):
         super().__init__()
-        self.layers = nn.ModuleList(NomicBertBlock(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(NomicBertBlock(config, i) for i in range(config.num_hidden_layers))
 
 
 class NomicBertModel(nn.Module):

@@ -86,7 +86,7 @@ def test_full_size_parameters_on_meta(fixtures_dir):
 @pytest.mark.parametrize(
     "key,value",
     [("prenorm", True), ("rotary_emb_fraction", 0.5), ("rotary_emb_interleaved", True), ("causal", True),
-     ("activation_function", "gelu"), ("rotary_emb_scale_base", 512), ("use_rms_norm", True),
+     ("activation_function", "gelu_new"), ("rotary_emb_scale_base", 512), ("use_rms_norm", True),
      ("parallel_block", True)],
 )
 def test_unsupported_config_keys_are_rejected(fixtures_dir, key, value):
