@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,8 +158,8 @@ def _from_parquet(p: Path) -> MapSource:
                      ids=_ids(rows, pairs), name=p.name)
 
 
-def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a JSONL file."""
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -169,14 +170,17 @@ def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
                 raise InvalidInputError(f"{path} line {n}: not JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise InvalidInputError(f"{path} line {n}: not a JSON object")
-            rows.append(row)
-    return rows
+            yield n, row
+
+
+def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    return [row for _, row in _jsonl_lines(path)]
 
 
 def read_texts(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """(ids, texts) of a text collection: a BEIR folder (its ``corpus.jsonl``: ``title`` + ``text``), a ``.jsonl``
-    (a ``text`` column, or ``contents``/``content``/``body``/``sentence``; ``_id``/``id`` when present) or a
-    ``.txt`` (one text per line). Blank texts are skipped (with a count in the log)."""
+    (a ``text`` column, or ``contents``/``content``/``body``/``sentence``; ``_id``/``id``, else the line number) or
+    a ``.txt`` (one text per line; the line number is the id). Blank texts are skipped (with a count in the log)."""
     p = Path(path)
     if p.is_dir():
         if not (p / "corpus.jsonl").is_file():
@@ -188,14 +192,14 @@ def read_texts(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     texts: list[str] = []
     blank = 0
     if p.suffix.lower() == ".jsonl":
-        for i, row in enumerate(_jsonl_rows(p)):
+        for line, row in _jsonl_lines(p):
             title = str(row.get("title") or "").strip()
             body = next((str(row[k]) for k in TEXT_KEYS if row.get(k) not in (None, "")), "")
             text = f"{title} {body}".strip()
             if not text:
                 blank += 1
                 continue
-            ids.append(str(row.get("_id", row.get("id", i))))
+            ids.append(str(row.get("_id", row.get("id", line))))
             texts.append(text[:MAX_TEXT_CHARS])
     else:
         with open(p, encoding="utf-8") as fh:
