@@ -43,6 +43,9 @@ html, body { margin: 0; height: 100%; font: 14px system-ui, sans-serif; color: #
  autocomplete="off"><datalist id="queries"></datalist><button type="submit">Find</button></form>
 <button id="zoom-in" title="zoom in">+</button><button id="zoom-out" title="zoom out">&minus;</button>
 <button id="reset" title="show everything (or double-click)">fit</button>
+<label><input type="checkbox" id="labels" checked> labels</label>
+<label title="thumbnails on the map when zoomed in to a few hundred points"><input type="checkbox" id="pictures"
+ checked> pictures</label>
 <span id="status"></span>
 </div>
 <canvas id="map"></canvas>

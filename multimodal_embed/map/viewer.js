@@ -72,7 +72,10 @@
     return best;
   }
 
-  var hover = -1, highlight = [], marker = null;
+  var hover = -1, highlight = [], marker = null, showLabels = document.getElementById("labels");
+  showLabels.addEventListener("change", function () { draw(); });
+  var showPictures = document.getElementById("pictures");
+  showPictures.addEventListener("change", function () { draw(); });
   var baseSize = Math.max(3, Math.min(10, 120 / Math.sqrt(Math.max(n, 1))));
   function pointSize() { return Math.max(2, Math.min(14, baseSize * Math.sqrt(view.scale / baseScale))); }
   var baseScale = 1;
@@ -114,17 +117,9 @@
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.fillStyle = "#ffffff"; ctx.fillRect(0, 0, W, H);
     var s = pointSize(), h = s / 2;
-    for (var o = 0; o < order.length; o++) {
-      var col = order[o], list = groups[col];
-      ctx.fillStyle = col;
-      var r = col === ERROR ? s * 1.6 : s, rh = r / 2;
-      for (var j = 0; j < list.length; j++) {
-        var p = list[j], x = sx(D.x[p]), y = sy(D.y[p]);
-        if (x < -r || y < -r || x > W + r || y > H + r) continue;
-        ctx.fillRect(x - rh, y - rh, r, r);
-      }
-    }
-    drawThumbs();
+    for (var o = 0; o < order.length; o++) if (order[o] !== ERROR) drawGroup(order[o], s);
+    if (showPictures.checked) drawThumbs();
+    if (groups[ERROR]) drawGroup(ERROR, Math.max(8, s * 1.6));  // unreadable images stay visible over thumbnails
     ctx.lineWidth = 2; ctx.strokeStyle = QUERY;
     for (var q = 0; q < highlight.length; q++) {
       ctx.beginPath(); ctx.arc(sx(D.x[highlight[q]]), sy(D.y[highlight[q]]), s + 3, 0, 2 * Math.PI); ctx.stroke();
@@ -135,10 +130,20 @@
       ctx.strokeStyle = "#ffffff"; ctx.lineWidth = 2; ctx.stroke();
       label(marker.text, mx + 10, my - 10, QUERY, "left");
     }
-    drawLabels();
+    if (showLabels.checked) drawLabels();
     if (hover >= 0) {
       ctx.strokeStyle = "#111827"; ctx.lineWidth = 1.5;
       ctx.strokeRect(sx(D.x[hover]) - h - 2, sy(D.y[hover]) - h - 2, s + 4, s + 4);
+    }
+  }
+
+  function drawGroup(col, r) {
+    var list = groups[col], rh = r / 2;
+    ctx.fillStyle = col;
+    for (var j = 0; j < list.length; j++) {
+      var p = list[j], x = sx(D.x[p]), y = sy(D.y[p]);
+      if (x < -r || y < -r || x > W + r || y > H + r) continue;
+      ctx.fillRect(x - rh, y - rh, r, r);
     }
   }
 
@@ -255,7 +260,8 @@
   resize();
   // for tests and scripts: where a point is drawn, and the search
   window.mmembedMap = {
-    n: n, screen: function (p) { var r = canvas.getBoundingClientRect(); return [r.left + sx(D.x[p]), r.top + sy(D.y[p])]; },
+    n: n, colours: PALETTE, screen: function (p) { var r = canvas.getBoundingClientRect(); return [r.left + sx(D.x[p]), r.top + sy(D.y[p])]; },
+    screenXY: function (x, y) { var r = canvas.getBoundingClientRect(); return [r.left + sx(x), r.top + sy(y)]; },
     search: search, zoom: function (f) { zoomAt(W / 2, H / 2, f); }, view: view
   };
 })();
