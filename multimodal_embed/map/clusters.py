@@ -27,6 +27,7 @@ UNNAMED = "unnamed"
 NAMING_SAMPLE = 2_000  # members per cluster scored for its name (a seeded sample of larger clusters)
 MIN_PROBABILITY = 0.15  # mean zero-shot probability a cluster's best label needs, else "unnamed"
 MIN_LABEL_COSINE = 0.25  # texts named by --labels: the centroid's cosine to the nearest label needs this
+WORD = r"(?u)\b[^\W\d_]\w+\b"  # c-TF-IDF terms: words of 2+ characters starting with a letter (no bare numbers)
 
 
 @dataclass
@@ -122,7 +123,7 @@ def name_text_clusters_by_terms(clusters: list[Cluster], cluster_ids: np.ndarray
                                 n_terms: int = 3, max_features: int = 50_000) -> None:
     """Name each cluster by its ``n_terms`` most characteristic words (c-TF-IDF, as BERTopic: the term's frequency
     in the cluster, normalised per cluster, times ``log(1 + mean words per cluster / the term's frequency over all
-    clusters)``); English stop words are left out. A cluster with no word is ``"unnamed"``."""
+    clusters)``); English stop words and bare numbers are left out. A cluster with no word is ``"unnamed"``."""
     if not clusters:
         return
     try:
@@ -134,7 +135,7 @@ def name_text_clusters_by_terms(clusters: list[Cluster], cluster_ids: np.ndarray
     rows = np.flatnonzero(cluster_ids >= 0)
     index = {cl.id: k for k, cl in enumerate(clusters)}
     try:
-        counts = CountVectorizer(stop_words="english", max_features=max_features).fit(
+        counts = CountVectorizer(stop_words="english", max_features=max_features, token_pattern=WORD).fit(
             [texts[i] for i in rows])
     except ValueError:  # nothing but stop words
         return
