@@ -421,6 +421,10 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
         return ([(_display(h.path, h.width, h.height), f"{h.score:.3f}  {shown_name(h.path, roots)}") for h in hits],
                 f"Nearest images to {shown_name(result.items[row], roots)}")
 
+    # gradio passes the click to a parameter annotated gr.SelectData: the class itself, not the string that
+    # `from __future__ import annotations` leaves (gr is imported in this function only)
+    map_neighbours.__annotations__["evt"] = gr.SelectData
+
     with gr.Blocks(title="multimodal_embed demo") as app:
         model_name = embedder.info.get("name") or embedder.info.get("text", {}).get("name")
         gr.Markdown(f"# multimodal_embed\nModel: `{model_name}`")
