@@ -11,13 +11,14 @@ from typing import Any
 
 def _model_for(args: argparse.Namespace, source: Any) -> Any:
     """The model of the source's vectors: the one it records (``--model`` must name the same), else ``--model``."""
-    from ..cli import UsageError, _load
+    from ..cli import _load
     from ..embedder import Embedder
+    from ..errors import IndexMismatchError
 
     recorded = source.identity
-    if recorded and args.model and args.model != recorded.get("name"):
-        raise UsageError(f"--model {args.model}: the vectors were made by {recorded.get('name')}; naming clusters "
-                         f"or placing queries with another model would compare vectors of two spaces")
+    if recorded and args.model and args.model != recorded.get("name"):  # as `mmembed search --model`: exit 4
+        raise IndexMismatchError(f"--model {args.model}: the vectors were made by {recorded.get('name')}; naming "
+                                 f"clusters or placing queries with another model would compare two spaces")
     if recorded:
         kwargs = {"device": args.device} if args.device else {}
         return Embedder.from_identity(recorded, **kwargs)
@@ -28,7 +29,7 @@ def _model_for(args: argparse.Namespace, source: Any) -> Any:
 
 def cmd_map(args: argparse.Namespace) -> int:
     """Build the map; write the HTML (and the Parquet); a summary line to stdout; exit 1 when images were unreadable."""
-    from ..cli import UsageError, _load, _read_labels
+    from ..cli import _load, _read_labels
     from ..imagefiles import printable
     from .build import build_map
     from .export import write_map_parquet
@@ -36,10 +37,6 @@ def cmd_map(args: argparse.Namespace) -> int:
     from .sources import load_source, source_kind
 
     out = Path(args.output)
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise UsageError(f"-o {printable(args.output)}: the map is an .html file (and --parquet a .parquet one)")
-    if args.parquet and not args.parquet.lower().endswith(".parquet"):
-        raise UsageError(f"--parquet {printable(args.parquet)}: must end in .parquet")
     show = False if args.quiet else None
     labels = _read_labels(args) if (args.labels or args.labels_file) else None
     queries = [q.strip() for q in args.query or [] if q.strip()]
@@ -72,6 +69,16 @@ def cmd_map(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _suffix(*allowed: str) -> Callable[[str], str]:
+    """An argparse type: a file name ending in one of ``allowed`` (else a usage error, exit 2, before any work)."""
+    def check(text: str) -> str:
+        if not text.lower().endswith(allowed):
+            raise argparse.ArgumentTypeError(f"{text!r}: must end in {' or '.join(allowed)}")
+        return text
+
+    return check
+
+
 def _megabytes(text: str) -> float:
     try:
         value = float(text)
@@ -89,8 +96,8 @@ def add_map_command(sub: Any, add: Callable[..., argparse.ArgumentParser],
                    "one self-contained HTML file (+ Parquet for embedding-atlas)", cmd_map)
     p.add_argument("source", help="an index (.mmindex), a vectors file (.parquet, .jsonl, .npy from `mmembed export` "
                                   "or `mmembed embed -o`), or texts: a BEIR folder, a .jsonl with 'text', a .txt")
-    p.add_argument("-o", "--output", required=True, help="the map page, NAME.html")
-    p.add_argument("--parquet", help="also NAME.parquet (x, y, cluster, label, path, thumbnail...) and "
+    p.add_argument("-o", "--output", required=True, type=_suffix(".html", ".htm"), help="the map page, NAME.html")
+    p.add_argument("--parquet", type=_suffix(".parquet"), help="also NAME.parquet (x, y, cluster, label, path, thumbnail...) and "
                                      "NAME.labels.parquet for `embedding-atlas NAME.parquet --x x --y y --image "
                                      "thumbnail --text label --labels NAME.labels.parquet`")
     p.add_argument("--labels", help="comma-separated names for clusters (images: added to the vocabulary; texts: "
