@@ -11,7 +11,6 @@ from typing import Any
 
 def _model_for(args: argparse.Namespace, source: Any) -> Any:
     """The model of the source's vectors: the one it records (``--model`` must name the same), else ``--model``."""
-    from ..cli import _load
     from ..embedder import Embedder
     from ..errors import IndexMismatchError
 
@@ -23,13 +22,12 @@ def _model_for(args: argparse.Namespace, source: Any) -> Any:
         kwargs = {"device": args.device} if args.device else {}
         return Embedder.from_identity(recorded, **kwargs)
     if args.model:
-        return _load(args.model, args)
+        return args.load_model(args.model, args)
     return None
 
 
 def cmd_map(args: argparse.Namespace) -> int:
     """Build the map; write the HTML (and the Parquet); a summary line to stdout; exit 1 when images were unreadable."""
-    from ..cli import _load, _read_labels
     from ..imagefiles import printable
     from .build import build_map
     from .export import write_map_parquet
@@ -38,13 +36,13 @@ def cmd_map(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     show = False if args.quiet else None
-    labels = _read_labels(args) if (args.labels or args.labels_file) else None
+    labels = args.read_labels(args) if (args.labels or args.labels_file) else None
     queries = [q.strip() for q in args.query or [] if q.strip()]
     if args.queries_file:
         queries += [line.strip() for line in Path(args.queries_file).read_text(encoding="utf-8").splitlines()
                     if line.strip()]
     queries = list(dict.fromkeys(queries))
-    embedder = _load(args.model, args) if source_kind(args.source) == "texts" else None
+    embedder = args.load_model(args.model, args) if source_kind(args.source) == "texts" else None
     source = load_source(args.source, embedder, show_progress=show)
     if embedder is None:
         embedder = _model_for(args, source)
@@ -89,9 +87,12 @@ def _megabytes(text: str) -> float:
     return value
 
 
-def add_map_command(sub: Any, add: Callable[..., argparse.ArgumentParser],
-                    positive_int: Callable[[str], int]) -> argparse.ArgumentParser:
-    """Register ``mmembed map`` with ``build_parser``'s ``add`` helper and its positive-integer type."""
+def add_map_command(sub: Any, add: Callable[..., argparse.ArgumentParser], positive_int: Callable[[str], int], *,
+                    load_model: Callable[[str | None, argparse.Namespace], Any],
+                    read_labels: Callable[[argparse.Namespace], list[str]]) -> argparse.ArgumentParser:
+    """Register ``mmembed map`` with ``build_parser``'s ``add`` helper, its positive-integer type, and the CLI's
+    model loader (``--model``, ``--device``, ``--precision``) and ``--labels``/``--labels-file`` reader (passed in:
+    this module does not import the CLI's)."""
     p = add("map", "a 2-D map of an index, a vectors file or a text collection: clustered, clusters named offline, "
                    "one self-contained HTML file (+ Parquet for embedding-atlas)", cmd_map)
     p.add_argument("source", help="an index (.mmindex), a vectors file (.parquet, .jsonl, .npy from `mmembed export` "
@@ -126,4 +127,5 @@ def add_map_command(sub: Any, add: Callable[..., argparse.ArgumentParser],
     p.add_argument("--no-thumbnails", action="store_true")
     p.add_argument("--cache-dir", help="cache the vocabulary's label embeddings here")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(load_model=load_model, read_labels=read_labels)
     return p
