@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 PRE_PCA_DIMS = 50  # UMAP's neighbour search on 50 PCA dimensions: faster, and the layout barely changes
 FIT_POINTS = 20_000  # above this, UMAP is fitted on a seeded sample and the rest placed among their neighbours
-PLACE_CHUNK = 4_096
+PLACE_CHUNK = 1_024  # rows placed at a time: a few (1,024 x fit_points) float32 temporaries, ~80 MB each
 PLACE_NEIGHBOURS = 10
 _COV_CHUNK = 65_536
 
