@@ -769,6 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(sub, _positive_int)
     from .evaluation.cli import add_eval_command  # argparse only: the evaluation's modules load when it runs
     add_eval_command(sub, add, _positive_int)
+    from .map.cli import add_map_command  # argparse only: the map's modules load when it runs
+    add_map_command(sub, add, _positive_int, load_model=_load, read_labels=_read_labels)
     return parser
 
 

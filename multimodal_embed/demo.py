@@ -1,4 +1,4 @@
-"""The Gradio demo: Search, Zero-shot and Compare tabs over one model and one image index.
+"""The Gradio demo: Search, Zero-shot, Compare and Map tabs over one model and one image index.
 
 ``mmembed demo [--index PATH | --images DIR] [--model NAME]`` or ``python demos/app.py``. With no model it uses
 the toolkit's default (:func:`multimodal_embed.defaults.choose_model`), showing a notice when the built-in model
@@ -38,6 +38,8 @@ MAX_COMPARE_TEXTS = 32
 MAX_COMPARE_IMAGES = 16
 MAX_LABELS = 100
 MAX_TEXT_CHARS = 20_000  # a search query, the Compare texts, the label list
+MAP_SIZE = (900, 640)  # the Map tab's picture, pixels
+MAP_NEIGHBOURS = 8
 
 
 def load_model(name: str | None) -> tuple[Any, str | None]:
@@ -382,6 +384,45 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
         except MultimodalEmbedError as exc:
             raise user_error(str(exc)) from None
 
+    drawn: dict[str, Any] = {}  # the Map tab's map of the index, built on first use (the same for every visitor)
+
+    def draw_map() -> tuple[Any, str]:
+        from .map import build_map
+        from .map.picture import render_png
+        from .map.sources import MapSource
+
+        _, paths, mat = index.vectors()
+        if len(paths) == 0:
+            raise gr.Error("The index has no images to map.")
+        if drawn.get("n") != len(paths):
+            # names: the index's own labels (gallery.json, folder names), else the ImageNet names too
+            vocabulary = "imagenet" if offered == GENERIC_LABELS else None
+            result = build_map(MapSource("image", list(paths), mat), embedder, labels=offered,
+                               vocabulary=vocabulary, thumbnails=False, show_progress=False)
+            drawn.update(n=len(paths), result=result, vectors=mat, picture=render_png(result, *MAP_SIZE))
+        result = drawn["result"]
+        named = ", ".join(f"{c.name} ({c.size})" for c in result.clusters if c.name != "unnamed") or "none named"
+        return drawn["picture"], (f"{len(paths)} images, layout {result.layout_method}, {len(result.clusters)} "
+                                  f"clusters: {named}. Click a point for its nearest images.")
+
+    def map_neighbours(evt: gr.SelectData) -> tuple[list[tuple[Any, str]], str]:
+        from .map.picture import point_at
+
+        result = drawn.get("result")
+        if result is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
+            return [], "Draw the map, then click a point."
+        row = point_at(result, *MAP_SIZE, float(evt.index[0]), float(evt.index[1]))
+        if row is None:
+            return [], "No image there: click on a point."
+        hits = [h for h in index.search(np.asarray(drawn["vectors"][row]), k=MAP_NEIGHBOURS + 1,
+                                        include_query=True) if h.path in allowed]
+        return ([(_display(h.path, h.width, h.height), f"{h.score:.3f}  {shown_name(h.path, roots)}") for h in hits],
+                f"Nearest images to {shown_name(result.items[row], roots)}")
+
+    # gradio passes the click to a parameter annotated gr.SelectData: the class itself, not the string that
+    # `from __future__ import annotations` leaves (gr is imported in this function only)
+    map_neighbours.__annotations__["evt"] = gr.SelectData
+
     with gr.Blocks(title="multimodal_embed demo") as app:
         model_name = embedder.info.get("name") or embedder.info.get("text", {}).get("name")
         gr.Markdown(f"# multimodal_embed\nModel: `{model_name}`")
@@ -422,6 +463,16 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
             cgo = gr.Button("Compare", elem_id="compare-button", variant="primary")
             heat = gr.HTML(label="Texts x images", elem_id="compare-heatmap")
             cgo.click(compare, [texts, files], heat, api_name="compare")
+        with gr.Tab("Map"):
+            mgo = gr.Button("Draw the map", elem_id="map-button", variant="primary")
+            mnote = gr.Markdown("The whole index on one picture, clustered and named by zero-shot "
+                                "(`mmembed map` writes it as an interactive page).", elem_id="map-note")
+            mpic = gr.Image(label="Map: click a point", type="pil", interactive=False, elem_id="map-image")
+            mnear = gr.Gallery(value=[], label="Neighbours", elem_id="map-neighbours", columns=6, height="auto",
+                               object_fit="contain")
+            mwhat = gr.Markdown(elem_id="map-selected")
+            mgo.click(draw_map, None, [mpic, mnote], api_name="map")
+            mpic.select(map_neighbours, None, [mnear, mwhat], api_name=False)
     return app
 
 
