@@ -48,15 +48,15 @@ def _check_dim(emb: Any, dim: int | None) -> None:
 
 def _write_atomic(output: str, write: Any) -> None:
     """``write(fh)`` into a temporary file beside ``output``, then renamed over it (:func:`shards.write_atomic
-    <multimodal_embed.shards.write_atomic>`: the old file stays whole on a failure; the umask's mode)."""
-    from .shards import write_atomic
+    <multimodal_embed.index.shards.write_atomic>`: the old file stays whole on a failure; the umask's mode)."""
+    from .index.shards import write_atomic
 
     write_atomic(output, write)
 
 
 def _check_output(output: str | None) -> None:
     """An output file's suffix, checked before any work: the rule of ``ImageIndex.export`` (exit 2 otherwise)."""
-    from .shards import output_format
+    from .index.shards import output_format
 
     if output not in (None, "-"):
         try:
@@ -145,8 +145,8 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 def _write_rows(rows: list[dict[str, Any]], vectors: Any, output: str | None) -> None:
     """Rows as JSON lines on stdout, or to ``output`` (.jsonl, .npy plus .meta.jsonl, .parquet), atomically
-    (:func:`multimodal_embed.shards.write_vectors`, the writer of ``ImageIndex.export`` too)."""
-    from .shards import write_vectors
+    (:func:`multimodal_embed.index.shards.write_vectors`, the writer of ``ImageIndex.export`` too)."""
+    from .index.shards import write_vectors
 
     if output in (None, "-"):
         for r, v in zip(rows, vectors):
@@ -322,7 +322,7 @@ def _server_query(query: str) -> Any:
 
 
 def _is_query_mix(query: str) -> bool:
-    from .search import is_query_mix
+    from .index.search import is_query_mix
 
     return is_query_mix(query)
 

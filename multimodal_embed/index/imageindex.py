@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IndexAccessError, IndexCorruptError, IndexMismatchError, InvalidInputError, MissingDependencyError
-from .imagefiles import IMAGE_EXTENSIONS, inside, is_image_name, printable, utf8_name, utf8_text
+from ..errors import IndexAccessError, IndexCorruptError, IndexMismatchError, InvalidInputError, MissingDependencyError
+from ..imagefiles import IMAGE_EXTENSIONS, inside, is_image_name, printable, utf8_name, utf8_text
 from .scanning import KnownFile, PendingFile, file_dims, scan_changes, sha256_file
 from .search import (
     SEARCH_CHUNK_ROWS,
@@ -42,7 +42,7 @@ from .search import (
     parse_query,
     use_ann,
 )
-from .utils import AUTO_PROGRESS_MIN_STEPS, progress
+from ..utils import AUTO_PROGRESS_MIN_STEPS, progress
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def query_kind(term: str) -> str:
     * everything else is text, even when a file of that name exists (``red`` is the word red). Write ``./red``
       to search by such a file.
     """
-    from .images import source_kind
+    from ..images import source_kind
 
     if source_kind(term) == "url":
         return "url"
@@ -166,7 +166,7 @@ def failure_stamp() -> str:
     retried, while the file is unchanged and the stamp is the same; after an upgrade it is retried once."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from . import __version__
+    from .. import __version__
 
     try:
         pillow = version("pillow")
@@ -370,7 +370,7 @@ class ImageIndex:
     @property
     def embedder(self) -> Any:
         if self._embedder is None:
-            from .embedder import Embedder
+            from ..embedder import Embedder
 
             logger.info("loading the index's model %s", self.identity)
             self._embedder = Embedder.from_identity(self.identity)
@@ -383,7 +383,7 @@ class ImageIndex:
         if self._embedder is not None:
             return self._embedder
         if self._text_embedder is None:
-            from .embedder import Embedder
+            from ..embedder import Embedder
 
             if self.identity.get("family") not in ("aligned", "nomic"):  # one checkpoint for both towers
                 return self.embedder
@@ -721,7 +721,7 @@ class ImageIndex:
     def export(self, path: str | os.PathLike) -> Path:
         """Write every indexed file's metadata (path, size, mtime_ns, sha256, width, height) and vector to
         ``path``, atomically, in the format its suffix names (the rule of ``mmembed embed -o`` and ``mmembed
-        export``, :func:`multimodal_embed.shards.output_format`): ``.parquet`` (pyarrow; the model identity in the
+        export``, :func:`multimodal_embed.index.shards.output_format`): ``.parquet`` (pyarrow; the model identity in the
         schema metadata), ``.jsonl`` (one object per file, with its ``vector``) or ``.npy`` (the matrix, and the
         metadata rows in ``NAME.npy.meta.jsonl``). Any other suffix (``.csv`` too) raises
         :class:`InvalidInputError` before anything is written. Returns the path.

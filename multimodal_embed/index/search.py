@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInputError, MissingDependencyError
+from ..errors import InvalidInputError, MissingDependencyError
 
 __all__ = ["AnnCache", "combine", "duplicate_groups", "exact_search", "mix_terms", "parse_query", "use_ann"]
 
