@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import IndexAccessError, IndexCorruptError, IndexMismatchError, InvalidInputError, MissingDependencyError
 from ..imagefiles import IMAGE_EXTENSIONS, inside, is_image_name, printable, utf8_name, utf8_text
+from ..utils import AUTO_PROGRESS_MIN_STEPS, progress
 from .scanning import KnownFile, PendingFile, file_dims, scan_changes, sha256_file
 from .search import (
     SEARCH_CHUNK_ROWS,
@@ -42,7 +43,6 @@ from .search import (
     parse_query,
     use_ann,
 )
-from ..utils import AUTO_PROGRESS_MIN_STEPS, progress
 
 logger = logging.getLogger(__name__)
 
