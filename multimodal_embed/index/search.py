@@ -1,7 +1,9 @@
-"""Searching vectors: exact top-k, rclip-style query mixes, an optional FAISS IVF cache, duplicate groups.
+"""Searching vectors: exact top-k, Hamming top-k with rescoring, rclip-style query mixes, an optional FAISS IVF
+cache, duplicate groups.
 
-Pure numpy over an ``(n, d)`` float32 matrix of unit rows; :class:`~multimodal_embed.ImageIndex` owns the
-storage and calls these.
+Pure numpy over ``(n, d)`` matrices (float32 rows, int8 codes read back chunk by chunk, packed sign bits);
+:class:`~multimodal_embed.ImageIndex` owns the storage and calls these. Ties: Hamming top-k keeps the lowest rows
+among equal distances, rescoring the lowest rows among equal scores.
 """
 
 from __future__ import annotations
@@ -14,20 +16,27 @@ import numpy as np
 
 from ..errors import InvalidInputError, MissingDependencyError
 
-__all__ = ["AnnCache", "combine", "duplicate_groups", "exact_search", "mix_terms", "parse_query", "use_ann"]
+__all__ = ["AnnCache", "combine", "duplicate_groups", "exact_search", "hamming_search", "mix_terms", "parse_query",
+           "rescore", "search_tiers", "use_ann"]
 
 SEARCH_CHUNK_ROWS = 65536  # rows per matrix-product chunk: bounded extra memory per query batch
 ANN_AUTO_ROWS = 200_000  # ann=None uses FAISS above this many vectors (when installed)
+DECODE_CHUNK_ROWS = 16384  # rows per chunk when codes are read back as float32 (int8 search): ~50 MiB at 768-d
+HAMMING_CHUNK_ROWS = 262144  # rows per chunk of the Hamming scan: ~25 MiB of XOR per chunk at 768 bits
 
 
 # -- exact search ------------------------------------------------------------------------------------------
-def exact_search(matrix: np.ndarray, queries: np.ndarray, k: int, *, chunk_rows: int = SEARCH_CHUNK_ROWS,
-                 mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def exact_search(matrix: np.ndarray, queries: np.ndarray, k: int, *, chunk_rows: int | None = None,
+                 mask: np.ndarray | None = None,
+                 decode: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner products of each query against ``matrix`` rows: ``(scores, rows)``, each ``(m, k')``.
 
     A chunked matrix product: each chunk of ``chunk_rows`` rows is multiplied once for all queries and reduced
     with ``argpartition``; nothing of the size of ``matrix`` is copied. ``mask`` (bool per row) excludes rows.
+    ``decode`` turns a chunk of codes (int8) into float32 rows first.
     """
+    if chunk_rows is None:
+        chunk_rows = SEARCH_CHUNK_ROWS if decode is None else DECODE_CHUNK_ROWS
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     n, m = matrix.shape[0], queries.shape[0]
     k = max(0, min(k, n if mask is None else int(mask.sum())))
@@ -37,6 +46,8 @@ def exact_search(matrix: np.ndarray, queries: np.ndarray, k: int, *, chunk_rows:
         return best_s, best_i
     for start in range(0, n, chunk_rows):
         block = matrix[start:start + chunk_rows]
+        if decode is not None:
+            block = decode(block)
         scores = queries @ block.T  # (m, rows)
         if mask is not None:
             scores[:, ~mask[start:start + chunk_rows]] = -np.inf
@@ -47,6 +58,76 @@ def exact_search(matrix: np.ndarray, queries: np.ndarray, k: int, *, chunk_rows:
         keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
         best_s, best_i = np.take_along_axis(cand_s, keep, 1), np.take_along_axis(cand_i, keep, 1)
     return best_s, best_i
+
+
+# -- Hamming search and rescoring ------------------------------------------------------------------------------
+def _lowest_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` smallest ``values``, the lowest positions first among equal values at the cut."""
+    if k >= len(values):
+        return np.arange(len(values))
+    kth = np.partition(values, k - 1)[k - 1]
+    less = np.flatnonzero(values < kth)
+    return np.concatenate([less, np.flatnonzero(values == kth)[:k - len(less)]])
+
+
+def hamming_search(codes: np.ndarray, query_bits: np.ndarray, k: int, *, mask: np.ndarray | None = None,
+                   chunk_rows: int = HAMMING_CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` rows of packed ``codes`` nearest one packed query in Hamming distance: ``(distances, rows)``,
+    nearest first, ties to the lowest row. ``mask`` (bool per row) excludes rows before the top-k."""
+    from .quantize import hamming
+
+    n = len(codes)
+    k = max(0, min(k, n if mask is None else int(mask.sum())))
+    best_d, best_i = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if k == 0:
+        return best_d, best_i
+    for start in range(0, n, chunk_rows):
+        d = hamming(codes[start:start + chunk_rows], query_bits).astype(np.int64)
+        if mask is not None:
+            d[~mask[start:start + chunk_rows]] = np.iinfo(np.int64).max
+        part = _lowest_k(d, k)
+        cand_d, cand_i = np.concatenate([best_d, d[part]]), np.concatenate([best_i, part + start])
+        keep = np.lexsort((cand_i, cand_d))[:k]
+        best_d, best_i = cand_d[keep], cand_i[keep]
+    return best_d, best_i
+
+
+def rescore(rows: np.ndarray, read_rows: Callable[[np.ndarray], np.ndarray], query: np.ndarray,
+            k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rescore candidate ``rows`` by the dot product of ``query`` with ``read_rows(rows)`` (float32, read in row
+    order): the best ``k`` as ``(scores, rows)``, best first, ties to the lowest row."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    if not len(rows):
+        return np.zeros(0, np.float32), rows
+    scores = read_rows(rows) @ np.asarray(query, np.float32)
+    keep = np.lexsort((rows, -scores))[:k]
+    return scores[keep], rows[keep]
+
+
+def search_tiers(codes: Callable[[str], np.ndarray], tiers: tuple[str, ...], dim: int, ranges: Any,
+                 query: np.ndarray, k: int, *, mask: np.ndarray | None = None,
+                 rescore_by: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` rows of a store for one unit ``query`` (at the stored size): ``(scores, rows)``.
+
+    ``codes(tier)`` gives a tier's ``(rows, width)`` codes (memory-mapped); ``tiers``, ``dim`` and the int8
+    ``ranges`` are the store's layout (:mod:`.quantize`). Binary stores: Hamming top-(k x ``rescore_by``), then
+    rescoring with the float32 or int8 tier (``rescore_by=0``, or binary alone: Hamming ranking, scored
+    ``1 - 2 * distance / dim``); int8: exact over the codes read back; float32: exact."""
+    from . import quantize as Q
+
+    if "binary" in tiers:
+        bits = Q.pack_bits(query[None, :])[0]
+        second = next((t for t in ("float32", "int8") if t in tiers), None)
+        if second is not None and rescore_by > 0:
+            _, cand = hamming_search(codes("binary"), bits, k * rescore_by, mask=mask)
+            return rescore(cand, lambda r: Q.decode(second, codes(second)[r], dim, ranges), query, k)
+        dist, rows = hamming_search(codes("binary"), bits, k, mask=mask)
+        return (1 - 2 * dist / dim).astype(np.float32), rows
+    if tiers == ("int8",):
+        s, r = exact_search(codes("int8"), query, k, mask=mask, decode=ranges.decode)
+        return s[0], r[0]
+    s, r = exact_search(codes("float32"), query, k, mask=mask)
+    return s[0], r[0]
 
 
 # -- query mixes -------------------------------------------------------------------------------------------
