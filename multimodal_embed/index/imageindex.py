@@ -39,6 +39,7 @@ from .scanning import KnownFile, PendingFile, file_dims, scan_changes, sha256_fi
 from .search import (
     SEARCH_CHUNK_ROWS,
     AnnCache,
+    binary_flat,
     combine,
     duplicate_groups,
     exact_search,
@@ -351,6 +352,7 @@ class ImageIndex:
         self._cache: tuple[Any, list[int], list[str], np.ndarray] | None = None
         self._view_cache: _View | None = None
         self._writer: _Writer | None = None
+        self._flat: tuple[Any, Any] | None = None
         self._ann = AnnCache()
         self._lock = threading.RLock()
 
@@ -480,6 +482,7 @@ class ImageIndex:
         return meta
 
     def close(self) -> None:
+        self._flat = self._view_cache = self._cache = None  # the mapped files and FAISS's copy go now
         self.conn.close()
 
     def __enter__(self) -> ImageIndex:  # noqa: PYI034
@@ -785,6 +788,14 @@ class ImageIndex:
             view = _View(version, layout, rows)  # the live count is read when needed (it reads a table)
         self._view_cache = view
         return view
+
+    def _binary_flat(self, view: _View) -> Any:
+        """FAISS's copy of the binary codes (:func:`.search.binary_flat`), kept until the vectors change."""
+        key = (view.version, view.layout.generation, view.rows)
+        if self._flat is None or self._flat[0] != key:
+            self._flat = None  # the old copy goes before the new one is built
+            self._flat = (key, binary_flat(self._codes(view, "binary")))
+        return self._flat[1]
 
     def _live(self, view: _View) -> int:
         """How many of the view's slots are live (a file points at them)."""
@@ -1094,7 +1105,8 @@ class ImageIndex:
             s, r = ivf.search(qd[None, :], min(k, view.rows))
             return view, s[0], r[0]
         scores, rows = search_tiers(lambda t: self._codes(view, t), lay.tiers, lay.dim, lay.ranges, qd, k,
-                                    mask=mask, rescore_by=RESCORE_DEFAULT if rescore_by is None else rescore_by)
+                                    mask=mask, rescore_by=RESCORE_DEFAULT if rescore_by is None else rescore_by,
+                                    binary_index=lambda: self._binary_flat(view))
         return view, scores, rows
 
     def _query_files(self, query: Any, texts_only: bool) -> set[str]:

@@ -346,3 +346,20 @@ def test_opening_a_200k_vector_index_does_not_read_the_vectors(emb, tmp_path):
     assert int(read) < 2 ** 20, read  # bytes the process read while opening (a few SQLite pages), of 51 MB
     assert int(rss_growth) < 8 * 2 ** 20, rss_growth
     assert float(seconds) < 5.0, seconds  # bounded generously: the machine is shared
+
+
+@pytest.mark.parametrize("bits", [16, 768])
+def test_the_faiss_hamming_kernel_gives_the_numpy_answer_ties_included(bits):
+    pytest.importorskip("faiss")
+    from multimodal_embed.index.search import FAISS_MIN_ROWS, binary_flat, faiss_hamming_search, hamming_search
+
+    rng = np.random.default_rng(12)
+    codes = rng.integers(0, 256, (FAISS_MIN_ROWS + 1000, bits // 8), dtype=np.uint8)  # 16 bits: thousands of ties
+    flat = binary_flat(codes)
+    assert flat is not None and binary_flat(codes[:100]) is None
+    for q in codes[:5]:
+        for k in (1, 10, 40, 1000):
+            d1, r1 = faiss_hamming_search(flat, q, k)
+            d2, r2 = hamming_search(codes, q, k)
+            np.testing.assert_array_equal(d1, d2)
+            np.testing.assert_array_equal(r1, r2)
