@@ -60,23 +60,48 @@ def topk(tiers, codes, ranges, dim, q, k, rescore_by=4, exclude=None):
     return search_tiers(codes.__getitem__, tiers, dim, ranges, q, k, mask=mask, rescore_by=rescore_by)[1]
 
 
+_EMB = {}
+
+
+def builtin():
+    from multimodal_embed import Embedder
+
+    if "builtin" not in _EMB:
+        _EMB["builtin"] = Embedder.from_pretrained("minilm-efficientnet-lite0")
+    return _EMB["builtin"]
+
+
+def cifar_vectors(every: int, cache: Path | None) -> tuple[list[str], np.ndarray]:
+    """The built-in model's vectors of every ``every``-th CIFAR-10 test image (cached in ``cache`` when given:
+    the retention and scale parts share them, and a re-run skips the slowest step)."""
+    from multimodal_embed.imagefiles import list_image_files
+
+    cifar_dir = SHARED / "data" / "cifar10-test"
+    files = [str(f) for f in list_image_files(cifar_dir) if f.parent != cifar_dir][::every]
+    target = None if cache is None else cache / f"cifar-every{every}.npy"
+    if target is not None and target.exists():
+        return files, np.load(target)
+    t0 = time.perf_counter()
+    vecs = builtin().embed_images(files, show_progress=False)
+    log(f"cifar: {len(files)} images embedded in {time.perf_counter() - t0:.0f} s")
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, vecs)
+    return files, vecs
+
+
 def overlap(a, b) -> float:
     return len(set(map(int, a)) & set(map(int, b))) / max(1, len(b))
 
 
 # -- retention --------------------------------------------------------------------------------------------------
 def retention(args) -> dict:
-    from multimodal_embed import Embedder
     from multimodal_embed.align import load_pairs
-    from multimodal_embed.imagefiles import list_image_files
 
     out: dict = {}
-    emb = Embedder.from_pretrained("minilm-efficientnet-lite0")
-    cifar_dir = SHARED / "data" / "cifar10-test"
-    files = [str(f) for f in list_image_files(cifar_dir) if f.parent != cifar_dir][:: args.cifar_every]
-    t0 = time.perf_counter()
-    cifar = emb.embed_images(files, show_progress=False)
-    log(f"cifar: {len(files)} images embedded in {time.perf_counter() - t0:.0f} s")
+    emb = builtin()
+    files, cifar = cifar_vectors(args.cifar_every, args.cache)
+    out["CIFAR-10 images"] = len(files)
     pairs = load_pairs(SHARED / "data" / "tuxpaint-stamps")
     stamps = emb.embed_images([p for p, _, _ in pairs], show_progress=False)
     captions = emb.embed_text([c for _, c, _ in pairs], task=emb.query_task, show_progress=False)
@@ -147,13 +172,8 @@ def cranfield() -> dict:
 
 
 # -- scale ------------------------------------------------------------------------------------------------------
-def centres(dim: int) -> np.ndarray:
-    from multimodal_embed import Embedder
-    from multimodal_embed.imagefiles import list_image_files
-
-    cifar_dir = SHARED / "data" / "cifar10-test"
-    files = [str(f) for f in list_image_files(cifar_dir) if f.parent != cifar_dir][::10]
-    real = Embedder.from_pretrained("minilm-efficientnet-lite0").embed_images(files, show_progress=False)
+def centres(dim: int, args) -> np.ndarray:
+    _, real = cifar_vectors(args.cifar_every, args.cache)
     rng = np.random.default_rng(1)
     rot, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
     lifted = np.zeros((len(real), dim), np.float32)
@@ -209,7 +229,7 @@ print(status["VmRSS"].split()[0], status["VmHWM"].split()[0], float(np.median(ti
 def scale(args) -> dict:
     dim, rows, folder = args.dim, args.rows, Path(args.tmp) / "kernels"
     folder.mkdir(parents=True, exist_ok=True)
-    c = centres(dim)
+    c = centres(dim, args)
     rng = np.random.default_rng(2)
     first = sample(c, min(rows, 100_000), rng)
     ranges = Q.Int8Ranges.calibrate([first])
@@ -281,10 +301,10 @@ def scale(args) -> dict:
 
 def cli_cold(args) -> dict:
     """A real index (built-in model, 384-d, binary+int8) of ``--rows`` synthetic vectors, and a cold CLI search."""
-    from multimodal_embed import Embedder, ImageIndex
+    from multimodal_embed import ImageIndex
 
-    emb = Embedder.from_pretrained("minilm-efficientnet-lite0")
-    c = centres(emb.dim)
+    emb = builtin()
+    c = centres(emb.dim, args)
     path = Path(args.tmp) / "cli.mmindex"
     rng = np.random.default_rng(4)
     t0 = time.perf_counter()
@@ -319,6 +339,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=30)
     ap.add_argument("--cifar-every", type=int, default=4)
     ap.add_argument("--tmp", default="/tmp/index_scale")
+    ap.add_argument("--cache", type=Path, help="keep the CIFAR-10 embeddings here between runs")
     ap.add_argument("--skip-retention", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--skip-cli", action="store_true")

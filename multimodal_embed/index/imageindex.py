@@ -119,6 +119,7 @@ class SearchHit:
     size: int
     mtime_ns: int
     sha256: str
+    id: int | None = None  # the file's row in the index
 
 
 PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
@@ -1070,16 +1071,16 @@ class ImageIndex:
             if not np.isfinite(s) or (min_score is not None and s < min_score):
                 continue
             if self.schema_version < 3:
-                meta = self.conn.execute("SELECT path, width, height, size, mtime_ns, sha256, NULL FROM files "
+                meta = self.conn.execute("SELECT path, width, height, size, mtime_ns, sha256, NULL, id FROM files "
                                          "WHERE id = ?", (int(view.file_ids[slot]),)).fetchone()
             else:
-                meta = self.conn.execute("SELECT f.path, f.width, f.height, f.size, f.mtime_ns, f.sha256, v.crc32 "
-                                         "FROM vectors v JOIN files f ON f.id = v.file_id WHERE v.slot = ?",
+                meta = self.conn.execute("SELECT f.path, f.width, f.height, f.size, f.mtime_ns, f.sha256, v.crc32, "
+                                         "f.id FROM vectors v JOIN files f ON f.id = v.file_id WHERE v.slot = ?",
                                          (int(slot),)).fetchone()
             if meta is None:  # removed since the view was read
                 continue
             self._check_slot(view, int(slot), meta[6], _os_path(meta[0]))
-            hits.append(SearchHit(_os_path(meta[0]), float(s), meta[1], meta[2], meta[3], meta[4], meta[5]))
+            hits.append(SearchHit(_os_path(meta[0]), float(s), meta[1], meta[2], meta[3], meta[4], meta[5], meta[7]))
         return hits[:k]
 
     def _top(self, q: np.ndarray, k: int, own: set[str], path_filter: str | Callable[[str], bool] | None,

@@ -59,6 +59,8 @@ class SearchRequest(_Request):
     top_k: int = Field(default=10, ge=1, le=1000)
     filter: str | None = Field(default=None, max_length=1024, description="glob on the stored path")
     min_score: float | None = None
+    rescore: int | None = Field(default=None, ge=0, le=100, description="binary stores: Hamming candidates per "
+                                "hit rescored with the int8 or float32 vectors (default 4; 0: Hamming only)")
 
 
 class ClassifyRequest(_Request):
