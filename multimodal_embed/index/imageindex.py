@@ -726,6 +726,7 @@ class ImageIndex:
 
     # -- vector storage ------------------------------------------------------------------------------------
     @property
+    @_locked
     def layout(self) -> Layout:
         """How the vectors are stored: tiers, stored size (``layout.dim``), file generation, int8 ranges."""
         return self._view().layout
