@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from multimodal_embed.index.search import duplicate_groups
 from multimodal_embed.precision import cpu_capability
-from multimodal_embed.search import duplicate_groups
 
 
 def baseline_groups(paths: list[str], mat: np.ndarray, threshold: float) -> list[list[str]]:

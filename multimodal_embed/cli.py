@@ -7,6 +7,7 @@ Results go to stdout, progress bars and logs to stderr. Exit codes: 0 success, 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -30,14 +31,18 @@ class UsageError(Exception):
     """A command line that cannot run (exit code 2, like argparse's own errors)."""
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
 
 
 def _cosine(text: str) -> float:
@@ -53,6 +58,10 @@ def _cosine(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
 def _check_dim(emb: Any, dim: int | None) -> None:
     """``--dim`` for texts and images alike, before anything is embedded (see ``Embedder.check_dimensionality``)."""
     if dim is not None:
@@ -61,15 +70,15 @@ def _check_dim(emb: Any, dim: int | None) -> None:
 
 def _write_atomic(output: str, write: Any) -> None:
     """``write(fh)`` into a temporary file beside ``output``, then renamed over it (:func:`shards.write_atomic
-    <multimodal_embed.shards.write_atomic>`: the old file stays whole on a failure; the umask's mode)."""
-    from .shards import write_atomic
+    <multimodal_embed.index.shards.write_atomic>`: the old file stays whole on a failure; the umask's mode)."""
+    from .index.shards import write_atomic
 
     write_atomic(output, write)
 
 
 def _check_output(output: str | None) -> None:
     """An output file's suffix, checked before any work: the rule of ``ImageIndex.export`` (exit 2 otherwise)."""
-    from .shards import output_format
+    from .index.shards import output_format
 
     if output not in (None, "-"):
         try:
@@ -158,8 +167,8 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 def _write_rows(rows: list[dict[str, Any]], vectors: Any, output: str | None) -> None:
     """Rows as JSON lines on stdout, or to ``output`` (.jsonl, .npy plus .meta.jsonl, .parquet), atomically
-    (:func:`multimodal_embed.shards.write_vectors`, the writer of ``ImageIndex.export`` too)."""
-    from .shards import write_vectors
+    (:func:`multimodal_embed.index.shards.write_vectors`, the writer of ``ImageIndex.export`` too)."""
+    from .index.shards import write_vectors
 
     if output in (None, "-"):
         for r, v in zip(rows, vectors):
@@ -247,6 +256,25 @@ def _model_label(identity: dict[str, Any]) -> str:
     return f"{_identity_name(identity)}, dim {identity.get('dim')}"
 
 
+@contextlib.contextmanager
+def _closing_on_error(resource: Any) -> Any:
+    try:
+        yield resource
+    except BaseException:
+        resource.close()
+        raise
+
+
+def _store(value: str) -> str:
+    """``--store``: checked by the index's one rule (:func:`multimodal_embed.index.quantize.parse_store`)."""
+    from .index.quantize import parse_store
+
+    try:
+        return "+".join(parse_store(value))
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from .index import ImageIndex
 
@@ -256,8 +284,15 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise UsageError(f"mmembed index: not a folder: {', '.join(printable(f) for f in missing)}")
     if path.exists():
         index = _open_index_for(path, args.model, args)
+        if args.store is not None or args.dim is not None:  # re-encoded from what is stored; never lossy-to-richer
+            with _closing_on_error(index):
+                layout = index.layout
+                store, dim = args.store or "+".join(layout.tiers), args.dim or layout.dim
+                if (store, dim) != ("+".join(layout.tiers), layout.dim):
+                    index.change_store(store, dim=dim)
+                    print(f"{printable(path)}: vectors re-encoded as {store} (size {dim})")
     else:
-        index = ImageIndex.create(path, _load(args.model, args))
+        index = ImageIndex.create(path, _load(args.model, args), store=args.store, dim=args.dim)
     status = EXIT_OK
     with index:
         for folder in args.folders:
@@ -298,7 +333,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                       f"images", file=sys.stderr)
                 return EXIT_OK
             hits = index.search(args.query, k=args.k, min_score=args.min_score, path_filter=args.filter,
-                                include_query=args.include_query)
+                                include_query=args.include_query, rescore=args.rescore)
             if not hits:
                 print(f"mmembed: no results: {_why_no_results(index, args)}", file=sys.stderr)
     if args.json:
@@ -350,7 +385,7 @@ def _server_query(query: str) -> Any:
 
 
 def _is_query_mix(query: str) -> bool:
-    from .search import is_query_mix
+    from .index.search import is_query_mix
 
     return is_query_mix(query)
 
@@ -506,6 +541,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"index:   {printable(info['path'])} (schema {info['schema_version']}, {human})")
     print(f"model:   {_identity_name(info['model'])}")  # the dimension has its own line
     print(f"dim:     {info['dim']}")
+    store = info["store"]
+    per = " + ".join(f"{t} {b}" for t, b in store["bytes_per_vector"].items())
+    calibrated = store.get("int8_calibrated_on")
+    int8 = ("" if calibrated is None else "; int8 ranges: fixed [-1, 1]" if calibrated == 0
+            else f"; int8 ranges calibrated on {calibrated} vectors")
+    print(f"store:   {store['name']}, size {store['dim']}: {store['bytes_per_vector_total']} bytes per vector "
+          f"({per}){int8}")
     print(f"images:  {info['images']}")
     print(f"failed:  {info['failed']}")
     for folder in info["folders"]:
@@ -657,6 +699,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow-symlinks", action="store_true")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--store", type=_store,
+                   help="what each vector is stored as: float32 (default: exact search), int8 (4x smaller), binary "
+                        "(32x smaller), binary+int8 or binary+float32 (Hamming search, then rescoring); on an "
+                        "existing index the vectors are re-encoded from what it stores (int8 -> float32 is refused)")
+    p.add_argument("--dim", type=_positive_int, help="store a Matryoshka prefix of this size (models trained for it)")
 
     p = add("search", "search an index by text, image path, or a mix like '2:dog + ./a.jpg - cat'", cmd_search,
             model=False)
@@ -673,6 +720,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=_positive_int, default=10)
     p.add_argument("--min-score", type=_cosine, help="only results with at least this cosine (-1..1)")
     p.add_argument("--filter", help="glob on the path, e.g. '*/2024/*'")
+    p.add_argument("--rescore", type=_non_negative_int, metavar="N",
+                   help="binary stores: rescore the N x k nearest in Hamming distance with the int8 or float32 "
+                        "vectors (default 4; 0: Hamming ranking only)")
     p.add_argument("--json", action="store_true")
 
     p = add("classify", "zero-shot classify images against labels", cmd_classify)

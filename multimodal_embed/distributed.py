@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError, MissingDependencyError
-from .shards import (
+from .index.shards import (
     SHARD_INPUT_KEY,
     read_shards,
     shard_input_digest,

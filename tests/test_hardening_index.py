@@ -20,7 +20,7 @@ from multimodal_embed.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, 
 from multimodal_embed.errors import IndexCorruptError
 from multimodal_embed.imagefiles import list_images, printable
 from multimodal_embed.index import query_kind
-from multimodal_embed.search import duplicate_groups
+from multimodal_embed.index.search import duplicate_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "multimodal_embed" / "demo_assets"
@@ -67,7 +67,7 @@ def test_a_vanished_file_does_not_stop_the_rest(emb, tmp_path, monkeypatch):
     shutil.copy(SAMPLE / "cat.jpg", raw)  # a name that is not UTF-8: indexed like the others
     vanishing = folder / "vanishing.jpg"
     shutil.copy(SAMPLE / "cat.jpg", vanishing)
-    from multimodal_embed import scanning
+    from multimodal_embed.index import scanning
 
     real_hash = scanning.sha256_file
 
@@ -324,7 +324,7 @@ def _naive_groups(paths, mat, threshold):
 
 @pytest.mark.parametrize("chunk", [1, 7, 1 << 22])
 def test_duplicate_groups_match_the_pairwise_definition(monkeypatch, chunk):
-    from multimodal_embed import search
+    from multimodal_embed.index import search
 
     monkeypatch.setattr(search, "DUP_CHUNK_PAIRS", chunk)
     rng = np.random.default_rng(0)

@@ -40,8 +40,17 @@ def _check_consistent(path):
     orphans = conn.execute("SELECT count(*) FROM vectors v LEFT JOIN files f ON f.id = v.file_id "
                            "WHERE f.id IS NULL OR f.status != 'ok'").fetchone()[0]
     dupes = conn.execute("SELECT count(*) - count(DISTINCT path) FROM files").fetchone()[0]
+    meta = dict(conn.execute("SELECT key, value FROM meta"))
+    slots = conn.execute("SELECT max(slot) FROM vectors").fetchone()[0]
     conn.close()
     assert ok == with_vec and orphans == 0 and dupes == 0
+    store, rows = json.loads(meta["vector_store"]), int(meta["vector_rows"])
+    assert slots is None or slots < rows
+    width = {"f32": 4 * store["dim"], "i8": store["dim"], "bin": (store["dim"] + 7) // 8}
+    for suffix, size in width.items():  # every committed row is in each stored tier's file
+        f = Path(f"{path}-vectors{store['generation']}.{suffix}")
+        if rows and {"f32": "float32", "i8": "int8", "bin": "binary"}[suffix] in store["tiers"]:  # 0: none yet
+            assert f.stat().st_size >= rows * size
     return ok
 
 
@@ -185,7 +194,7 @@ WRITER = """
 import sys
 from multimodal_embed import Embedder, ImageIndex
 emb = Embedder.from_pretrained(text=sys.argv[3] + "/text-v1.5-tiny", vision=sys.argv[3] + "/vision-v1.5-tiny")
-index = ImageIndex.create(sys.argv[1], emb, exist_ok=True)
+index = ImageIndex.create(sys.argv[1], emb, exist_ok=True, store=sys.argv[4])
 print("START", flush=True)
 index.add_folder(sys.argv[2], batch_size=4, show_progress=False)
 print("DONE", flush=True)
@@ -204,7 +213,8 @@ def _count(path):
 
 
 @pytest.mark.slow
-def test_sigkill_at_several_points_then_resume(emb, data_dir, fixtures_dir, tmp_path):
+@pytest.mark.parametrize("store", ["float32", "binary+int8"])
+def test_sigkill_at_several_points_then_resume(emb, data_dir, fixtures_dir, tmp_path, store):
     folder = tmp_path / "photos"
     folder.mkdir()
     for i, f in enumerate(_stamps(data_dir, 80)):
@@ -214,7 +224,7 @@ def test_sigkill_at_several_points_then_resume(emb, data_dir, fixtures_dir, tmp_
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     seen_by_reader, killed_at = [], []
     for target in (0, 8, 30, 60):  # rows committed before the kill (0: killed during start-up or the scan)
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(folder), str(fixtures_dir)],
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(folder), str(fixtures_dir), store],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         deadline = time.time() + 120
         if target == 0:
@@ -240,7 +250,7 @@ def test_sigkill_at_several_points_then_resume(emb, data_dir, fixtures_dir, tmp_
     index.add_folder(folder, show_progress=False)
     n = _check_consistent(path)
     assert n == 80 and [p for p, _ in index.failures()] == [str(folder / "zz_bad.png")]
-    clean = ImageIndex.create(tmp_path / "clean.mmindex", emb)
+    clean = ImageIndex.create(tmp_path / "clean.mmindex", emb, store=store)
     clean.add_folder(folder, show_progress=False)
     _, p1, m1 = index.vectors()
     _, p2, m2 = clean.vectors()

@@ -182,7 +182,7 @@ def test_a_version_1_index_is_migrated_when_opened(emb, tmp_path):
     path = tmp_path / "old.mmindex"
     vec = _v1_index(path, emb, folder)
     with ImageIndex.open(path, emb) as idx:
-        assert idx.schema_version == SCHEMA_VERSION == 2
+        assert idx.schema_version == SCHEMA_VERSION == 3
         _, paths, mat = idx.vectors()
         assert paths == [str(folder / "good.jpg")] and np.array_equal(mat[0], vec)  # rows kept as they were
         assert idx.failures() == [(str(folder / "fake.png"), "bad file")]
@@ -190,7 +190,7 @@ def test_a_version_1_index_is_migrated_when_opened(emb, tmp_path):
         assert (r.unchanged, r.known_failed, [p for p, _ in r.failed]) == (1, 0, [str(folder / "fake.png")])
         assert idx.add_folder(folder, show_progress=False).known_failed == 1
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
     assert "failed_with" in {r[1] for r in conn.execute("PRAGMA table_info(files)")}
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
@@ -217,7 +217,7 @@ def test_concurrent_openers_migrate_a_version_1_file_once(emb, tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert not errors and results == [(2, 1)] * 4
+    assert not errors and results == [(3, 1)] * 4
     conn = sqlite3.connect(path)
     assert [r[1] for r in conn.execute("PRAGMA table_info(files)")].count("failed_with") == 1
     conn.close()
@@ -244,7 +244,7 @@ def test_an_index_from_a_newer_version_is_refused_untouched(emb, tmp_path):
     path = tmp_path / "new.mmindex"
     ImageIndex.create(path, emb).close()
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
     before = path.read_bytes()
@@ -317,7 +317,7 @@ def test_info_says_what_an_index_holds(tiny, tmp_path, capsys):
     index = _small_index(tiny, tmp_path, capsys)
     assert main(["info", str(index), "--json"]) == EXIT_OK
     info = json.loads(capsys.readouterr().out)
-    assert (info["images"], info["failed"], info["dim"], info["schema_version"]) == (2, 2, 64, 2)
+    assert (info["images"], info["failed"], info["dim"], info["schema_version"]) == (2, 2, 64, 3)
     assert info["model"]["vision"]["name"] == tiny and info["folders"] == [str(tmp_path / "photos")]
     assert info["bytes"] >= index.stat().st_size > 0
     assert sorted(f["path"] for f in info["failures"]) == sorted(

@@ -79,7 +79,7 @@ def place_queries(vectors: np.ndarray, xy: np.ndarray, query_vectors: np.ndarray
                   k: int = QUERY_NEIGHBOURS) -> list[QueryPlacement]:
     """Each query at the similarity-weighted mean position of its ``k`` nearest points (weights
     ``exp((s - s_max) / 0.05)``): where its neighbours are, for UMAP and PCA layouts alike."""
-    from ..search import exact_search
+    from ..index.search import exact_search
 
     if len(vectors) == 0 or len(texts) == 0:
         return []

@@ -30,7 +30,7 @@ def write_map_parquet(result: MapResult, path: str | os.PathLike) -> tuple[Path,
     except ImportError as exc:
         raise MissingDependencyError("the Parquet export needs pyarrow: pip install pyarrow") from exc
     from ..imagefiles import utf8_text
-    from ..shards import write_parquet
+    from ..index.shards import write_parquet
 
     names = {cl.id: cl.name for cl in result.clusters}
     scores = {cl.id: cl.score for cl in result.clusters}

@@ -109,7 +109,7 @@ def render_html(result: MapResult) -> str:
 
 def write_html(result: MapResult, path: str | os.PathLike) -> Path:
     """Write the map's page to ``path`` atomically; returns the path."""
-    from ..shards import write_atomic
+    from ..index.shards import write_atomic
 
     page = render_html(result).encode("utf-8")
     return write_atomic(path, lambda fh: fh.write(page))

@@ -129,7 +129,7 @@ def _from_parquet(p: Path) -> MapSource:
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise MissingDependencyError("reading .parquet needs pyarrow: pip install pyarrow") from exc
-    from ..shards import PARQUET_MODEL_KEY
+    from ..index.shards import PARQUET_MODEL_KEY
 
     try:
         table = pq.read_table(p)

@@ -589,10 +589,8 @@ def _fields(request: Request) -> list[str]:
 def _search(index: Any, vector: np.ndarray, req: SearchRequest) -> list[dict[str, Any]]:
     from ..imagefiles import utf8_text
 
-    ids, paths, _ = index.vectors()
-    by_path = dict(zip(paths, ids))
-    hits = index.search(vector, req.top_k, min_score=req.min_score, path_filter=req.filter)
-    return [{"id": by_path.get(h.path), "path": utf8_text(h.path), "score": h.score, "width": h.width,
+    hits = index.search(vector, req.top_k, min_score=req.min_score, path_filter=req.filter, rescore=req.rescore)
+    return [{"id": h.id, "path": utf8_text(h.path), "score": h.score, "width": h.width,
              "height": h.height, "sha256": h.sha256} for h in hits]
 
 

@@ -69,6 +69,8 @@ class SearchRequest(_Request):
     filter: str | None = Field(default=None, max_length=1024, description="glob on the stored path")
     min_score: float | None = Field(default=None, ge=-1.0, le=1.0, allow_inf_nan=False,
                                     description="the lowest cosine score returned, in [-1, 1]")
+    rescore: int | None = Field(default=None, ge=0, le=100, description="binary stores: Hamming candidates per "
+                                "hit rescored with the int8 or float32 vectors (default 4; 0: Hamming only)")
 
 
 class ClassifyRequest(_Request):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from multimodal_embed.errors import InvalidInputError
+from multimodal_embed.index.shards import write_vectors
 from multimodal_embed.map.sources import MapSource, from_vectors, load_source, read_texts, source_kind
-from multimodal_embed.shards import write_vectors
 from tests.conftest import FIXTURES
 
 

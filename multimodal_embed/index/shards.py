@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInputError
-from .imagefiles import utf8_text
+from ..errors import InvalidInputError
+from ..imagefiles import utf8_text
 
 __all__ = ["OUTPUT_FORMATS", "PARQUET_MODEL_KEY", "arrow_vectors", "output_format", "read_shards", "shard_path",
            "shard_table", "write_atomic", "write_parquet", "write_vectors"]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .imagefiles import NOT_REGULAR, iter_images
+from ..imagefiles import NOT_REGULAR, iter_images
 
 __all__ = ["Changes", "KnownFile", "PendingFile", "file_dims", "scan_changes", "sha256_file"]
 
