@@ -466,7 +466,8 @@ def build_app(embedder: Any, index: Any, notice: str | None = None, served: list
         with gr.Tab("Map"):
             mgo = gr.Button("Draw the map", elem_id="map-button", variant="primary")
             mnote = gr.Markdown("The whole index on one picture, clustered and named by zero-shot "
-                                "(`mmembed map` writes it as an interactive page).", elem_id="map-note")
+                                "(`mmembed map` writes it as an interactive page).", elem_id="map-note",
+                                label="About the map")
             mpic = gr.Image(label="Map: click a point", type="pil", interactive=False, elem_id="map-image")
             mnear = gr.Gallery(value=[], label="Neighbours", elem_id="map-neighbours", columns=6, height="auto",
                                object_fit="contain")

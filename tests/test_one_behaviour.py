@@ -449,7 +449,7 @@ def test_demo_names_paths_relative_to_the_folder_and_each_endpoint_once(emb, tmp
         idx.add_folder(folder, show_progress=False)
         app = build_app(emb, idx)
         api = app.get_api_info()
-        assert sorted(api["named_endpoints"]) == ["/compare", "/search", "/zero_shot"]
+        assert sorted(api["named_endpoints"]) == ["/compare", "/map", "/search", "/zero_shot"]
         assert not api.get("unnamed_endpoints")
         labels = [p.get("label") for e in api["named_endpoints"].values() for p in e["parameters"] + e["returns"]]
         assert all(label and not label.startswith("value_") for label in labels), labels
