@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -147,6 +149,19 @@ def progress(
     from tqdm.auto import tqdm
 
     return tqdm(items, desc=desc, unit=unit, total=total)
+
+
+@contextmanager
+def worker_pool(workers: int, name: str = "mmembed") -> Iterator[ThreadPoolExecutor]:
+    """A thread pool owned by the caller's ``with`` block, shut down there on every exit path: work not yet started
+    is cancelled, running work is waited for. The one way the package runs a pipeline stage in threads: a pool held
+    by a generator instead would be shut down by the garbage collector, in whatever thread triggers it, when a
+    caller stops iterating early (an error, a ``break``), which deadlocked long-lived processes."""
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class ModelHolder:
