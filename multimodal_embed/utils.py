@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -69,17 +70,16 @@ def read_json(path: str | Path) -> Any:
     """A model folder's JSON file (``config.json``, ``tokenizer.json``...), or :class:`ConfigError` naming the file
     when it is not JSON, not UTF-8, not a regular file (a FIFO or device is never read) or over ``MAX_JSON_BYTES``.
     A missing file raises ``FileNotFoundError`` as before."""
-    from .imagefiles import open_regular
+    from .imagefiles import read_regular
 
     try:
-        with open_regular(path) as fh:
-            data = fh.read(MAX_JSON_BYTES + 1)
+        data = read_regular(path, MAX_JSON_BYTES)
     except FileNotFoundError:
         raise
     except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise ConfigError(f"{path}: over {MAX_JSON_BYTES} bytes, not a model file") from None
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if len(data) > MAX_JSON_BYTES:
-        raise ConfigError(f"{path}: over {MAX_JSON_BYTES} bytes, not a model file")
     try:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:

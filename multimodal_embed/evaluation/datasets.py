@@ -9,7 +9,9 @@
 - ``text-retrieval``: a BEIR folder: ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``,
   ``text``), ``qrels/<split>.tsv`` (``query-id``, ``corpus-id``, ``score``; header line).
 
-Relative image paths are read from the data file's folder (COCO: ``image_root`` when given). Every data set has a
+Data files are read as regular files only (a FIFO or device is refused at once), up to ``MAX_DATA_BYTES`` each, as
+UTF-8; every error names the file and, where there is one, the line. Relative image paths are read from the data
+file's folder (COCO: ``image_root`` when given). Every data set has a
 ``sha256`` over its files' contents (images included), which keys the embedding cache and is reported with the
 results. An image that cannot be read is kept with its reason (it is reported, and left out of the scores).
 """
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
-from ..imagefiles import list_image_files
+from ..imagefiles import list_image_files, printable, read_text, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +39,8 @@ TASKS = ("zeroshot", "image-text", "text-retrieval")
 PATH_COLUMNS = ("image", "path", "file_name", "filepath")
 LABEL_COLUMNS = ("label", "class")
 CAPTION_COLUMNS = ("caption", "text")
+MAX_DATA_BYTES = 1 << 30  # the largest data file read (a labels CSV, COCO JSON, BEIR corpus): 1 GiB
+MAX_SIDECAR_BYTES = 1 << 20  # a caption .txt beside an image
 
 
 @dataclass
@@ -99,11 +105,8 @@ Dataset = ClassificationData | CaptionData | TextRetrievalData
 
 # -- hashing ---------------------------------------------------------------------------------------------------
 def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """A data file's SHA-256 (:func:`~multimodal_embed.imagefiles.sha256_file`: regular files only)."""
+    return sha256_file(path)
 
 
 def hash_images(files: list[str]) -> ImageSet:
@@ -201,29 +204,40 @@ def load_image_folder(root: Path, limit_per_class: int | None = None) -> Classif
     return ClassificationData(root.name, str(root), classes, images, labels, digest)
 
 
+def _lines(text: str) -> list[str]:
+    """Lines split at ``\\n`` only (``\\r\\n`` too): JSON strings may hold U+2028 and other breaks str.splitlines
+    knows."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def _rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a CSV / TSV (header line) or JSONL file."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        if path.suffix.lower() == ".jsonl":
-            rows = []
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise InvalidInputError(f"{path} line {n}: not JSON ({exc.msg})") from None
-                    if not isinstance(row, dict):
-                        raise InvalidInputError(f"{path} line {n}: not a JSON object")
-                    rows.append(row)
-            return rows
-        return list(csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+    """Rows of a CSV / TSV (header line) or JSONL file; errors name the file and the line."""
+    text = read_text(path, MAX_DATA_BYTES)
+    name = printable(path)
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for n, line in enumerate(_lines(text), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise InvalidInputError(f"{name} line {n}: not JSON ({getattr(exc, 'msg', exc)})") from None
+                if not isinstance(row, dict):
+                    raise InvalidInputError(f"{name} line {n}: not a JSON object")
+                rows.append(row)
+        return rows
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    try:
+        return list(reader)
+    except csv.Error as exc:
+        raise InvalidInputError(f"{name} line {reader.line_num}: {exc}") from None
 
 
 def _column(path: Path, row: dict[str, Any], names: tuple[str, ...], n: int) -> str:
     for name in names:
         if row.get(name) not in (None, ""):
             return str(row[name])
-    raise InvalidInputError(f"{path} row {n}: needs one of the columns {names}")
+    raise InvalidInputError(f"{printable(path)} row {n}: needs one of the columns {names}")
 
 
 def _resolve(base: Path, item: str) -> str:
@@ -283,7 +297,7 @@ def load_caption_folder(root: Path) -> CaptionData:
     for f in list_image_files(root):
         side = f.with_suffix(".txt")
         if side.is_file():
-            lines = side.read_text(encoding="utf-8", errors="replace").splitlines()
+            lines = read_text(side, MAX_SIDECAR_BYTES).splitlines()
             if lines and lines[0].strip():
                 pairs.append((str(f), lines[0]))
     return _caption_data(root.name, str(root), pairs)
@@ -291,11 +305,11 @@ def load_caption_folder(root: Path) -> CaptionData:
 
 def load_coco(path: Path, image_root: str | os.PathLike | None = None) -> CaptionData:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, MAX_DATA_BYTES))
         files = {img["id"]: str(img["file_name"]) for img in data["images"]}
         notes = [(a["image_id"], str(a["caption"])) for a in data["annotations"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InvalidInputError(f"{path}: not COCO-style captions (images: id, file_name; annotations: image_id, "
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise InvalidInputError(f"{printable(path)}: not COCO-style captions (images: id, file_name; annotations: image_id, "
                                 f"caption): {type(exc).__name__}: {exc}") from None
     base = Path(image_root).expanduser() if image_root else path.parent
     missing = sorted({i for i, _ in notes if i not in files}, key=str)
@@ -305,6 +319,31 @@ def load_coco(path: Path, image_root: str | os.PathLike | None = None) -> Captio
 
 
 # -- text retrieval ------------------------------------------------------------------------------------------------
+def _id_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line, row) of a BEIR JSONL file whose rows all have an ``_id``, each id once; errors name file and line."""
+    name = printable(path)
+    text = read_text(path, MAX_DATA_BYTES)
+    out: list[tuple[int, dict[str, Any]]] = []
+    first: dict[str, int] = {}
+    for n, line in enumerate(_lines(text), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise InvalidInputError(f"{name} line {n}: not JSON ({getattr(exc, 'msg', exc)})") from None
+        if not isinstance(row, dict):
+            raise InvalidInputError(f"{name} line {n}: not a JSON object")
+        if row.get("_id") in (None, ""):
+            raise InvalidInputError(f"{name} line {n}: no _id")
+        key = str(row["_id"])
+        if key in first:
+            raise InvalidInputError(f"{name} line {n}: duplicate _id {key!r} (first on line {first[key]})")
+        first[key] = n
+        out.append((n, row))
+    return out
+
+
 def load_beir(root: Path, split: str = "test") -> TextRetrievalData:
     for f in ("corpus.jsonl", "queries.jsonl"):
         if not (root / f).is_file():
@@ -313,34 +352,32 @@ def load_beir(root: Path, split: str = "test") -> TextRetrievalData:
     if not qrels_file.is_file():
         raise InvalidInputError(f"{root}: no qrels/{split}.tsv (splits: "
                                 f"{sorted(p.stem for p in (root / 'qrels').glob('*.tsv'))})")
-    corpus = _rows(root / "corpus.jsonl")
     doc_ids, docs = [], []
-    for n, row in enumerate(corpus, 1):
-        if "_id" not in row:
-            raise InvalidInputError(f"{root / 'corpus.jsonl'} line {n}: no _id")
+    for n, row in _id_rows(root / "corpus.jsonl"):
         title, text = str(row.get("title") or "").strip(), str(row.get("text") or "").strip()
         doc_ids.append(str(row["_id"]))
         docs.append(f"{title} {text}".strip())
-    if len(set(doc_ids)) != len(doc_ids):
-        raise InvalidInputError(f"{root / 'corpus.jsonl'}: duplicate document ids")
-    query_text = {str(r["_id"]): str(r.get("text", "")) for r in _rows(root / "queries.jsonl")}
+    query_text = {str(row["_id"]): str(row.get("text", "")) for _, row in _id_rows(root / "queries.jsonl")}
     judged: dict[str, dict[str, int]] = {}
-    with open(qrels_file, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            parts = line.rstrip("\n").split("\t")
-            if n == 1 and parts[0] == "query-id":
-                continue
-            if len(parts) < 3:
-                if line.strip():
-                    raise InvalidInputError(f"{qrels_file} line {n}: needs query-id, corpus-id, score")
-                continue
-            try:
-                judged.setdefault(parts[0], {})[parts[1]] = int(float(parts[2]))
-            except ValueError:
-                raise InvalidInputError(f"{qrels_file} line {n}: score {parts[2]!r} is not a number") from None
+    qname = printable(qrels_file)
+    for n, line in enumerate(_lines(read_text(qrels_file, MAX_DATA_BYTES)), 1):
+        parts = line.split("\t")
+        if n == 1 and parts[0] == "query-id":
+            continue
+        if len(parts) < 3:
+            if line.strip():
+                raise InvalidInputError(f"{qname} line {n}: needs query-id, corpus-id, score")
+            continue
+        try:
+            score = float(parts[2])
+        except ValueError:
+            raise InvalidInputError(f"{qname} line {n}: score {parts[2]!r} is not a number") from None
+        if not math.isfinite(score) or abs(score) > 1e9:
+            raise InvalidInputError(f"{qname} line {n}: score {parts[2]!r} is not a finite grade")
+        judged.setdefault(parts[0], {})[parts[1]] = int(score)
     unknown = [q for q in judged if q not in query_text]
     if unknown:
-        raise InvalidInputError(f"{qrels_file}: judged queries missing from queries.jsonl: {unknown[:5]}")
+        raise InvalidInputError(f"{qname}: judged queries missing from queries.jsonl: {unknown[:5]}")
     query_ids = [q for q in query_text if q in judged]  # BEIR evaluates the judged queries, in file order
     digest = _digest([file_sha256(root / "corpus.jsonl"), file_sha256(root / "queries.jsonl"),
                       file_sha256(qrels_file), split])

@@ -291,16 +291,13 @@ class EvalReport:
         return "\n".join(out)
 
     def plot(self, path: str | os.PathLike) -> None:
-        """One panel per data set and metric, a bar per model (and size), saved to ``path`` (PNG, SVG, PDF)."""
-        try:
-            import matplotlib
+        """One panel per data set and metric, a bar per model (and size), saved to ``path`` (PNG, SVG, PDF)
+        atomically (:func:`~multimodal_embed.imagefiles.write_atomic`)."""
+        from ..imagefiles import write_atomic
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as exc:
-            from ..errors import MissingDependencyError
+        fmt = check_plot_output(path)
+        import matplotlib.pyplot as plt
 
-            raise MissingDependencyError("--plot needs matplotlib: pip install matplotlib") from exc
         panels = [(ds["name"], ds["task"], m) for ds in self.settings["datasets"] for m in METRICS[ds["task"]]]
         models = list(dict.fromkeys((r.model, r.dim) for r in self.results))
         colours = plt.get_cmap("tab10")
@@ -326,8 +323,34 @@ class EvalReport:
         fig.legend(handles, [f"{m} @ {d}" if d else m for m, d in models], loc="lower center",
                    ncol=min(3, len(models)), fontsize=8, frameon=False)
         fig.tight_layout(rect=(0, 0.04 * max(1, math.ceil(len(models) / 3)) + 0.02, 1, 1))
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        try:
+            write_atomic(path, lambda fh: fig.savefig(fh, format=fmt, dpi=110))
+        finally:
+            plt.close(fig)
+
+
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+def check_plot_output(path: str | os.PathLike) -> str:
+    """The format of a plot file ``path`` (its suffix), checked before any work: a writable output
+    (:func:`~multimodal_embed.imagefiles.check_output_path`), a format in :data:`PLOT_FORMATS`, and matplotlib
+    installed (:class:`~multimodal_embed.errors.MissingDependencyError` otherwise)."""
+    from ..errors import MissingDependencyError
+    from ..imagefiles import check_output_path, printable
+
+    fmt = Path(os.fspath(path)).suffix.lower().lstrip(".")
+    if fmt not in PLOT_FORMATS:
+        raise InvalidInputError(f"{printable(path)}: a plot is written as {', '.join('.' + f for f in PLOT_FORMATS)};"
+                                f" got {('.' + fmt) if fmt else 'no suffix'}")
+    check_output_path(path)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError as exc:
+        raise MissingDependencyError("--plot needs matplotlib: pip install matplotlib") from exc
+    return fmt
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------------
