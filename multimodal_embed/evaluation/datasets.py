@@ -182,22 +182,36 @@ def _name(p: Path) -> str:
 
 
 # -- zero-shot ---------------------------------------------------------------------------------------------------
-def load_image_folder(root: Path, limit_per_class: int | None = None) -> ClassificationData:
+def folder_label(name: str) -> str:
+    """The class label of an ImageFolder subfolder: its name with ``_`` read as a space (``golden_retriever``)."""
+    return name.replace("_", " ")
+
+
+def read_image_folder(root: Path, limit_per_class: int | None = None) -> list[tuple[str, list[str]]]:
+    """The one ImageFolder reader (``mmembed eval`` and ``ZeroShotClassifier.evaluate``): ``(folder name, image
+    files)`` of each class subfolder with images, in name order; a class's images are found anywhere below its
+    folder (:func:`~multimodal_embed.imagefiles.list_image_files`: sorted, regular files only), the first
+    ``limit_per_class`` of them when given. Labels come from :func:`folder_label`."""
     if not root.is_dir():
-        raise InvalidInputError(f"{root} is not a folder")
-    folders = sorted(d for d in root.iterdir() if d.is_dir())
+        raise InvalidInputError(f"{printable(root)} is not a folder")
+    out = []
+    for d in sorted(d for d in root.iterdir() if d.is_dir()):
+        found = [str(f) for f in list_image_files(d)][:limit_per_class or None]
+        if found:
+            out.append((d.name, found))
+    return out
+
+
+def load_image_folder(root: Path, limit_per_class: int | None = None) -> ClassificationData:
     files: list[str] = []
     labels: list[int] = []
     classes: list[str] = []
-    for d in folders:
-        found = [str(f) for f in list_image_files(d)][:limit_per_class or None]
-        if not found:
-            continue
-        classes.append(d.name.replace("_", " "))
+    for name, found in read_image_folder(root, limit_per_class):
+        classes.append(folder_label(name))
         files += found
         labels += [len(classes) - 1] * len(found)
     if len(classes) < 2:
-        raise InvalidInputError(f"{root}: a zero-shot folder needs at least 2 class subfolders with images")
+        raise InvalidInputError(f"{printable(root)}: a zero-shot folder needs at least 2 class subfolders with images")
     images = hash_images(files)
     digest = _digest([len(classes), *classes, *(f"{os.path.relpath(f, root)}\0{h}\0{y}"
                                                  for f, h, y in zip(files, images.hashes, labels))])
