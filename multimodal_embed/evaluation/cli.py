@@ -73,8 +73,9 @@ def add_eval_command(sub: Any, add: Callable[..., argparse.ArgumentParser],
                      positive_int: Callable[[str], int]) -> argparse.ArgumentParser:
     """Register ``mmembed eval`` with ``build_parser``'s ``add`` helper and its positive-integer type."""
     p = add("eval", "measure models on local data: zero-shot (ImageFolder, CSV/JSONL of path,label), image-text "
-                    "retrieval (COCO JSON, CSV/JSONL of path,caption, captioned folders) and text retrieval (BEIR); "
-                    "Markdown tables to stdout", cmd_eval, model=False)
+                    "retrieval (COCO JSON, CSV/JSONL of path,caption, captioned folders), both on a gallery folder "
+                    "(gallery.json: a label and a query per photo) and text retrieval (BEIR); Markdown tables to "
+                    "stdout", cmd_eval, model=False)
     p.add_argument("paths", nargs="+", help="data sets, recognised by their layout (--task forces one)")
     p.add_argument("--model", action="append", help="a model to evaluate (repeat for several; default: "
                                                     "$MMEMBED_MODEL, the config file, nomic-embed-v1.5 where "

@@ -6,6 +6,10 @@
 - ``image-text``: COCO-style captions JSON (``images`` with ``id`` and ``file_name``, ``annotations`` with
   ``image_id`` and ``caption``), a CSV / JSONL with a path column and a ``caption`` (or ``text``) column (several
   rows per image allowed), or a folder of images with ``.txt`` caption sidecars (first line).
+- ``gallery``: a folder of images with a ``gallery.json`` giving each photo (by file name) a ``label`` and a
+  ``query`` (or a list of queries), as the package's sample photos have (``mmembed eval photos/`` on the README
+  Tour's folder). It is two data sets: ``zeroshot`` on the labels and ``image-text`` with the queries as captions
+  (text-to-image retrieval); ``--task`` keeps one of them. Photos the file does not name are not counted.
 - ``text-retrieval``: a BEIR folder: ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``,
   ``text``), ``qrels/<split>.tsv`` (``query-id``, ``corpus-id``, ``score``; header line).
 
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
-from ..imagefiles import list_image_files, printable, read_text, sha256_file
+from ..imagefiles import is_image_name, list_image_files, printable, read_text, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,8 @@ LABEL_COLUMNS = ("label", "class")
 CAPTION_COLUMNS = ("caption", "text")
 MAX_DATA_BYTES = 1 << 30  # the largest data file read (a labels CSV, COCO JSON, BEIR corpus): 1 GiB
 MAX_SIDECAR_BYTES = 1 << 20  # a caption .txt beside an image
+GALLERY_FILE = "gallery.json"
+MAX_GALLERY_BYTES = 16 << 20
 
 
 @dataclass
@@ -137,13 +143,16 @@ def detect_task(path: str | os.PathLike) -> str:
     if p.is_dir():
         if (p / "corpus.jsonl").is_file():
             return "text-retrieval"
+        if (p / GALLERY_FILE).is_file():
+            return "gallery"
         files = list_image_files(p)
         if any(f.with_suffix(".txt").is_file() for f in files):
             return "image-text"
         if any(f.parent != p for f in files):
             return "zeroshot"
-        raise InvalidInputError(f"{path}: not a BEIR folder (corpus.jsonl), a folder of class subfolders or of "
-                                f"captioned images (.txt sidecars)")
+        raise InvalidInputError(f"{path}: not a BEIR folder (corpus.jsonl), a gallery ({GALLERY_FILE} with a label and "
+                                f"a query per photo), a folder of class subfolders or of captioned images (.txt "
+                                f"sidecars)")
     if not p.is_file():
         raise InvalidInputError(f"{path}: no such file or folder")
     if p.suffix.lower() == ".json":
@@ -161,20 +170,80 @@ def detect_task(path: str | os.PathLike) -> str:
 
 def load_dataset(path: str | os.PathLike, task: str | None = None, *, split: str = "test",
                  limit_per_class: int | None = None, image_root: str | os.PathLike | None = None) -> Dataset:
-    """Read the data set at ``path`` for ``task`` (default: :func:`detect_task`)."""
-    task = task or detect_task(path)
-    if task not in TASKS:
-        raise InvalidInputError(f"unknown task {task!r}; use one of {TASKS}")
+    """Read the data set at ``path`` for ``task`` (default: :func:`detect_task`; a gallery folder: its zero-shot
+    half, see :func:`load_datasets` for both)."""
+    return load_datasets(path, task, split=split, limit_per_class=limit_per_class, image_root=image_root)[0]
+
+
+def load_datasets(path: str | os.PathLike, task: str | None = None, *, split: str = "test",
+                  limit_per_class: int | None = None, image_root: str | os.PathLike | None = None) -> list[Dataset]:
+    """The data sets at ``path``: one, or two for a gallery folder (zero-shot on its labels, then image-text on its
+    queries) unless ``task`` names one."""
+    found = task or detect_task(path)
+    if found not in (*TASKS, "gallery"):
+        raise InvalidInputError(f"unknown task {found!r}; use one of {TASKS}")
     p = Path(path).expanduser()
-    if task == "text-retrieval":
-        return load_beir(p, split)
-    if task == "zeroshot":
-        return load_image_folder(p, limit_per_class) if p.is_dir() else load_labelled_table(p, limit_per_class)
+    if p.is_dir() and (p / GALLERY_FILE).is_file() and found in ("gallery", "zeroshot", "image-text"):
+        both = load_gallery(p, limit_per_class)
+        return list(both) if found == "gallery" else [both[0] if found == "zeroshot" else both[1]]
+    if found == "text-retrieval":
+        return [load_beir(p, split)]
+    if found == "zeroshot":
+        return [load_image_folder(p, limit_per_class) if p.is_dir() else load_labelled_table(p, limit_per_class)]
     if p.is_dir():
-        return load_caption_folder(p)
+        return [load_caption_folder(p)]
     if p.suffix.lower() == ".json":
-        return load_coco(p, image_root)
-    return load_caption_table(p)
+        return [load_coco(p, image_root)]
+    return [load_caption_table(p)]
+
+
+def load_gallery(root: Path, limit_per_class: int | None = None) -> tuple[ClassificationData, CaptionData]:
+    """A gallery folder (see the module docstring): ``gallery.json`` maps photo file names (inside the folder) to
+    ``{"label": ..., "query": ... or [...]}``; errors name the file and the entry."""
+    meta = root / GALLERY_FILE
+    name = printable(meta)
+    try:
+        data = json.loads(read_text(meta, MAX_GALLERY_BYTES))
+    except ValueError as exc:
+        raise InvalidInputError(f"{name}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{name}: expected an object of photo file name -> {{label, query}}")
+    real_root = os.path.realpath(root)
+    labelled: list[tuple[str, str]] = []
+    queries: list[tuple[str, str]] = []
+    for photo, entry in data.items():
+        rel = Path(photo)
+        if not photo or rel.is_absolute() or ".." in rel.parts or not is_image_name(photo):
+            raise InvalidInputError(f"{name}: entry {photo!r}: give an image file name inside the folder")
+        if not isinstance(entry, dict):
+            raise InvalidInputError(f"{name}: entry {photo!r}: expected {{\"label\": ..., \"query\": ...}}")
+        file = os.path.join(real_root, photo)
+        label, query = entry.get("label"), entry.get("query")
+        if label is not None:
+            if not isinstance(label, str) or not label.strip():
+                raise InvalidInputError(f"{name}: entry {photo!r}: label must be a non-empty string")
+            labelled.append((file, label.strip()))
+        for q in ([query] if isinstance(query, str) else query if isinstance(query, list) else []):
+            if not isinstance(q, str):
+                raise InvalidInputError(f"{name}: entry {photo!r}: a query must be a string")
+            queries.append((file, q))
+        if query is not None and not isinstance(query, (str, list)):
+            raise InvalidInputError(f"{name}: entry {photo!r}: query must be a string or a list of strings")
+    classes = sorted({label for _, label in labelled})
+    if len(classes) < 2:
+        raise InvalidInputError(f"{name}: zero-shot needs at least 2 labels, found {classes}")
+    index = {c: j for j, c in enumerate(classes)}
+    seen: dict[str, int] = {}
+    kept = []
+    for f, label in labelled:
+        seen[label] = seen.get(label, 0) + 1
+        if not limit_per_class or seen[label] <= limit_per_class:
+            kept.append((f, index[label]))
+    images = hash_images([f for f, _ in kept])
+    digest = _digest(["gallery", len(classes), *classes, *(f"{os.path.relpath(f, real_root)}\0{h}\0{y}"
+                                                           for (f, y), h in zip(kept, images.hashes))])
+    zeroshot = ClassificationData(root.name, str(root), classes, images, [y for _, y in kept], digest)
+    return zeroshot, _caption_data(root.name, str(root), queries)
 
 
 def _name(p: Path) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 from ..encoders import truncate_unit
 from ..errors import InvalidInputError, ModelNotFoundError
 from . import metrics as M
-from .datasets import CaptionData, ClassificationData, Dataset, ImageSet, TextRetrievalData, load_dataset
+from .datasets import CaptionData, ClassificationData, Dataset, ImageSet, TextRetrievalData, load_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -515,30 +515,40 @@ def evaluate(data: Sequence[str | os.PathLike | Dataset], models: Sequence[Any],
         raise InvalidInputError(f"dims must be positive ints, got {list(dims)}")
     templates_used = _templates(templates)
     t0 = time.perf_counter()
-    datasets = [d if isinstance(d, (ClassificationData, CaptionData, TextRetrievalData))
-                else load_dataset(d, task, split=split, limit_per_class=limit_per_class, image_root=image_root)
-                for d in data]
+    datasets: list[Dataset] = []
+    for d in data:
+        if isinstance(d, (ClassificationData, CaptionData, TextRetrievalData)):
+            datasets.append(d)
+        else:
+            datasets += load_datasets(d, task, split=split, limit_per_class=limit_per_class, image_root=image_root)
     names = [(d.name, d.task) for d in datasets]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InvalidInputError(f"two data sets with the same name and task: {dupes} (rename one)")
+    # every model is loaded before the first embedding: one that cannot be (not downloaded, unknown) is said at once,
+    # with its reason, not after the others ran; all of them missing is the error
+    loaded: list[tuple[str, Any] | ModelNotFoundError] = []
+    for model in models:
+        try:
+            loaded.append(_load_model(model, device, precision, len(loaded)))
+        except ModelNotFoundError as exc:  # the other models are still compared
+            logger.warning("model %s not loaded: %s", model, exc)
+            loaded.append(exc)
+    missing = [x for x in loaded if isinstance(x, ModelNotFoundError)]
+    if len(missing) == len(models):
+        raise missing[0]
     cache = EmbeddingCache(default_cache_dir() if cache_dir == "default" else cache_dir)
     results: list[EvalResult] = []
     model_settings = []
-    missing: list[ModelNotFoundError] = []
     try:
-        for model in models:
-            try:
-                name, emb = _load_model(model, device, precision, len(model_settings))
-            except ModelNotFoundError as exc:  # the other models are still compared; all missing: the error
-                missing.append(exc)
-                if len(missing) == len(models):
-                    raise
-                logger.info("not loaded: %s", exc)
-                model_settings.append({"name": str(model), "error": str(exc)})
-                results += [EvalResult(d.name, d.task, str(model), None, {}, 0, [(f"model {model}", str(exc))],
+        for k, (model, entry) in enumerate(zip(models, loaded)):
+            if isinstance(entry, ModelNotFoundError):
+                model_settings.append({"name": str(model), "error": str(entry)})
+                results += [EvalResult(d.name, d.task, str(model), None, {}, 0, [(f"model {model}", str(entry))],
                                        "not loaded") for d in datasets]
                 continue
+            name, emb = entry
+            loaded[k] = None  # type: ignore[call-overload]  # this process holds the model only while it runs
             model_settings.append(_model_settings(name, emb))
             results += evaluate_model(emb, datasets, name=name, dims=dims, cache=cache, templates=templates_used,
                                       batch_size=batch_size, show_progress=show_progress)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -100,7 +101,7 @@ def test_eval_checks_outputs_before_reading_any_data(tmp_path, capsys, monkeypat
     from multimodal_embed.evaluation import runner
 
     loaded = []
-    monkeypatch.setattr(runner, "load_dataset", lambda *a, **k: loaded.append(a) or pytest.fail("data read"))
+    monkeypatch.setattr(runner, "load_datasets", lambda *a, **k: loaded.append(a) or pytest.fail("data read"))
     target = tmp_path / "r.json"
     target.write_text("keep")
     (tmp_path / "l.json").symlink_to(target)
@@ -183,3 +184,72 @@ def test_table_and_coco_errors_name_the_file(tmp_path):
     jl = tmp_path / "caps.jsonl"
     jl.write_text('{"image": "a.jpg", "caption": "x \u2028 y"}\n{"image": "b.jpg", "caption": "z"}\n')
     assert D.load_dataset(jl).captions == ["x \u2028 y", "z"]  # a U+2028 inside a JSON string is not a line break
+
+
+# -- issue 44.4: the gallery layout, models checked before the first embedding ---------------------------------------
+def _gallery(tmp_path):
+    import shutil
+
+    from tests.conftest import GALLERY
+
+    return Path(shutil.copytree(GALLERY, tmp_path / "photos"))
+
+
+def test_eval_runs_on_the_tours_gallery_folder(clip_folder, tmp_path, capsys):
+    """``mmembed eval photos/`` on the Tour's copy of the sample photos: zero-shot on the labels and image-text
+    with the queries, each photo counted once; --task keeps one half."""
+    photos = _gallery(tmp_path)
+    meta = json.loads((photos / "gallery.json").read_text())
+    assert D.detect_task(photos) == "gallery"
+    zs, it = D.load_datasets(photos)
+    assert (zs.task, it.task) == ("zeroshot", "image-text")
+    assert len(zs.images.files) == len(meta) == len(it.images.files) and not zs.images.errors
+    assert sorted(zs.classes) == sorted({e["label"] for e in meta.values()})
+    assert sorted(it.captions) == sorted(e["query"] for e in meta.values())
+    assert main(["eval", str(photos), "--model", f"hf:{clip_folder}", "--no-cache", "-q", "--json",
+                 str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "photos (zeroshot; 31 images, 31 classes" in out and "photos (image-text; 31 images, 31 captions" in out
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [r["task"] for r in results] == ["zeroshot", "image-text"] and all(r["counted"] == 31 for r in results)
+    assert [d.task for d in D.load_datasets(photos, "image-text")] == ["image-text"]
+
+
+def test_gallery_entries_are_checked(tmp_path):
+    photos = _gallery(tmp_path)
+    meta = photos / "gallery.json"
+    for bad, why in (({"../outside.jpg": {"label": "x"}}, "inside the folder"), ({"/etc/x.jpg": {"label": "x"}},
+                     "inside the folder"), ({"a.jpg": "cat"}, "expected"), ({"a.jpg": {"label": 3}}, "label must be"),
+                     ([1, 2], "expected an object")):
+        meta.write_text(json.dumps(bad))
+        with pytest.raises(InvalidInputError, match=why):
+            D.load_datasets(photos)
+    meta.unlink()
+    os.mkfifo(meta)  # a FIFO named gallery.json: refused at once
+    with pytest.raises(InvalidInputError):
+        D.load_datasets(photos)
+
+
+def test_a_missing_model_is_named_before_the_first_embedding(clip_folder, captions, tmp_path, caplog, monkeypatch):
+    import logging
+
+    from multimodal_embed import Embedder
+
+    events: list[str] = []
+    for verb in ("embed_images_with_errors", "embed_text"):
+        real = getattr(Embedder, verb)
+        monkeypatch.setattr(Embedder, verb, lambda self, *a, _r=real, **k: events.append("embed") or _r(self, *a, **k))
+
+    class Record(logging.Handler):
+        def emit(self, record):
+            if "not loaded" in record.getMessage():
+                events.append("missing")
+
+    handler = Record()
+    logging.getLogger("multimodal_embed").addHandler(handler)
+    try:
+        code = main(["eval", str(captions), "--model", f"hf:{clip_folder}", "--model", "pypi:no-such-model",
+                     "--no-cache", "-q"])
+    finally:
+        logging.getLogger("multimodal_embed").removeHandler(handler)
+    assert code == 1 and events[0] == "missing" and "embed" in events
