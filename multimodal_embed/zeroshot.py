@@ -222,11 +222,12 @@ class ZeroShotClassifier:
         path = self._cache_file()
         if path is None:
             return
+        from .imagefiles import write_atomic
+
         path.parent.mkdir(parents=True, exist_ok=True)
         labels = sorted(cache)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, labels=np.array(labels, dtype=str), vectors=np.stack([cache[k] for k in labels]))
-        os.replace(tmp, path)
+        write_atomic(path, lambda fh: np.savez(fh, labels=np.array(labels, dtype=str),
+                                               vectors=np.stack([cache[k] for k in labels])))
 
     def embed_labels(self, labels: Sequence[str]) -> np.ndarray:
         """Class embeddings for ``labels``: template average, renormalised. Uncached labels only are embedded,
