@@ -42,9 +42,13 @@ def load_safetensors(folder: str | Path) -> dict[str, torch.Tensor]:
         return read(single)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
+        from .imagefiles import read_regular
+
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = json.loads(read_regular(index, MAX_JSON_BYTES))["weight_map"]
             shards = sorted({str(v) for v in weight_map.values()})
+        except OSError as exc:
+            raise CheckpointError(f"{index}: cannot be read ({exc.strerror or exc})") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(f"{index}: not a valid safetensors index ({type(exc).__name__}: {exc})") from None
         state: dict[str, torch.Tensor] = {}
