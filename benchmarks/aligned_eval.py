@@ -63,15 +63,16 @@ def library_photos() -> list[str]:
 
 
 def recall(img: np.ndarray, captions: list[str], txt_of) -> dict[str, float]:
+    from multimodal_embed.evaluation.metrics import recall_at_k
+
     unique = sorted(set(captions))
     q = txt_of(unique)
-    order = np.argsort(-(q @ img.T), axis=1)[:, :10]
-    hits = np.array(captions)[order] == np.array(unique)[:, None]
+    hits = recall_at_k(q @ img.T, unique, captions, (1, 10))  # the package's one recall@k
     n = len(captions)
     counts = np.array([captions.count(u) for u in unique])
     chance1 = float(np.mean(counts / n))
     chance10 = float(np.mean(1 - np.prod([(n - counts - j) / (n - j) for j in range(10)], axis=0)))
-    return {"R@1": float(hits[:, 0].mean()), "R@10": float(hits.any(1).mean()), "queries": len(unique),
+    return {"R@1": hits[1], "R@10": hits[10], "queries": len(unique),
             "images": n, "chance R@1": chance1, "chance R@10": chance10}
 
 

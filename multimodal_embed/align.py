@@ -174,14 +174,14 @@ def _lr_at(step: int, total: int, config: AlignConfig) -> float:
 def retrieval_metrics(image_vecs: np.ndarray, captions: list[str], caption_vecs: dict[str, np.ndarray]
                       ) -> dict[str, float]:
     """Text-to-image R@1 / R@10 over unique captions (an image is a hit if its caption is the query)."""
+    from .evaluation.metrics import recall_at_k
+
     unique = sorted(set(captions))
     if not unique or not len(image_vecs):
         return {"R@1": float("nan"), "R@10": float("nan"), "queries": 0}
     q = np.stack([caption_vecs[c] for c in unique])
-    order = np.argsort(-(q @ image_vecs.T), axis=1)[:, :10]
-    caps = np.array(captions)
-    hits = caps[order] == np.array(unique)[:, None]
-    return {"R@1": float(hits[:, 0].mean()), "R@10": float(hits.any(1).mean()), "queries": len(unique)}
+    recall = recall_at_k(q @ image_vecs.T, unique, captions, (1, 10))  # the one recall@k (evaluation.metrics)
+    return {"R@1": recall[1], "R@10": recall[10], "queries": len(unique)}
 
 
 @dataclass

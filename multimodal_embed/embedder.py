@@ -163,13 +163,17 @@ class Embedder:
 
     def count_tokens(self, texts: Sequence[str], task: str | None = "search_document") -> list[int]:
         """Tokens the text tower sees for each text before any truncation: the task prefix and the special tokens
-        included (compare with :attr:`max_text_length`)."""
+        included (compare with :attr:`max_text_length`). A text too long to be read whole
+        (:func:`~multimodal_embed.text.check_texts`) is counted only past that limit: still more than it."""
+        from .text import check_texts
+
         enc = self.text_encoder
         if enc is None:
             raise InvalidInputError("this Embedder has no text tower")
+        texts = check_texts(texts, max_length=enc.max_length)  # a huge text: counted to past the limit, not whole
         if hasattr(enc, "token_lengths"):  # CLIP-style towers: no prefixes
             return list(enc.token_lengths([enc.normalize_text(t) for t in texts]))
-        return [len(ids) for ids in enc.tokenize(enc.apply_prefix(list(texts), task))]
+        return [len(ids) for ids in enc.tokenize(enc.apply_prefix(texts, task))]
 
     def check_dimensionality(self, dimensionality: int | None) -> int:
         """The output size for ``dimensionality`` (``None``: :attr:`dim`), or :class:`InvalidInputError`: below the

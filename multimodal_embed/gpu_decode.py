@@ -22,7 +22,8 @@ import re
 import struct
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ import torch
 from .errors import ImageDecodeError, InvalidInputError, MissingDependencyError
 from .imagefiles import open_regular
 from .images import ImagePreprocessor
+from .utils import worker_pool
 
 logger = logging.getLogger(__name__)
 
@@ -412,15 +414,20 @@ class JpegDeviceDecoder:
         except ImageDecodeError as exc:
             return exc
 
-    def stage(self, batches: Iterator[list[tuple[int, Any]]], items: Any, fallback: Callable[[Any, int], Any]
-              ) -> Iterator[list[tuple[int, Any]]]:
-        """Decode batch k+1 in a decode thread while the caller runs the model on batch k."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmembed-jpeg") as pool:
-            pending = None
-            for batch in batches:
-                nxt = pool.submit(self.finish, batch, items, fallback)
-                if pending is not None:
-                    yield pending.result()
-                pending = nxt
+    def stage(self, batches: Iterator[list[tuple[int, Any]]], items: Any, fallback: Callable[[Any, int], Any],
+              held: ExitStack) -> Iterator[list[tuple[int, Any]]]:
+        """Decode batch k+1 in a decode thread while the caller runs the model on batch k. The thread's pool is
+        entered on ``held`` (the caller's), so it is shut down when the caller's block ends, on every exit path."""
+        pool = held.enter_context(worker_pool(1, "mmembed-jpeg"))
+        return self._staged(batches, items, fallback, pool)
+
+    def _staged(self, batches: Iterator[list[tuple[int, Any]]], items: Any, fallback: Callable[[Any, int], Any],
+                pool: Executor) -> Iterator[list[tuple[int, Any]]]:
+        pending = None
+        for batch in batches:
+            nxt = pool.submit(self.finish, batch, items, fallback)
             if pending is not None:
                 yield pending.result()
+            pending = nxt
+        if pending is not None:
+            yield pending.result()

@@ -1,23 +1,27 @@
-"""Image files on disk: the one list of image extensions and the one folder walker.
+"""Files on disk: the one list of image extensions, the one folder walker, and the one reader and writer of files.
 
 Every caller that turns a folder into image paths (the index's scanner, ``mmembed embed/classify``, the Ray
 lister, ``ZeroShotClassifier.evaluate``) goes through :func:`list_images`, so a rule about which files count
-(extensions, regular files, links leaving the folder) is written once, here.
+(extensions, regular files, links leaving the folder) is written once, here. Every file read from outside goes
+through :func:`open_regular` (regular files only, never blocking): :func:`read_regular` (bounded),
+:func:`sha256_file`, :func:`read_text`; every output file through :func:`write_atomic`, after
+:func:`check_output_path`.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["IMAGE_EXTENSIONS", "data_uri", "file_url_path", "image_mime", "is_image_name", "iter_images",
-           "list_image_files", "list_image_paths", "list_images", "printable", "read_image_file", "utf8_name",
-           "utf8_text"]
+__all__ = ["IMAGE_EXTENSIONS", "check_output_path", "data_uri", "file_url_path", "image_mime", "is_image_name",
+           "iter_images", "list_image_files", "list_image_paths", "list_images", "open_regular", "printable",
+           "read_image_file", "read_regular", "read_text", "sha256_file", "utf8_name", "utf8_text", "write_atomic"]
 
 logger = logging.getLogger(__name__)
 NOT_REGULAR = "not a regular file (FIFO, device, socket or a link to one)"
@@ -77,16 +81,123 @@ def open_regular(path: str | bytes | os.PathLike) -> BinaryIO:
         raise
 
 
-def read_image_file(path: str | bytes | os.PathLike, max_bytes: int) -> bytes:
-    """A local image file's bytes, for sending it elsewhere (a service, a data URI): opened with
-    :func:`open_regular` (a FIFO, a device or a socket is refused at once, never read or waited on) and read to
-    ``max_bytes`` (callers pass the image loader's cap, ``images.URL_MAX_BYTES``); a larger file raises
-    ``ValueError`` after reading at most one byte past the cap (a sparse 3 GB file costs 50 MB, not 3 GB)."""
+def read_regular(path: str | bytes | os.PathLike, max_bytes: int) -> bytes:
+    """A regular file's bytes (:func:`open_regular`), at most ``max_bytes``: a larger file raises
+    ``OSError(EFBIG)`` after reading only ``max_bytes + 1`` of them, so ``/dev/zero``-like or huge files cost the cap."""
     with open_regular(path) as fh:
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise ValueError(f"{printable(path)}: over {max_bytes} bytes, the most an image file may be")
+        raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", os.fsdecode(path))
     return data
+
+
+def read_text(path: str | os.PathLike, max_bytes: int) -> str:
+    """A UTF-8 text file (a BOM is dropped) through :func:`read_regular`; :class:`InvalidInputError` naming the file
+    (and, for bytes that are not UTF-8, the line) when it cannot be read."""
+    from .errors import InvalidInputError
+
+    name = printable(path)
+    try:
+        data = read_regular(path, max_bytes)
+    except OSError as exc:
+        raise InvalidInputError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InvalidInputError(f"{name} line {line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def sha256_file(path: str | bytes | os.PathLike) -> str:
+    """The SHA-256 of a regular file's bytes, read in 1 MiB blocks through :func:`open_regular` (a FIFO or device,
+    even one swapped in after a scan, raises ``OSError`` at once instead of blocking or reading forever)."""
+    h = hashlib.sha256()
+    with open_regular(path) as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """``path`` as a file this package may write (:func:`write_atomic`), checked before any work: it is absent or a
+    regular file, in an existing folder. A symbolic link is refused, never followed (a link planted at an output
+    path cannot redirect the write; give the link's target instead), as are a folder, a device, a FIFO or a socket
+    (renaming over them would replace them with a regular file). :class:`InvalidInputError` says which."""
+    from .errors import InvalidInputError
+
+    target = Path(os.path.expanduser(os.fspath(path)))
+    name = printable(target)
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        parent = target.parent
+        if not parent.is_dir():
+            raise InvalidInputError(f"{name}: cannot write it: the folder {printable(parent)} does not exist") from None
+        return target
+    except OSError as exc:
+        raise InvalidInputError(f"{name}: cannot write it ({exc.strerror or exc})") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise InvalidInputError(f"{name} is a symbolic link (to {printable(os.readlink(target))}); outputs are not "
+                                f"written through links: give the file itself")
+    if stat.S_ISDIR(st.st_mode):
+        raise InvalidInputError(f"{name} is a folder; give a file name")
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidInputError(f"{name} is {NOT_REGULAR}; outputs are written to regular files only "
+                                f"(- writes to stdout where a command offers it)")
+    return target
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux exposes it (else set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(output: str | os.PathLike, write: Any) -> Path:
+    """``write(fh)`` (a binary file) into a temporary file beside ``output``, then rename it over ``output``: a
+    failure (full disk, interrupt) leaves the old file as it was and no partial file. ``output`` must pass
+    :func:`check_output_path` (checked again here: a link, folder or device is never replaced). The file gets the mode
+    any new file gets (``0o666`` less the umask), or the mode of the file it replaces."""
+    import tempfile
+
+    target = check_output_path(output)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent))
+    try:
+        try:
+            mode = os.stat(target).st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.fchmod(fd, mode)  # mkstemp made it 0600
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_image_file(path: str | bytes | os.PathLike, max_bytes: int) -> bytes:
+    """A local image file's bytes, for sending it elsewhere (a service, a data URI): opened with
+    :func:`read_regular` (a FIFO, a device or a socket is refused at once, never read or waited on) and read to
+    ``max_bytes`` (callers pass the image loader's cap, ``images.URL_MAX_BYTES``); a larger file raises
+    ``ValueError`` after reading at most one byte past the cap (a sparse 3 GB file costs 50 MB, not 3 GB)."""
+    try:
+        return read_regular(path, max_bytes)
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise ValueError(f"{printable(path)}: over {max_bytes} bytes, the most an image file may be") from None
+        raise
 
 
 _MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"), (b"BM", "image/bmp"),

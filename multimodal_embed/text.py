@@ -49,15 +49,56 @@ NOMIC_V2_MOE_MAX_LENGTH = 512  # the card's maximum input length (fine-tuned at 
 LONG_TEXT_MODES = ("truncate", "mean")
 
 
-def check_texts(texts: Sequence[str]) -> list[str]:
+# How many characters one token may take, on average over a text's head, for the text to be truncated exactly
+# (English averages ~4.5 characters a token in BERT's WordPiece and CLIP's BPE, code and URLs 2-3, CJK ~1). A text
+# in "truncate" mode is cut to ``max_length * MAX_CHARS_PER_TOKEN`` characters (at whitespace) before the tokenizer
+# sees it: tokenizing costs ~210 bytes of memory a character, so a 10 MB text cost 2 GB to keep its first 8192
+# tokens. The cut changes nothing unless those characters hold fewer than ``max_length`` tokens: only texts made
+# mostly of whitespace runs or of words over 100 characters (each one [UNK]) lose tokens they would have kept.
+MAX_CHARS_PER_TOKEN = 32
+# long_text="mean" embeds the whole text (every chunk of max_length tokens), so no cut is exact: longer texts
+# are refused, naming the item (the same limit as a --text-file line: a whole document, ~250k tokens of English)
+MAX_TEXT_CHARS = 1_000_000
+# Texts are tokenized in groups of at most this many characters, so a long list of long texts costs one group
+TOKENIZE_GROUP_CHARS = 1 << 20
+
+
+def text_char_cap(max_length: int, long_text: str = "truncate") -> int:
+    """The most characters of one text the tokenizer is given for a tower with a ``max_length``-token context:
+    ``max_length * MAX_CHARS_PER_TOKEN`` to truncate it, at least :data:`MAX_TEXT_CHARS` to embed it whole."""
+    cap = int(max_length) * MAX_CHARS_PER_TOKEN
+    return max(cap, MAX_TEXT_CHARS) if long_text == "mean" else cap
+
+
+def bound_text(text: str, cap: int) -> str:
+    """``text`` itself, or its first ``cap`` characters ended at the last whitespace of their final eighth, so that no
+    word is split: the tokens of what is kept are the full text's own (tokenizers split words at whitespace)."""
+    if len(text) <= cap:
+        return text
+    lo = cap - cap // 8
+    end = max(text.rfind(c, lo, cap) for c in " \n\t\r")
+    return text[:end if end > 0 else cap]
+
+
+def check_texts(texts: Sequence[str], *, max_length: int | None = None, long_text: str = "truncate") -> list[str]:
     """One str or a list of str (:func:`~multimodal_embed.encoders.as_batch`, the rule images follow too) as a
-    list, or :class:`InputTypeError` naming the first item that is not a str."""
+    list, or :class:`InputTypeError` naming the first item that is not a str.
+
+    The one gate before every tokenizer of the package: with ``max_length`` (the tower's context in tokens), each
+    text is bounded first (:func:`text_char_cap`): cut where it cannot change the first ``max_length`` tokens
+    (``long_text="truncate"``), or refused with :class:`InvalidInputError` naming it (``"mean"``)."""
     if isinstance(texts, (Mapping, set, frozenset)):  # a dict would give its keys, a set no stable order
         raise InputTypeError(f"texts must be a str or a list of str, not a {type(texts).__name__}")
     texts = as_batch(texts, "texts")
+    cap = None if max_length is None else text_char_cap(max_length, long_text)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise InputTypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        if cap is not None and len(t) > cap:
+            if long_text == "mean":
+                raise InvalidInputError(f"texts[{i}] has {len(t)} characters, more than long_text='mean' embeds "
+                                        f"whole ({cap}); split it, or use long_text='truncate'")
+            texts[i] = t = bound_text(t, cap)
         if not t.isascii():
             try:
                 t.encode("utf-8")
@@ -67,6 +108,20 @@ def check_texts(texts: Sequence[str]) -> list[str]:
                     f"(decode the source with errors='replace', or remove it)"
                 ) from None
     return texts
+
+
+def char_groups(texts: Sequence[str], budget: int = TOKENIZE_GROUP_CHARS) -> list[list[str]]:
+    """``texts`` in consecutive groups of at most ``budget`` characters (a longer text alone): one tokenizer call
+    each, so the tokenizer's working memory follows the group, not the whole list."""
+    groups: list[list[str]] = []
+    size = budget + 1
+    for t in texts:
+        if size + len(t) > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += len(t)
+    return groups
 
 
 class TokenTextEncoder(ModelHolder):
@@ -142,15 +197,15 @@ class TokenTextEncoder(ModelHolder):
         return [t if t.startswith(prefix) else prefix + t for t in texts]
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        if not texts:
-            return []
+        """Token ids of texts already bounded by :func:`check_texts`, special tokens included, nothing cut."""
+        out: list[list[int]] = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            enc = self.tokenizer(
-                list(texts), add_special_tokens=True, truncation=False, return_attention_mask=False,
-                return_token_type_ids=False, verbose=False,
-            )
-        return [list(ids) for ids in enc["input_ids"]]
+            for group in char_groups(texts):
+                enc = self.tokenizer(group, add_special_tokens=True, truncation=False, return_attention_mask=False,
+                                     return_token_type_ids=False, verbose=False)
+                out.extend(list(ids) for ids in enc["input_ids"])
+        return out
 
     def _split_long(self, ids: list[int], long_text: str) -> list[list[int]]:
         """Cut a token sequence to ``max_length`` (keeping the final special token), or split it in chunks."""
@@ -174,9 +229,9 @@ class TokenTextEncoder(ModelHolder):
         show_progress: bool | None = None,
     ) -> torch.Tensor:
         """Embed ``texts`` and return a ``(len(texts), d)`` float32 tensor of unit rows, in input order."""
-        texts = check_texts(texts)
         if long_text not in LONG_TEXT_MODES:
             raise InvalidInputError(f"long_text must be one of {LONG_TEXT_MODES}, got {long_text!r}")
+        texts = check_texts(texts, max_length=self.max_length, long_text=long_text)
         check_batch_size(batch_size)
         max_tokens = check_max_tokens(max_tokens)
         d = self.check_dimensionality(dimensionality)

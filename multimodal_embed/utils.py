@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,9 +42,13 @@ def load_safetensors(folder: str | Path) -> dict[str, torch.Tensor]:
         return read(single)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
+        from .imagefiles import read_regular
+
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = json.loads(read_regular(index, MAX_JSON_BYTES))["weight_map"]
             shards = sorted({str(v) for v in weight_map.values()})
+        except OSError as exc:
+            raise CheckpointError(f"{index}: cannot be read ({exc.strerror or exc})") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(f"{index}: not a valid safetensors index ({type(exc).__name__}: {exc})") from None
         state: dict[str, torch.Tensor] = {}
@@ -67,17 +74,16 @@ def read_json(path: str | Path) -> Any:
     """A model folder's JSON file (``config.json``, ``tokenizer.json``...), or :class:`ConfigError` naming the file
     when it is not JSON, not UTF-8, not a regular file (a FIFO or device is never read) or over ``MAX_JSON_BYTES``.
     A missing file raises ``FileNotFoundError`` as before."""
-    from .imagefiles import open_regular
+    from .imagefiles import read_regular
 
     try:
-        with open_regular(path) as fh:
-            data = fh.read(MAX_JSON_BYTES + 1)
+        data = read_regular(path, MAX_JSON_BYTES)
     except FileNotFoundError:
         raise
     except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise ConfigError(f"{path}: over {MAX_JSON_BYTES} bytes, not a model file") from None
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if len(data) > MAX_JSON_BYTES:
-        raise ConfigError(f"{path}: over {MAX_JSON_BYTES} bytes, not a model file")
     try:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -147,6 +153,19 @@ def progress(
     from tqdm.auto import tqdm
 
     return tqdm(items, desc=desc, unit=unit, total=total)
+
+
+@contextmanager
+def worker_pool(workers: int, name: str = "mmembed") -> Iterator[ThreadPoolExecutor]:
+    """A thread pool owned by the caller's ``with`` block, shut down there on every exit path: work not yet started
+    is cancelled, running work is waited for. The one way the package runs a pipeline stage in threads: a pool held
+    by a generator instead would be shut down by the garbage collector, in whatever thread triggers it, when a
+    caller stops iterating early (an error, a ``break``), which deadlocked long-lived processes."""
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class ModelHolder:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from concurrent.futures import Executor, Future
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from .errors import ImageDecodeError, InvalidInputError
 from .images import DECODE_BUDGET, DEFAULT_MAX_PIXELS, ImageInput, ImagePreprocessor, describe, load_image
 from .models.nomic_bert import load_converted
 from .models.nomic_vision import NomicVisionConfig, NomicVisionModel, convert_state_dict
-from .utils import ModelHolder, check_batch_size, load_safetensors, progress, read_json
+from .utils import ModelHolder, check_batch_size, load_safetensors, progress, read_json, worker_pool
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,10 @@ class ImageEncoder(ModelHolder):
     def draft_size(self) -> tuple[int, int] | None:
         return None
 
-    def device_stage(self, batches: Iterator[list[tuple[int, Any]]], images: Sequence[ImageInput]
-                     ) -> Iterator[list[tuple[int, Any]]]:
-        """A stage between the decode workers and the model (GPU JPEG decode); none by default."""
+    def device_stage(self, batches: Iterator[list[tuple[int, Any]]], images: Sequence[ImageInput],
+                     held: ExitStack) -> Iterator[list[tuple[int, Any]]]:
+        """A stage between the decode workers and the model (GPU JPEG decode); none by default. Any thread pool it
+        needs is entered on ``held`` (the caller's, closed on every exit path), never held by a generator."""
         return batches
 
     # -- shared ------------------------------------------------------------------------------------------
@@ -120,9 +121,11 @@ class ImageEncoder(ModelHolder):
         batch = torch.from_numpy(np.stack(items)).to(device)
         return batch.to(self.dtype) if batch.is_floating_point() else batch
 
-    def _prepared(self, images: Sequence[ImageInput], batch_size: int, workers: int
+    def _prepared(self, images: Sequence[ImageInput], batch_size: int, pool: Executor
                   ) -> Iterator[list[tuple[int, np.ndarray | ImageDecodeError]]]:
-        """Yield batches of (index, pixels or error), decoding the next batch while the caller runs the model."""
+        """Yield batches of (index, pixels or error), decoding the next batch in ``pool`` while the caller runs the
+        model. The pool is the caller's (:func:`~multimodal_embed.utils.worker_pool`): this generator holds nothing
+        that needs closing, so a caller that stops early leaves nothing to the garbage collector."""
 
         def run(i: int) -> np.ndarray | ImageDecodeError:
             try:
@@ -134,14 +137,13 @@ class ImageEncoder(ModelHolder):
                 return ImageDecodeError(_safe_describe(images[i], i), f"{type(exc).__name__}: {exc}")
 
         starts = list(range(0, len(images), batch_size))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: list[list[tuple[int, Future]]] = []
-            for k, start in enumerate(starts):
-                while len(pending) < 2 and k + len(pending) < len(starts):
-                    s = starts[k + len(pending)]
-                    pending.append([(i, pool.submit(run, i)) for i in range(s, min(s + batch_size, len(images)))])
-                batch = pending.pop(0)
-                yield [(i, f.result()) for i, f in batch]
+        pending: list[list[tuple[int, Future]]] = []
+        for k, _ in enumerate(starts):
+            while len(pending) < 2 and k + len(pending) < len(starts):
+                s = starts[k + len(pending)]
+                pending.append([(i, pool.submit(run, i)) for i in range(s, min(s + batch_size, len(images)))])
+            batch = pending.pop(0)
+            yield [(i, f.result()) for i, f in batch]
 
     def encode(
         self,
@@ -162,9 +164,15 @@ class ImageEncoder(ModelHolder):
         indices: list[int] = []
         failures: list[ImageFailure] = []
         n_batches = (len(images) + batch_size - 1) // batch_size
-        batches = self.device_stage(self._prepared(images, batch_size, workers), images)
-        with torch.inference_mode():
-            for batch in progress(batches, show_progress, desc="embed images", unit="batch", total=n_batches):
+        # every pool and the bar close here, in this thread, whether the loop ends, raises or the caller is
+        # interrupted: pending decodes are cancelled and the workers joined before encode returns or raises
+        with ExitStack() as held, torch.inference_mode():
+            pool = held.enter_context(worker_pool(workers, "mmembed-decode"))
+            batches = self.device_stage(self._prepared(images, batch_size, pool), images, held)
+            bar = progress(batches, show_progress, desc="embed images", unit="batch", total=n_batches)
+            if hasattr(bar, "close"):
+                held.enter_context(closing(bar))
+            for batch in bar:
                 good = []
                 for i, result in batch:
                     if isinstance(result, ImageDecodeError):
@@ -230,9 +238,9 @@ class PreprocessorImageEncoder(ImageEncoder):
             return super().prepare(item, index)
         return decoder.route(item, index, super().prepare)
 
-    def device_stage(self, batches, images):
+    def device_stage(self, batches, images, held):
         decoder = self.jpeg_decoder()
-        return batches if decoder is None else decoder.stage(batches, images, super().prepare)
+        return batches if decoder is None else decoder.stage(batches, images, super().prepare, held)
 
     def collate(self, items: list[Any]) -> torch.Tensor:
         if not any(isinstance(x, torch.Tensor) for x in items):

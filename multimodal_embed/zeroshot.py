@@ -9,7 +9,6 @@ Class embeddings follow open_clip's zero-shot classifier: every template filled 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -24,7 +23,6 @@ import numpy as np
 
 from .encoders import as_batch
 from .errors import InvalidInputError
-from .imagefiles import list_image_files
 from .images import ImageInput
 from .templates import NAMED_TEMPLATES
 from .vision import ImageFailure
@@ -234,15 +232,15 @@ class ZeroShotClassifier:
         path = self._cache_file()
         if path is None:
             return
+        from .errors import MultimodalEmbedError
+        from .imagefiles import write_atomic
+
         labels = sorted(cache)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(tmp, labels=np.array(labels, dtype=str), vectors=np.stack([cache[k] for k in labels]))
-            os.replace(tmp, path)
-        except OSError as exc:  # a read-only or full cache folder costs the cache, never the classification
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            write_atomic(path, lambda fh: np.savez(fh, labels=np.array(labels, dtype=str),
+                                                   vectors=np.stack([cache[k] for k in labels])))
+        except (OSError, MultimodalEmbedError) as exc:  # a read-only or full cache folder costs the cache only
             logger.warning("label embeddings not cached in %s (%s)", path.parent, exc)
 
     def embed_labels(self, labels: Sequence[str]) -> np.ndarray:
@@ -346,8 +344,12 @@ class ZeroShotClassifier:
     def evaluate(self, image_folder: str | os.PathLike, *, label_map: dict[str, str] | None = None,
                  limit_per_class: int | None = None, batch_size: int = 32,
                  show_progress: bool | None = True) -> Evaluation:
-        """Accuracy on an ImageFolder layout (one subfolder per class; the folder name is the label unless
-        ``label_map`` maps it). Undecodable files are reported in ``failures`` and left out of the scores."""
+        """Accuracy on an ImageFolder layout, read and scored as ``mmembed eval`` reads and scores it (one reader:
+        :func:`~multimodal_embed.evaluation.datasets.read_image_folder`, images anywhere below each class folder;
+        one scoring: :func:`~multimodal_embed.evaluation.metrics.classification_metrics`, top-5 not applicable (NaN)
+        with 5 labels or fewer). A folder's label is ``label_map``'s entry for its name, else the name with ``_``
+        read as a space (``golden_retriever``), or the name itself where the classifier has that label.
+        Undecodable files are reported in ``failures`` and left out of the scores."""
         classes, class_ids, files, truth = self._class_folders(Path(image_folder), label_map or {}, limit_per_class)
         cos, kept, failures = self._cosines(files, batch_size, show_progress)
         return _score(cos, np.array([truth[i] for i in kept], dtype=int), classes, class_ids, failures)
@@ -355,22 +357,27 @@ class ZeroShotClassifier:
     def _class_folders(self, root: Path, label_map: dict[str, str], limit_per_class: int | None
                        ) -> tuple[list[str], list[int], list[Path], list[int]]:
         """(class folder names, their label ids, image files, each file's label id)."""
-        if not root.is_dir():
-            raise InvalidInputError(f"{root} is not a folder")
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-        if not classes:
-            raise InvalidInputError(f"{root} has no class subfolders")
+        from .evaluation.datasets import folder_label, read_image_folder
+
+        folders = read_image_folder(root, limit_per_class)
+        if not folders:
+            raise InvalidInputError(f"{root} has no class subfolders with images")
         index = {lab: j for j, lab in enumerate(self.labels)}
-        missing = sorted({label_map.get(c, c) for c in classes} - set(index))
+
+        def label(name: str) -> str:
+            if name in label_map:
+                return label_map[name]
+            return name if folder_label(name) not in index and name in index else folder_label(name)
+
+        missing = sorted({label(name) for name, _ in folders} - set(index))
         if missing:
             raise InvalidInputError(f"class folders without a label in the classifier: {missing}")
-        class_ids = [index[label_map.get(c, c)] for c in classes]
+        classes = [name for name, _ in folders]
+        class_ids = [index[label(name)] for name in classes]
         files: list[Path] = []
         truth: list[int] = []
-        for c, j in zip(classes, class_ids):
-            found = list_image_files(root / c, recursive=False)
-            found = found[:limit_per_class] if limit_per_class else found
-            files += found
+        for (_, found), j in zip(folders, class_ids):
+            files += [Path(f) for f in found]
             truth += [j] * len(found)
         return classes, class_ids, files, truth
 
@@ -388,22 +395,24 @@ class ZeroShotClassifier:
 
 def _score(cos: np.ndarray, y: np.ndarray, classes: list[str], class_ids: list[int],
            failures: list[ImageFailure]) -> Evaluation:
-    """Top-1 / top-5 accuracy (top-5 is 1.0 with 5 labels or fewer), per-class accuracy, mean per-class recall and the
-    confusion matrix of cosines ``cos`` against truth ``y``; the metrics are :mod:`multimodal_embed.evaluation`'s."""
-    from .evaluation.metrics import mean_per_class_recall, rank_order, topk_accuracy
+    """Top-1 / top-5 accuracy and mean per-class recall exactly as ``mmembed eval`` computes them
+    (:func:`~multimodal_embed.evaluation.metrics.classification_metrics`: top-5 NaN with 5 labels or fewer),
+    per-class accuracy and the confusion matrix of cosines ``cos`` against truth ``y``."""
+    from .evaluation.metrics import classification_metrics, rank_order
 
-    order = rank_order(cos)
-    top1 = order[:, 0] == y if len(y) else np.zeros(0, bool)
+    metrics = classification_metrics(cos, y)
+    predicted = rank_order(cos, 1)[:, 0] if len(y) else np.zeros(0, np.int64)
+    top1 = predicted == y
     pos = {j: k for k, j in enumerate(class_ids)}
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    for t, p in zip(y, order[:, 0] if len(y) else []):
+    for t, p in zip(y, predicted):
         if p in pos:
             confusion[pos[t], pos[p]] += 1
     per_class = {c: float(top1[y == j].mean()) if (y == j).any() else float("nan")
                  for c, j in zip(classes, class_ids)}
-    return Evaluation(top1=topk_accuracy(cos, y, 1), top5=topk_accuracy(cos, y, 5), per_class=per_class,
-                      confusion=confusion, classes=classes, n_images=len(y), failures=failures,
-                      mean_per_class_recall=mean_per_class_recall(order[:, 0] if len(y) else y, y))
+    return Evaluation(top1=metrics["acc@1"], top5=metrics["acc@5"], per_class=per_class, confusion=confusion,
+                      classes=classes, n_images=len(y), failures=failures,
+                      mean_per_class_recall=metrics["mean_per_class_recall"])
 
 
 def fit_temperature(cos: np.ndarray, y: np.ndarray, *, sigmoid: bool = False, init_scale: float = 100.0,

@@ -10,6 +10,7 @@ JPEGs). The CUDA tests (skipped without a GPU) add nvJPEG's own decoder differen
 from __future__ import annotations
 
 import glob
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from multimodal_embed.embedder import Embedder
 from multimodal_embed.errors import InvalidInputError
 from multimodal_embed.images import ImagePreprocessor, load_image
 from multimodal_embed.loading import apply_gpu_decode
+from multimodal_embed.utils import worker_pool
 from multimodal_embed.vision import NomicVisionEncoder
 
 from .conftest import labelled_folder
@@ -139,9 +141,11 @@ def _encoder_crops(enc, items, gpu: bool):
     """The uint8 crops (or errors) each path hands to the model, by input index."""
     enc.gpu_decode = gpu
     out = {}
-    for batch in enc.device_stage(enc._prepared(items, 8, 2), items):
-        for i, r in batch:
-            out[i] = r if isinstance(r, Exception) else torch.as_tensor(r).cpu()
+    with ExitStack() as held:
+        pool = held.enter_context(worker_pool(2))
+        for batch in enc.device_stage(enc._prepared(items, 8, pool), items, held):
+            for i, r in batch:
+                out[i] = r if isinstance(r, Exception) else torch.as_tensor(r).cpu()
     return out
 
 

@@ -195,3 +195,94 @@ def test_minilm_paraphrase_ranks_first(minilm_dir):
                            "The train to Paris leaves at noon."])
     scores = Embedder.similarity(query, docs)[0]
     assert scores.argmax() == 0 and scores[0] - np.sort(scores)[-2] > 0.2
+
+
+# -- texts bounded before the tokenizer (issue 36.2) ------------------------------------------------------------------
+def test_long_text_is_cut_before_tokenizing_with_the_same_vector(fixtures_dir, minilm_dir, monkeypatch):
+    """A text far over the character cap gives the vector it gave when tokenized whole (the cap off), on nomic (64-
+    and 300-token contexts) and MiniLM (256), for plain words, URLs, accents and punctuation, leading spaces."""
+    from multimodal_embed import text as text_mod
+
+    models = [Embedder.from_pretrained(text=str(fixtures_dir / "text-v1.5-tiny"), max_length=n) for n in (64, 300)]
+    models.append(Embedder.from_pretrained(text=str(minilm_dir), device="cpu"))
+    for emb in models:
+        cap = text_mod.text_char_cap(emb.max_text_length)
+        texts = [_words(cap // 2, seed=1), "https://example.org/a/b?q=1&x=%20y " * (cap // 12),
+                 _words(cap // 6 - 1, seed=2) + "\n" + "Ünïcödé, punctuation! " * (cap // 10), " " * 50 + _words(cap)]
+        assert all(len(t) > 2 * cap for t in texts[:1]) and all(len(t) > cap for t in texts)
+        bounded = text_mod.check_texts(texts, max_length=emb.max_text_length)
+        assert all(len(b) <= cap for b in bounded)
+        assert all(n > emb.max_text_length for n in emb.count_tokens(texts))
+        got = emb.embed_text(texts, task="search_document")
+        with monkeypatch.context() as m:
+            m.setattr(text_mod, "MAX_CHARS_PER_TOKEN", 10**9)  # the whole text tokenized, as before the cap
+            assert text_mod.check_texts(texts, max_length=emb.max_text_length) == texts
+            want = emb.embed_text(texts, task="search_document")
+        np.testing.assert_array_equal(got, want)
+
+
+def test_tokenizer_never_sees_more_than_the_cap(minilm_dir, monkeypatch):
+    emb = Embedder.from_pretrained(text=str(minilm_dir), device="cpu")
+    enc = emb.text_encoder
+    seen: list[int] = []
+    real = enc.tokenizer
+
+    class Counting:  # the real tokenizer, recording what it is given
+        def __call__(self, texts, **kw):
+            seen.extend(len(t) for t in texts)
+            return real(texts, **kw)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(enc, "tokenizer", Counting())
+    huge = "word " * 400_000  # 2 MB
+    emb.embed_text([huge, "short", huge])
+    emb.count_tokens([huge])
+    from multimodal_embed.text import text_char_cap
+    assert seen and max(seen) <= text_char_cap(enc.max_length)
+
+
+def test_mean_mode_refuses_a_text_over_its_cap_naming_it(fixtures_dir):
+    from multimodal_embed.text import MAX_TEXT_CHARS
+
+    emb = Embedder.from_pretrained(text=str(fixtures_dir / "text-v1.5-tiny"), max_length=64)
+    with pytest.raises(InvalidInputError, match=r"texts\[1\] has 1000001 characters.*long_text='mean'"):
+        emb.embed_text(["fine", "a" * (MAX_TEXT_CHARS + 1)], long_text="mean")
+    assert emb.embed_text(["a " * 5000], long_text="mean").shape == (1, 64)  # long, under the cap: chunked whole
+
+
+def test_bound_text_ends_at_whitespace():
+    from multimodal_embed.text import bound_text
+
+    assert bound_text("abc", 3) == "abc"
+    assert bound_text("aaaa bbbb cccc dddd", 16) == "aaaa bbbb cccc"  # not "aaaa bbbb cccc d"
+    assert bound_text("x" * 20, 8) == "x" * 8  # no whitespace near the end: cut at the cap
+
+
+PEAK = """
+import resource, sys
+from multimodal_embed import Embedder
+emb = Embedder.from_pretrained(text=sys.argv[1], device="cpu")
+emb.embed_text(["warm up"])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+huge = "lorem ipsum dolor sit amet " * (10_000_000 // 27)  # 10 MB
+emb.embed_text([huge])
+emb.count_tokens([huge, huge])
+print("DELTA_MB", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def test_ten_megabyte_text_costs_little_memory(minilm_dir, tmp_path):
+    """Peak RSS in a subprocess: embedding and counting a 10 MB text (truncated) adds well under 200 MB (the whole
+    text tokenized cost ~2 GB)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "peak.py"
+    script.write_text(PEAK)
+    proc = subprocess.run([sys.executable, str(script), str(minilm_dir)], check=False, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    delta = float(proc.stdout.split("DELTA_MB")[1])
+    assert delta < 200, delta

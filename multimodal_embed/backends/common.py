@@ -64,7 +64,7 @@ class ContextTextEncoder(ModelHolder):
 
         ``task`` is accepted for API symmetry and adds nothing (these models have no task prefixes).
         """
-        texts = [self.normalize_text(t) for t in check_texts(texts)]
+        texts = [self.normalize_text(t) for t in check_texts(texts, max_length=self.max_length)]
         check_max_tokens(max_tokens)  # accepted for API symmetry: batches are bounded by batch_size
         if dimensionality is not None and as_int(dimensionality, "dimensionality") != self.dim:
             raise InvalidInputError(f"this model has a fixed dimension of {self.dim}; got dimensionality="

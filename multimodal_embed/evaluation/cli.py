@@ -24,9 +24,15 @@ def _dims(text: str) -> list[int]:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run the evaluation; the tables to stdout, failures to stderr; exit 1 when some items were left out."""
     from ..defaults import choose_model
-    from ..imagefiles import printable
-    from .runner import evaluate
+    from ..imagefiles import check_output_path, printable
+    from .runner import check_plot_output, evaluate
 
+    # every output is checked before any data set is read or model loaded: a bad path fails in a second, not after
+    # the evaluation
+    if args.json and args.json != "-":
+        check_output_path(args.json)
+    if args.plot:
+        check_plot_output(args.plot)
     if args.model:
         models = args.model
     else:  # the toolkit's default rule, with its notice when the built-in model stands in
@@ -52,32 +58,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
-    """``data`` as JSON to ``path`` (``-``: stdout), through a temporary file renamed over it."""
-    import os
-    import tempfile
-    from pathlib import Path
+    """``data`` as JSON to ``path`` (``-``: stdout), atomically (:func:`~multimodal_embed.imagefiles.write_atomic`:
+    a symbolic link, folder or device at ``path`` is refused, never replaced)."""
+    from ..imagefiles import write_atomic
 
     text = json.dumps(data, indent=2, default=str) + "\n"
     if path == "-":
         sys.stdout.write(text)
         return
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def add_eval_command(sub: Any, add: Callable[..., argparse.ArgumentParser],
                      positive_int: Callable[[str], int]) -> argparse.ArgumentParser:
     """Register ``mmembed eval`` with ``build_parser``'s ``add`` helper and its positive-integer type."""
     p = add("eval", "measure models on local data: zero-shot (ImageFolder, CSV/JSONL of path,label), image-text "
-                    "retrieval (COCO JSON, CSV/JSONL of path,caption, captioned folders) and text retrieval (BEIR); "
-                    "Markdown tables to stdout", cmd_eval, model=False)
+                    "retrieval (COCO JSON, CSV/JSONL of path,caption, captioned folders), both on a gallery folder "
+                    "(gallery.json: a label and a query per photo) and text retrieval (BEIR); Markdown tables to "
+                    "stdout", cmd_eval, model=False)
     p.add_argument("paths", nargs="+", help="data sets, recognised by their layout (--task forces one)")
     p.add_argument("--model", action="append", help="a model to evaluate (repeat for several; default: "
                                                     "$MMEMBED_MODEL, the config file, nomic-embed-v1.5 where "

@@ -2,8 +2,11 @@
 
 - Zero-shot classification (CLIP_benchmark): acc@k = share of items whose true class is among the k best-scored
   classes; mean per-class recall = scikit-learn's ``balanced_accuracy_score`` of the argmax (the mean, over the
-  classes that occur in the truth, of the share of their items predicted right). CLIP_benchmark reports acc@5 as
-  NaN with fewer than 5 classes; :func:`classification_metrics` does the same.
+  classes that occur in the truth, of the share of their items predicted right). acc@5 is not applicable (NaN) with
+  5 classes or fewer, where it is 1 whatever the model (CLIP_benchmark reports NaN below 5); the one definition,
+  :data:`TOP5_MIN_CLASSES`, used by ``mmembed eval`` and ``ZeroShotClassifier.evaluate``.
+- Recall@k, the one implementation (:func:`recall_at_k`): a query is found when an item of its label is among the k
+  best; acc@k, image-text recall and the alignment trainer's held-out recall are all this.
 - Image-text retrieval (CLIP_benchmark): recall@k per query is 1 when any relevant item is among the k best, else 0
   (text-to-image: a caption finds its image; image-to-text: an image finds any of its captions), averaged.
 - Text retrieval (trec_eval / pytrec_eval, as BEIR reports it): nDCG@10 with the relevance grade as the gain,
@@ -18,12 +21,14 @@ pytrec_eval's on the same run.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInputError
 
 NDCG_K, MRR_K, RECALL_K = 10, 10, 100
+TOP5_MIN_CLASSES = 6  # acc@5 is reported from 6 classes on: with 5 or fewer every item is in the top 5
 
 
 def rank_order(scores: np.ndarray, k: int | None = None) -> np.ndarray:
@@ -32,14 +37,26 @@ def rank_order(scores: np.ndarray, k: int | None = None) -> np.ndarray:
     return order if k is None else order[:, :k]
 
 
+def recall_at_k(scores: np.ndarray, query_labels: Sequence[Any], item_labels: Sequence[Any], ks: Sequence[int]
+                ) -> dict[int, float]:
+    """For each ``k``: the share of query rows of ``scores`` (queries x items) with at least one item whose label
+    equals the query's label among their ``k`` best-scored items (``k`` capped at the number of items; ties by
+    position). NaN for no queries."""
+    scores = np.asarray(scores)
+    queries, items = np.asarray(query_labels), np.asarray(item_labels)
+    if scores.ndim != 2 or scores.shape != (len(queries), len(items)):
+        raise InvalidInputError(f"scores {scores.shape} do not match {len(queries)} queries x {len(items)} items")
+    if len(queries) == 0 or not ks:
+        return {k: float("nan") for k in ks}
+    top = rank_order(scores, min(max(ks), len(items)))
+    match = items[top] == queries[:, None] if len(items) else np.zeros((len(queries), 0), bool)
+    return {k: float(match[:, :k].any(axis=1).mean()) for k in ks}
+
+
 def topk_accuracy(scores: np.ndarray, y: np.ndarray, k: int) -> float:
     """Share of rows of ``scores`` (items x classes) whose class ``y`` is among the ``k`` best (k capped at the
     number of classes). NaN for no rows."""
-    y = np.asarray(y)
-    if len(y) == 0:
-        return float("nan")
-    top = rank_order(scores, min(k, np.shape(scores)[1]))
-    return float((top == y[:, None]).any(axis=1).mean())
+    return recall_at_k(scores, y, np.arange(np.shape(scores)[1]), [k])[k]
 
 
 def mean_per_class_recall(predicted: np.ndarray, y: np.ndarray) -> float:
@@ -57,7 +74,7 @@ def per_class_recall(predicted: np.ndarray, y: np.ndarray, n_classes: int) -> li
 
 
 def classification_metrics(scores: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """``acc@1``, ``acc@5`` (NaN below 5 classes, as CLIP_benchmark) and ``mean_per_class_recall`` of
+    """``acc@1``, ``acc@5`` (NaN with 5 classes or fewer: :data:`TOP5_MIN_CLASSES`) and ``mean_per_class_recall`` of
     ``scores`` (items x classes) against the true class indices ``y``."""
     scores = np.asarray(scores)
     y = np.asarray(y, dtype=np.int64)
@@ -66,7 +83,7 @@ def classification_metrics(scores: np.ndarray, y: np.ndarray) -> dict[str, float
     n_classes = scores.shape[1]
     predicted = rank_order(scores, 1)[:, 0] if len(y) else np.zeros(0, np.int64)
     return {"acc@1": topk_accuracy(scores, y, 1),
-            "acc@5": topk_accuracy(scores, y, 5) if n_classes >= 5 else float("nan"),
+            "acc@5": topk_accuracy(scores, y, 5) if n_classes >= TOP5_MIN_CLASSES else float("nan"),
             "mean_per_class_recall": mean_per_class_recall(predicted, y)}
 
 
@@ -81,18 +98,11 @@ def image_text_recall(scores: np.ndarray, caption_image: Sequence[int], ks: Sequ
     n_captions, n_images = scores.shape
     if n_captions and (owner.min() < 0 or owner.max() >= n_images):
         raise InvalidInputError("a caption's image index is outside the image columns")
-    out: dict[str, float] = {}
     if n_captions == 0:
         return {f"{d}_R@{k}": float("nan") for d in ("text_to_image", "image_to_text") for k in ks}
-    t2i = rank_order(scores, min(max(ks), n_images))
-    i2t = rank_order(scores.T, min(max(ks), n_captions))
-    has_caption = np.bincount(owner, minlength=n_images) > 0
-    for k in ks:
-        out[f"text_to_image_R@{k}"] = float((t2i[:, :k] == owner[:, None]).any(axis=1).mean())
-    for k in ks:
-        found = (owner[i2t[:, :k]] == np.arange(n_images)[:, None]).any(axis=1) & has_caption
-        out[f"image_to_text_R@{k}"] = float(found.mean())
-    return out
+    t2i = recall_at_k(scores, owner, np.arange(n_images), ks)  # a caption finds its image
+    i2t = recall_at_k(scores.T, np.arange(n_images), owner, ks)  # an image finds any of its captions
+    return {**{f"text_to_image_R@{k}": t2i[k] for k in ks}, **{f"image_to_text_R@{k}": i2t[k] for k in ks}}
 
 
 def rank_documents(scores: np.ndarray, doc_ids: Sequence[str], k: int = RECALL_K) -> np.ndarray:

@@ -29,7 +29,7 @@ import numpy as np
 from ..encoders import truncate_unit
 from ..errors import InvalidInputError, ModelNotFoundError
 from . import metrics as M
-from .datasets import CaptionData, ClassificationData, Dataset, ImageSet, TextRetrievalData, load_dataset
+from .datasets import CaptionData, ClassificationData, Dataset, ImageSet, TextRetrievalData, load_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -293,16 +293,13 @@ class EvalReport:
         return "\n".join(out)
 
     def plot(self, path: str | os.PathLike) -> None:
-        """One panel per data set and metric, a bar per model (and size), saved to ``path`` (PNG, SVG, PDF)."""
-        try:
-            import matplotlib
+        """One panel per data set and metric, a bar per model (and size), saved to ``path`` (PNG, SVG, PDF)
+        atomically (:func:`~multimodal_embed.imagefiles.write_atomic`)."""
+        from ..imagefiles import write_atomic
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as exc:
-            from ..errors import MissingDependencyError
+        fmt = check_plot_output(path)
+        import matplotlib.pyplot as plt
 
-            raise MissingDependencyError("--plot needs matplotlib: pip install matplotlib") from exc
         panels = [(ds["name"], ds["task"], m) for ds in self.settings["datasets"] for m in METRICS[ds["task"]]]
         models = list(dict.fromkeys((r.model, r.dim) for r in self.results))
         colours = plt.get_cmap("tab10")
@@ -328,8 +325,34 @@ class EvalReport:
         fig.legend(handles, [f"{m} @ {d}" if d else m for m, d in models], loc="lower center",
                    ncol=min(3, len(models)), fontsize=8, frameon=False)
         fig.tight_layout(rect=(0, 0.04 * max(1, math.ceil(len(models) / 3)) + 0.02, 1, 1))
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        try:
+            write_atomic(path, lambda fh: fig.savefig(fh, format=fmt, dpi=110))
+        finally:
+            plt.close(fig)
+
+
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+def check_plot_output(path: str | os.PathLike) -> str:
+    """The format of a plot file ``path`` (its suffix), checked before any work: a writable output
+    (:func:`~multimodal_embed.imagefiles.check_output_path`), a format in :data:`PLOT_FORMATS`, and matplotlib
+    installed (:class:`~multimodal_embed.errors.MissingDependencyError` otherwise)."""
+    from ..errors import MissingDependencyError
+    from ..imagefiles import check_output_path, printable
+
+    fmt = Path(os.fspath(path)).suffix.lower().lstrip(".")
+    if fmt not in PLOT_FORMATS:
+        raise InvalidInputError(f"{printable(path)}: a plot is written as {', '.join('.' + f for f in PLOT_FORMATS)};"
+                                f" got {('.' + fmt) if fmt else 'no suffix'}")
+    check_output_path(path)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError as exc:
+        raise MissingDependencyError("--plot needs matplotlib: pip install matplotlib") from exc
+    return fmt
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------------
@@ -494,30 +517,40 @@ def evaluate(data: Sequence[str | os.PathLike | Dataset], models: Sequence[Any],
         raise InvalidInputError(f"dims must be positive ints, got {list(dims)}")
     templates_used = _templates(templates)
     t0 = time.perf_counter()
-    datasets = [d if isinstance(d, (ClassificationData, CaptionData, TextRetrievalData))
-                else load_dataset(d, task, split=split, limit_per_class=limit_per_class, image_root=image_root)
-                for d in data]
+    datasets: list[Dataset] = []
+    for d in data:
+        if isinstance(d, (ClassificationData, CaptionData, TextRetrievalData)):
+            datasets.append(d)
+        else:
+            datasets += load_datasets(d, task, split=split, limit_per_class=limit_per_class, image_root=image_root)
     names = [(d.name, d.task) for d in datasets]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InvalidInputError(f"two data sets with the same name and task: {dupes} (rename one)")
+    # every model is loaded before the first embedding: one that cannot be (not downloaded, unknown) is said at once,
+    # with its reason, not after the others ran; all of them missing is the error
+    loaded: list[tuple[str, Any] | ModelNotFoundError] = []
+    for model in models:
+        try:
+            loaded.append(_load_model(model, device, precision, len(loaded)))
+        except ModelNotFoundError as exc:  # the other models are still compared
+            logger.warning("model %s not loaded: %s", model, exc)
+            loaded.append(exc)
+    missing = [x for x in loaded if isinstance(x, ModelNotFoundError)]
+    if len(missing) == len(models):
+        raise missing[0]
     cache = EmbeddingCache(default_cache_dir() if cache_dir == "default" else cache_dir)
     results: list[EvalResult] = []
     model_settings = []
-    missing: list[ModelNotFoundError] = []
     try:
-        for model in models:
-            try:
-                name, emb = _load_model(model, device, precision, len(model_settings))
-            except ModelNotFoundError as exc:  # the other models are still compared; all missing: the error
-                missing.append(exc)
-                if len(missing) == len(models):
-                    raise
-                logger.info("not loaded: %s", exc)
-                model_settings.append({"name": str(model), "error": str(exc)})
-                results += [EvalResult(d.name, d.task, str(model), None, {}, 0, [(f"model {model}", str(exc))],
+        for k, (model, entry) in enumerate(zip(models, loaded)):
+            if isinstance(entry, ModelNotFoundError):
+                model_settings.append({"name": str(model), "error": str(entry)})
+                results += [EvalResult(d.name, d.task, str(model), None, {}, 0, [(f"model {model}", str(entry))],
                                        "not loaded") for d in datasets]
                 continue
+            name, emb = entry
+            loaded[k] = None  # type: ignore[call-overload]  # this process holds the model only while it runs
             model_settings.append(_model_settings(name, emb))
             results += evaluate_model(emb, datasets, name=name, dims=dims, cache=cache, templates=templates_used,
                                       batch_size=batch_size, show_progress=show_progress)

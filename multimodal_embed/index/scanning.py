@@ -6,15 +6,12 @@ SHA-256); :meth:`ImageIndex.add_folder <multimodal_embed.ImageIndex.add_folder>`
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ..imagefiles import NOT_REGULAR, iter_images
+from ..imagefiles import NOT_REGULAR, iter_images, sha256_file  # sha256_file: re-exported (one reader)
 
 __all__ = ["Changes", "KnownFile", "PendingFile", "file_dims", "scan_changes", "sha256_file"]
 
@@ -51,19 +48,6 @@ class Changes:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): special files, not read
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): bad names, vanished, not stat-able
     known_failed: list[tuple[str, str]] = field(default_factory=list)  # (path, recorded reason): unchanged bad files
-
-
-def sha256_file(path: str) -> str:
-    """The SHA-256 of a regular file's bytes, read in 1 MiB blocks. The file is opened without blocking and must
-    still be a regular file once open (a FIFO or device swapped in after the scan raises ``OSError``)."""
-    h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_dims(path: str) -> tuple[int | None, int | None]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..imagefiles import utf8_text
+from ..imagefiles import utf8_text, write_atomic  # write_atomic: re-exported (one writer)
 
 __all__ = ["OUTPUT_FORMATS", "PARQUET_MODEL_KEY", "arrow_vectors", "output_format", "read_shards", "shard_path",
            "shard_table", "write_atomic", "write_parquet", "write_vectors"]
@@ -40,45 +40,6 @@ def output_format(path: str | os.PathLike) -> str:
         raise InvalidInputError(f"{os.fspath(path)!r}: unknown output format {suffix or '(no suffix)'}: use .parquet, "
                                 f".jsonl or .npy (.npy also writes NAME.npy.meta.jsonl with one row per vector)")
     return suffix
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux exposes it (else set and restored at once)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(output: str | os.PathLike, write: Any) -> Path:
-    """``write(fh)`` into a temporary file beside ``output``, then rename it over ``output``: a failure (full
-    disk, interrupt) leaves the old file as it was and no partial file. The file gets the mode any new file
-    gets (``0o666`` less the umask), or the mode of the file it replaces."""
-    import tempfile
-
-    target = Path(output)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent))
-    try:
-        try:
-            mode = os.stat(target).st_mode & 0o7777
-        except OSError:
-            mode = 0o666 & ~_umask()
-        os.fchmod(fd, mode)  # mkstemp made it 0600
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def _json_line(row: Mapping[str, Any], vector: Any = None) -> bytes:
