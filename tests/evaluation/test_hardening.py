@@ -63,8 +63,8 @@ def test_data_files_themselves_must_be_regular_and_bounded(tmp_path, monkeypatch
 
 
 def test_one_sha256_reader_refuses_fifos_at_once(tmp_path):
-    from multimodal_embed import scanning
     from multimodal_embed.evaluation.datasets import file_sha256
+    from multimodal_embed.index import scanning
 
     assert scanning.sha256_file is sha256_file  # one reader, re-exported
     f = tmp_path / "a.bin"
@@ -78,7 +78,7 @@ def test_one_sha256_reader_refuses_fifos_at_once(tmp_path):
 
 # -- item 9: outputs never replace a link, a folder or a device ----------------------------------------------------
 def test_write_atomic_refuses_links_folders_and_devices(tmp_path):
-    from multimodal_embed import shards
+    from multimodal_embed.index import shards
 
     assert shards.write_atomic is write_atomic  # one writer, re-exported
     target = tmp_path / "real.json"

@@ -10,6 +10,7 @@ from PIL import Image
 
 from multimodal_embed.encoders import truncate_unit
 from multimodal_embed.evaluation import datasets as D
+from multimodal_embed.evaluation import metrics as M
 from multimodal_embed.evaluation.runner import EmbeddingCache, embed_images, embed_texts, evaluate
 
 from .conftest import CLASSES
@@ -109,11 +110,20 @@ def test_text_retrieval_equals_pytrec_eval_with_the_models_prefixes(nomic, beir)
     ev = pytrec_eval.RelevanceEvaluator(dict(zip(data.query_ids, data.qrels)), {"ndcg_cut.10", "recip_rank",
                                                                                 "recall.100"})
     per_query = ev.evaluate(run).values()
+    ref = {"nDCG@10": np.mean([r["ndcg_cut_10"] for r in per_query]),
+           "MRR@10": np.mean([r["recip_rank"] if r["recip_rank"] >= 0.1 else 0 for r in per_query]),
+           "R@100": np.mean([r["recall_100"] for r in per_query])}
+    # the runner's ranking and metrics on these scores: exactly pytrec_eval's (ties by descending document id)
+    ranked = [[data.doc_ids[j] for j in row] for row in M.rank_documents(scores, data.doc_ids)]
+    ours = {k: np.mean(v) for k, v in M.retrieval_metrics(ranked, data.qrels).items()}
+    for key, value in ref.items():
+        assert ours[key] == pytest.approx(value, abs=1e-9), key
+    # end to end: the runner scores queries in chunks, and BLAS rounds a chunk's dot products differently in the
+    # last bits, enough to reorder the exact ties of this set's 147 duplicate documents (a random tiny model):
+    # equal within that tie noise
     assert result.counted == len(data.queries) == 864
-    assert result.metrics["nDCG@10"] == pytest.approx(np.mean([r["ndcg_cut_10"] for r in per_query]), abs=1e-9)
-    assert result.metrics["MRR@10"] == pytest.approx(
-        np.mean([r["recip_rank"] if r["recip_rank"] >= 0.1 else 0 for r in per_query]), abs=1e-9)
-    assert result.metrics["R@100"] == pytest.approx(np.mean([r["recall_100"] for r in per_query]), abs=1e-9)
+    for key, value in ref.items():
+        assert result.metrics[key] == pytest.approx(value, abs=5e-3), key
 
 
 def test_matryoshka_sizes_and_a_second_run_from_the_cache(nomic, clip, photos, tmp_path, monkeypatch):
