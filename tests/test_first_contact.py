@@ -342,11 +342,91 @@ def run_readme_blocks(blocks: list[ReadmeBlock], home: Path, env: dict[str, str]
 
 def test_readme_blocks_are_found_with_their_output():
     blocks = readme_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
-    tour = [b for b in blocks if "emb = Embedder.from_pretrained()" in b.code or "mmembed index photos" in b.code]
+    tour = blocks[:2]  # the Tour's, first
+    assert "emb = Embedder.from_pretrained()" in tour[0].code and "mmembed index photos" in tour[1].code
     assert [b.lang for b in tour] == ["python", "bash"] and all(b.shown for b in tour)
+    assert len(blocks) >= 6, "the zero-shot, index, compact-store and eval examples run too"
     sample = f"{RUN_MARK}\n```bash\necho hi\n```\n\n```text\nhi\n```\n{RUN_MARK}\n```python\nx = 1\n```\n```bash\nno\n```\n"
     assert readme_blocks(sample) == [ReadmeBlock("bash", "echo hi\n", "hi\n", 2),
                                      ReadmeBlock("python", "x = 1\n", None, 10)]
+
+
+# Every README code block is run as pasted (marked RUN_MARK, above), run by another test, or listed here with why a
+# test cannot run it: a key (text found in exactly one block) and the reason. A new block that is none of these fails
+# test_every_readme_block_is_run_or_excluded.
+NOT_RUN = {
+    "{ command -v nvidia-smi": "the Set-up install: makes the virtual environment the other blocks run in",
+    "pip install -e '.[test]' && python -m pytest -q": "runs the whole test suite, this test included",
+    "mm.list_models()": "downloads nomic-embed-v1.5, open_clip and Hugging Face CLIP weights from the hub; "
+                        "./my-model is the user's folder",
+    'from_pretrained("nomic-embed-text-v2-moe")': "downloads nomic-embed-text-v2-moe from the hub (1.9 GB)",
+    "mmembed eval photos/ captions.jsonl my-beir-folder/": "the user's own data sets, and nomic-embed-v1.5 from the hub",
+    "# prefetch for offline use": "the command reference (hub downloads, ~/Pictures, the blocking demo): every line "
+                                  "parsed, the offline ones run, by tests/test_one_behaviour.py "
+                                  "(test_readme_cli_examples_*)",
+    "mmembed map photos.mmindex -o photos.html": "its index line is tests/map/test_cli.py's (UMAP's compilation and "
+                                                 "4,000 label prompts on every paste); the others read "
+                                                 "the user's export and BEIR corpus, nomic-embed-v1.5 from the hub",
+    "benchmarks/fetch_align_data.sh align-data": "fetches training data with npm pack, reads ../shared and trains "
+                                                  "for hours",
+    "mmembed serve --index photos.mmindex": "pip install, and `mmembed serve` runs until stopped "
+                                            "(tests/serving/ starts real servers)",
+    "curl -s localhost:8000/v1/embeddings": "needs the server of the block above running",
+    'resp = client.embeddings.create(model="minilm-efficientnet-lite0"':
+        "needs a running server; the same client call runs against a real server in "
+        "tests/integrations/test_readme_snippets.py",
+    "serve.run(build_deployment(": "a Ray Serve cluster",
+    'embed_dataset("s3-mounted/photos/"': "a Ray cluster with GPUs and the user's S3 mount",
+    "--served-name nomic --long-text mean": "`mmembed serve` runs until stopped; nomic-embed-v1.5 from the hub",
+    "def load_mine(": "a template for a new backend, not a program",
+    '"mine": Family(': "a row to add to loading.py's FAMILIES table, not a program",
+}
+
+
+def readme_code_blocks(text: str) -> list[tuple[int, str, str, bool]]:
+    """Every fenced block of ``text`` with a language: (line its fence opens on, language, body, marked to run)."""
+    lines = text.splitlines(keepends=True)
+    blocks, i = [], 0
+    while i < len(lines):
+        stripped = lines[i].strip()
+        if stripped.startswith("```") and stripped != "```":
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
+            marked = i > 0 and lines[i - 1].strip() == RUN_MARK
+            blocks.append((i + 1, stripped.removeprefix("```"), "".join(lines[i + 1:end]), marked))
+            i = end
+        i += 1
+    return blocks
+
+
+def test_every_readme_block_is_run_or_excluded():
+    """Issue 44: each README block runs as pasted in a test, or NOT_RUN says why none can."""
+    from .integrations.test_readme_snippets import SECTION
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section_start = text.index(SECTION)
+    section_end = text.find("\n## ", section_start + len(SECTION))
+    offsets = [0]
+    for line in text.splitlines(keepends=True):
+        offsets.append(offsets[-1] + len(line))
+    shown = {b.line + b.code.count("\n") + 1 for b in readme_blocks(text) if b.shown is not None}
+    used, unaccounted = {}, []
+    for line, lang, code, marked in readme_code_blocks(text):
+        if lang == "text":
+            assert any(0 < line - end <= 2 for end in shown), f"README.md:{line}: output shown but no marked block above"
+            continue
+        if marked:
+            continue
+        in_section = section_start <= offsets[line - 1] < section_end
+        if lang == "python" and in_section:
+            continue  # tests/integrations/test_readme_snippets.py runs these
+        keys = [key for key in NOT_RUN if key in code]
+        if len(keys) != 1:
+            unaccounted.append(f"README.md:{line} ({lang}): {code.splitlines()[0] if code else ''}")
+            continue
+        used.setdefault(keys[0], []).append(line)
+    assert not unaccounted, f"blocks neither marked {RUN_MARK} nor listed in NOT_RUN: {unaccounted}"
+    assert {k: v for k, v in used.items() if len(v) > 1} == {}, "a NOT_RUN key must name one block"
+    assert sorted(set(NOT_RUN) - set(used)) == [], "NOT_RUN keys that name no README block (stale)"
 
 
 @pytest.mark.slow
@@ -360,6 +440,7 @@ def test_readme_blocks_run_offline_as_pasted(tmp_path):
     blocks = readme_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
     env = _env(tmp_path)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # python and mmembed
+    env["MMEMBED_CACHE"] = str(tmp_path / "cache")  # label and eval caches start empty, as in a fresh clone
     home = tmp_path / "home"
     home.mkdir()
     run_readme_blocks(blocks, home, env)

@@ -538,10 +538,12 @@ def test_readme_cli_examples_run_offline(tmp_path, monkeypatch, capsys):
         assert code == EXIT_OK, (args, err)
         ran.append((args[0], out))
     assert [c for c, _ in ran] == ["models", "download", "embed", "embed", "index", "search", "search", "classify",
-                                   "dedupe", "export", "info"]
+                                   "dedupe", "export", "info", "index", "search"]
     assert np.load(work / "q.npy").shape == (1, 384)
     assert pytest.importorskip("pyarrow.parquet").read_table(work / "docs.parquet").num_rows == 2
     outputs = [out for c, out in ran if c == "search"]
     assert json.loads(outputs[0]) and str(pictures / "stream.jpg") in outputs[1]  # a copy of pool.jpg, first
-    assert "images:  6" in ran[-1][1] and "failed:  0" in ran[-1][1]
+    info = next(out for c, out in ran if c == "info")
+    assert "images:  6" in info and "failed:  0" in info
+    assert outputs[2].splitlines() and str(pictures) in outputs[2]  # the compact store's search finds the photos
     assert (work / "photos.parquet").exists()
