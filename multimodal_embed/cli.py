@@ -46,16 +46,13 @@ def _positive_int(text: str) -> int:
 
 
 def _cosine(text: str) -> float:
-    """The one check for every option that takes a cosine (``search --min-score``, ``dedupe --threshold``): a number
-    in [-1, 1]. ``95`` (a percentage) is refused with the cosine it probably means, never run to find nothing."""
+    """``--min-score`` / ``--threshold``: the index's one cosine check (``index.search.check_cosine``)."""
+    from .index.search import check_cosine
+
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (a cosine, between -1 and 1)") from None
-    if not -1.0 <= value <= 1.0:  # NaN fails too
-        hint = f"; for {value:g}%, give {value / 100:g}" if 1.0 < value <= 100.0 else ""
-        raise argparse.ArgumentTypeError(f"{text} is not a cosine: give a value between -1 and 1{hint}")
-    return value
+        return check_cosine(text, "cosine")
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("cosine: ")) from None
 
 
 def _non_negative_int(text: str) -> int:

@@ -166,6 +166,23 @@ def test_search_equals_brute_force_and_mixes(emb, data_dir, tmp_path):
     np.testing.assert_array_equal(r, np.argsort(-(qs @ m.T), axis=1, kind="stable")[:, :5])
 
 
+def test_cosine_thresholds_outside_minus_one_to_one_are_refused_by_the_library_too(emb, data_dir, tmp_path):
+    """The CLI's and the library's one cosine check: min_score / threshold outside [-1, 1] (a percentage, NaN) is an
+    error naming the argument, never a search that silently finds nothing."""
+    from multimodal_embed.errors import InvalidInputError
+
+    index = ImageIndex.create(tmp_path / "c.mmindex", emb)
+    index.add_folder(data_dir / "tuxpaint-stamps" / "animals", show_progress=False)
+    with pytest.raises(InvalidInputError, match=r"min_score: 2 is not a cosine"):
+        index.search("a dog", k=3, min_score=2)
+    with pytest.raises(InvalidInputError, match=r"min_score: nan is not a cosine"):
+        index.search("a dog", k=3, min_score=float("nan"))
+    with pytest.raises(InvalidInputError, match=r"threshold: 95 is not a cosine.*for 95%, give 0.95"):
+        index.duplicates(threshold=95)
+    assert len(index.search("a dog", k=3, min_score=-1.0)) == 3  # the bounds themselves are cosines
+    assert index.duplicates(threshold=1.0) == index.duplicates(threshold=1)
+
+
 def test_reopen_loads_the_recorded_model_and_refuses_another(emb, data_dir, tmp_path, fixtures_dir):
     path = tmp_path / "r.mmindex"
     with ImageIndex.create(path, emb) as index:

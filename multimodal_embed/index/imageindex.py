@@ -40,6 +40,7 @@ from .search import (
     SEARCH_CHUNK_ROWS,
     AnnCache,
     binary_flat,
+    check_cosine,
     combine,
     duplicate_groups,
     exact_search,
@@ -1057,6 +1058,8 @@ class ImageIndex:
             raise InvalidInputError(f"k must be a positive int, got {k!r}")
         if rescore is not None and (isinstance(rescore, bool) or not isinstance(rescore, int) or rescore < 0):
             raise InvalidInputError(f"rescore must be an int >= 0 (candidates per hit), got {rescore!r}")
+        if min_score is not None:
+            min_score = check_cosine(min_score, "min_score")
         q = self.query_vector(query, texts_only=texts_only)
         own = set() if include_query else self._query_files(query, texts_only)
         for attempt in (0, 1):
@@ -1150,6 +1153,7 @@ class ImageIndex:
     @_locked
     def duplicates(self, threshold: float = 0.95) -> list[list[str]]:
         """Groups (size >= 2) of files whose vectors have cosine >= ``threshold`` (transitively)."""
+        threshold = check_cosine(threshold, "threshold")
         _, paths, mat = self.vectors()
         return duplicate_groups(paths, mat, threshold)
 

@@ -266,6 +266,20 @@ class AnnCache:
 DUP_CHUNK_PAIRS = 1 << 20  # similarity entries per chunk in duplicate_groups: bounded memory (~50 MiB at most)
 
 
+def check_cosine(value: Any, name: str) -> float:
+    """The one check for a cosine threshold (``min_score``, ``threshold``; the CLI's ``--min-score`` and
+    ``--threshold`` too): a number in [-1, 1], else :class:`InvalidInputError` naming ``name``. ``95`` (a
+    percentage) is refused with the cosine it probably means, never run to find nothing."""
+    try:
+        cosine = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name}: {value!r} is not a number (a cosine, between -1 and 1)") from None
+    if not -1.0 <= cosine <= 1.0:  # NaN fails too
+        hint = f"; for {cosine:g}%, give {cosine / 100:g}" if 1.0 < cosine <= 100.0 else ""
+        raise InvalidInputError(f"{name}: {value} is not a cosine: give a value between -1 and 1{hint}")
+    return cosine
+
+
 def duplicate_groups(paths: list[str], mat: np.ndarray, threshold: float) -> list[list[str]]:
     """Groups (size >= 2) of paths whose vectors have cosine >= ``threshold`` (transitively), sorted.
 
