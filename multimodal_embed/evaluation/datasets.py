@@ -197,6 +197,27 @@ def load_datasets(path: str | os.PathLike, task: str | None = None, *, split: st
     return [load_caption_table(p)]
 
 
+def _labelled_images(pairs: list[tuple[str, str]], limit_per_class: int | None, name: str, root: Any,
+                     salt: list[Any] | None = None) -> tuple[list[str], list[tuple[str, int]], ImageSet, str]:
+    """The one reading of (image file, label) pairs for zero-shot (a label table, a gallery): sorted classes (at
+    least 2), the first ``limit_per_class`` files of each with their class index, their hashes, and the digest of
+    it all (paths relative to ``root``; ``salt`` first)."""
+    classes = sorted({label for _, label in pairs})
+    if len(classes) < 2:
+        raise InvalidInputError(f"{name}: zero-shot needs at least 2 labels, found {classes}")
+    index = {c: j for j, c in enumerate(classes)}
+    seen: dict[str, int] = {}
+    kept = []
+    for f, label in pairs:
+        seen[label] = seen.get(label, 0) + 1
+        if not limit_per_class or seen[label] <= limit_per_class:
+            kept.append((f, index[label]))
+    images = hash_images([f for f, _ in kept])
+    digest = _digest([*(salt or []), len(classes), *classes, *(f"{os.path.relpath(f, root)}\0{h}\0{y}"
+                                                                for (f, y), h in zip(kept, images.hashes))])
+    return classes, kept, images, digest
+
+
 def load_gallery(root: Path, limit_per_class: int | None = None) -> tuple[ClassificationData, CaptionData]:
     """A gallery folder (see the module docstring): ``gallery.json`` maps photo file names (inside the folder) to
     ``{"label": ..., "query": ... or [...]}``; errors name the file and the entry."""
@@ -229,19 +250,7 @@ def load_gallery(root: Path, limit_per_class: int | None = None) -> tuple[Classi
             queries.append((file, q))
         if query is not None and not isinstance(query, (str, list)):
             raise InvalidInputError(f"{name}: entry {photo!r}: query must be a string or a list of strings")
-    classes = sorted({label for _, label in labelled})
-    if len(classes) < 2:
-        raise InvalidInputError(f"{name}: zero-shot needs at least 2 labels, found {classes}")
-    index = {c: j for j, c in enumerate(classes)}
-    seen: dict[str, int] = {}
-    kept = []
-    for f, label in labelled:
-        seen[label] = seen.get(label, 0) + 1
-        if not limit_per_class or seen[label] <= limit_per_class:
-            kept.append((f, index[label]))
-    images = hash_images([f for f, _ in kept])
-    digest = _digest(["gallery", len(classes), *classes, *(f"{os.path.relpath(f, real_root)}\0{h}\0{y}"
-                                                           for (f, y), h in zip(kept, images.hashes))])
+    classes, kept, images, digest = _labelled_images(labelled, limit_per_class, name, real_root, ["gallery"])
     zeroshot = ClassificationData(root.name, str(root), classes, images, [y for _, y in kept], digest)
     return zeroshot, _caption_data(root.name, str(root), queries)
 
@@ -332,19 +341,7 @@ def load_labelled_table(path: Path, limit_per_class: int | None = None) -> Class
     rows = _rows(path)
     pairs = [(_resolve(path.parent, _column(path, r, PATH_COLUMNS, n)), _column(path, r, LABEL_COLUMNS, n).strip())
              for n, r in enumerate(rows, 1)]
-    classes = sorted({label for _, label in pairs})
-    if len(classes) < 2:
-        raise InvalidInputError(f"{path}: zero-shot needs at least 2 labels, found {classes}")
-    index = {c: j for j, c in enumerate(classes)}
-    seen: dict[str, int] = {}
-    kept = []
-    for f, label in pairs:
-        seen[label] = seen.get(label, 0) + 1
-        if not limit_per_class or seen[label] <= limit_per_class:
-            kept.append((f, index[label]))
-    images = hash_images([f for f, _ in kept])
-    digest = _digest([len(classes), *classes, *(f"{os.path.relpath(f, path.parent)}\0{h}\0{y}"
-                                                 for (f, y), h in zip(kept, images.hashes))])
+    classes, kept, images, digest = _labelled_images(pairs, limit_per_class, str(path), path.parent)
     return ClassificationData(path.stem, str(path), classes, images, [y for _, y in kept], digest)
 
 
